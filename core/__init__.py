@@ -1,0 +1,3 @@
+"""pbrforge: three photos of a surface in, PBR maps (albedo, roughness, metallic, normal) out."""
+
+__version__ = "0.1.0"

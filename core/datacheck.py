@@ -1,0 +1,66 @@
+"""``pbrforge check-data`` and ``pbrforge contact-sheet``: look at a data set before training on it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import numpy as np
+from PIL import Image
+
+from pbrforge.contract import load_view, read_material, to_preview
+from pbrforge.dataset import scan_dataset, view_paths
+from pbrforge.errors import user_errors
+from pbrforge.fileio import atomic_path
+
+
+@click.command("check-data")
+@click.argument("root", type=click.Path(path_type=Path))
+@user_errors
+def check_data(root: Path) -> None:
+    """Validate every file of a data set and print its counts.
+
+    \b
+    Example:
+      pbrforge check-data data/demo
+    Exits 2 with one sentence on the first problem; writes nothing.
+    """
+    _, summary = scan_dataset(root, deep=True)
+    click.echo(summary.table())
+    click.echo("ok")
+
+
+def contact_sheet_image(root: Path, count: int = 6, source: str = "clean", tile: int = 128) -> Image.Image:
+    """Rows of samples: 3 views | albedo, roughness, metallic, normal."""
+    meta, _ = scan_dataset(root)
+    ids = [sid for sid, s in sorted(meta["samples"].items()) if source in s["sources"]][:count]
+    rows = []
+    for sid in ids:
+        views = [load_view(p, tile).permute(1, 2, 0).numpy() for p in view_paths(root, source, sid)]
+        maps = read_material(Path(root) / "output" / meta["samples"][sid]["material"])
+        import torch.nn.functional as F
+
+        maps = F.interpolate(maps[None], size=(tile, tile), mode="bilinear", antialias=True)[0]
+        rows.append(np.concatenate(views + to_preview(maps), axis=1))
+    sheet = np.concatenate(rows, axis=0)
+    return Image.fromarray(np.round(sheet * 255).astype(np.uint8), "RGB")
+
+
+@click.command("contact-sheet")
+@click.argument("root", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="PNG to write.")
+@click.option("--count", type=int, default=6, show_default=True, help="Samples (rows).")
+@click.option("--source", type=click.Choice(["clean", "dirty"]), default="clean", show_default=True)
+@click.option("--tile", type=int, default=128, show_default=True, help="Tile side in pixels.")
+@user_errors
+def contact_sheet(root: Path, out: Path, count: int, source: str, tile: int) -> None:
+    """Write a PNG of a few samples: three views then the four maps.
+
+    \b
+    Example:
+      pbrforge contact-sheet data/demo --out sheet.png --count 8 --source dirty
+    """
+    img = contact_sheet_image(root, count, source, tile)
+    with atomic_path(out) as tmp:
+        img.save(tmp, format="PNG")
+    click.echo(f"wrote {out}")

@@ -1,0 +1,214 @@
+"""The on-disk data set layout, its strict validation, and the training ``PBRDataset``.
+
+Layout (written by ``pbrforge datagen``)::
+
+    ROOT/input/render_metadata.json
+    ROOT/input/{clean,dirty}/sample_XXXX/{0,1,2}.png
+    ROOT/output/<material>/{albedo,roughness,metallic,normal}.png
+
+Every sample has a clean capture; a fraction of them also a dirty one under the same id. Samples that
+share a material differ in lighting. Train/val are split by material, never by sample.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from pbrforge.contract import MAP_NAMES, MAPS, NUM_VIEWS, decode_map, load_view, normalize_views, open_image, \
+    read_material, resize_maps
+from pbrforge.errors import DataError
+
+METADATA_FILE = "render_metadata.json"
+SOURCES = ("clean", "dirty")
+CURRICULA = {0: ("clean",), 1: ("clean", "dirty"), 2: ("dirty",)}
+FORMAT_VERSION = 1
+TOP_KEYS = {"format_version", "generator", "seed", "size", "count", "dirty_ratio", "camera", "light_power",
+            "light_distance", "samples", "materials"}
+SAMPLE_KEYS = {"material", "sources", "lights", "light_power"}
+MATERIAL_KEYS = {"family", "seed"}
+
+
+@dataclass
+class DatasetSummary:
+    root: str
+    samples: int
+    materials: int
+    clean: int
+    dirty: int
+    resolution: int
+    families: dict[str, int] = field(default_factory=dict)
+
+    def table(self) -> str:
+        rows = [("root", self.root), ("samples", self.samples), ("materials", self.materials),
+                ("clean captures", self.clean), ("dirty captures", self.dirty),
+                ("resolution", f"{self.resolution}x{self.resolution}"),
+                ("families", ", ".join(f"{k} {v}" for k, v in sorted(self.families.items())))]
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def view_paths(root: Path, source: str, sample_id: str) -> list[Path]:
+    return [Path(root) / "input" / source / sample_id / f"{i}.png" for i in range(NUM_VIEWS)]
+
+
+def load_metadata(root: Path) -> dict:
+    """Read and schema-check render_metadata.json (unknown keys are an error, not ignored)."""
+    path = Path(root) / "input" / METADATA_FILE
+    if not Path(root).is_dir():
+        raise DataError(f"data root {root} does not exist")
+    if not path.is_file():
+        raise DataError(f"missing {path}: not a pbrforge data set (run `pbrforge datagen` first)")
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path} is not valid JSON ({e})") from e
+    if not isinstance(meta, dict):
+        raise DataError(f"{path} must hold a JSON object")
+    _check_keys(meta, TOP_KEYS, str(path))
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise DataError(f"{path}: format_version {meta.get('format_version')!r} is not {FORMAT_VERSION}")
+    for key in ("samples", "materials", "size"):
+        if key not in meta:
+            raise DataError(f"{path}: missing key {key!r}")
+    for sid, s in meta["samples"].items():
+        _check_keys(s, SAMPLE_KEYS, f"{path} sample {sid}")
+        if s.get("material") not in meta["materials"]:
+            raise DataError(f"{path}: sample {sid} names material {s.get('material')!r}, which is not listed")
+        bad = set(s.get("sources", [])) - set(SOURCES)
+        if bad or not s.get("sources"):
+            raise DataError(f"{path}: sample {sid} has sources {s.get('sources')}, expected a subset of {SOURCES}")
+    for mid, m in meta["materials"].items():
+        _check_keys(m, MATERIAL_KEYS, f"{path} material {mid}")
+    return meta
+
+
+def _check_keys(obj: dict, allowed: set[str], where: str) -> None:
+    if not isinstance(obj, dict):
+        raise DataError(f"{where} must be a JSON object")
+    unknown = sorted(set(obj) - allowed)
+    if unknown:
+        raise DataError(f"{where}: unknown metadata keys {unknown} (known: {sorted(allowed)})")
+
+
+def scan_dataset(root: Path, deep: bool = False) -> tuple[dict, DatasetSummary]:
+    """Check that disk and metadata agree; with ``deep`` also decode every PNG and check modes and sizes."""
+    root = Path(root)
+    meta = load_metadata(root)
+    size = int(meta["size"])
+    if not meta["samples"]:
+        raise DataError(f"{root}: the data set is empty (no samples in {METADATA_FILE})")
+    for source in SOURCES:
+        folder = root / "input" / source
+        if not folder.is_dir():
+            continue
+        for d in sorted(folder.iterdir()):
+            if d.is_dir() and d.name not in meta["samples"]:
+                raise DataError(f"{d}: sample {d.name} is absent from {METADATA_FILE}")
+            if d.is_dir() and source not in meta["samples"][d.name]["sources"]:
+                raise DataError(f"{d}: {METADATA_FILE} does not list source {source!r} for {d.name}")
+    counts = {"clean": 0, "dirty": 0}
+    for sid, s in meta["samples"].items():
+        for source in s["sources"]:
+            folder = root / "input" / source / sid
+            if not folder.is_dir():
+                raise DataError(f"missing sample folder {folder} listed in {METADATA_FILE}")
+            pngs = sorted(p.name for p in folder.iterdir() if p.suffix.lower() == ".png")
+            expected = [f"{i}.png" for i in range(NUM_VIEWS)]
+            if pngs != expected:
+                raise DataError(f"{folder} holds views {pngs}, expected exactly {NUM_VIEWS}: {expected}")
+            if deep:
+                for p in view_paths(root, source, sid):
+                    _check_png(p, "RGB", size)
+            counts[source] += 1
+    families: dict[str, int] = {}
+    for mid, m in meta["materials"].items():
+        folder = root / "output" / mid
+        if not folder.is_dir():
+            raise DataError(f"missing material folder {folder} named in {METADATA_FILE}")
+        for name in MAP_NAMES:
+            p = folder / f"{name}.png"
+            if not p.is_file():
+                raise DataError(f"missing file: {p}")
+            if deep:
+                decode_map(name, p, size)  # checks mode, size and decodability
+        families[m["family"]] = families.get(m["family"], 0) + 1
+    summary = DatasetSummary(str(root), len(meta["samples"]), len(meta["materials"]), counts["clean"],
+                             counts["dirty"], size, families)
+    return meta, summary
+
+
+def _check_png(path: Path, mode: str, size: int) -> None:
+    img = open_image(path)
+    if img.mode != mode:
+        raise DataError(f"{path}: mode {img.mode}, expected {mode}")
+    if img.size != (size, size):
+        raise DataError(f"{path}: {img.size[0]}x{img.size[1]}, expected {size}x{size}")
+
+
+def split_materials(materials: list[str], val_fraction: float, seed: int) -> tuple[set[str], set[str]]:
+    """Seeded split by material: no material is in both sets."""
+    mats = sorted(materials)
+    if len(mats) < 2 or val_fraction <= 0:
+        return set(mats), set()
+    order = np.random.default_rng(seed).permutation(len(mats))
+    n_val = min(len(mats) - 1, max(1, round(val_fraction * len(mats))))
+    val = {mats[i] for i in order[:n_val]}
+    return set(mats) - val, val
+
+
+class PBRDataset(Dataset):
+    """Samples of a generated data set: normalised views (3, 3, h, w) and contract targets (8, H, W).
+
+    Args:
+        root: data root.
+        split: "train", "val" or "all".
+        image_size: side of each input view after antialiased resizing.
+        output_size: side of the targets.
+        curriculum: 0 clean only, 1 clean and dirty as on disk, 2 dirty only.
+    """
+
+    def __init__(self, root: Path, split: str = "train", image_size: int = 256, output_size: int = 256,
+                 curriculum: int = 1, val_fraction: float = 0.2, seed: int = 0):
+        if curriculum not in CURRICULA:
+            raise DataError(f"render curriculum {curriculum} is not one of {sorted(CURRICULA)}")
+        if split not in ("train", "val", "all"):
+            raise DataError(f"split {split!r} is not one of train, val, all")
+        self.root = Path(root)
+        self.meta, self.summary = scan_dataset(self.root)
+        self.image_size, self.output_size, self.curriculum = image_size, output_size, curriculum
+        train, val = split_materials(list(self.meta["materials"]), val_fraction, seed)
+        keep = {"train": train, "val": val, "all": train | val}[split]
+        sources = CURRICULA[curriculum]
+        self.entries: list[tuple[str, str]] = [
+            (sid, src) for sid, s in sorted(self.meta["samples"].items()) if s["material"] in keep
+            for src in sources if src in s["sources"]
+        ]
+        if not self.entries and split != "val":
+            raise DataError(f"{root}: no samples for split {split!r} with render curriculum {curriculum}")
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def material_of(self, sample_id: str) -> str:
+        return self.meta["samples"][sample_id]["material"]
+
+    def load_views(self, sample_id: str, source: str) -> torch.Tensor:
+        """(3, 3, h, w) views in [0, 1] (not normalised)."""
+        return torch.stack([load_view(p, self.image_size) for p in view_paths(self.root, source, sample_id)])
+
+    def load_target(self, sample_id: str) -> torch.Tensor:
+        return resize_maps(read_material(self.root / "output" / self.material_of(sample_id)), self.output_size)
+
+    def __getitem__(self, idx: int) -> dict:
+        sid, source = self.entries[idx]
+        return {"views": normalize_views(self.load_views(sid, source)), "target": self.load_target(sid),
+                "sample_id": sid, "source": source}
+
+
+__all__ = ["PBRDataset", "DatasetSummary", "scan_dataset", "load_metadata", "split_materials", "MAPS"]

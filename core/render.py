@@ -1,0 +1,135 @@
+"""A batched, differentiable Cook-Torrance / GGX renderer of a planar patch under point lights.
+
+Datagen renders its views with it and the rendering loss and re-render metric use the same function,
+so the data and the objective can never disagree about the BRDF.
+
+Geometry: the patch spans [-1, 1]^2 in the z = 0 plane, +x to the right of the image and +y up
+(row 0 is y = +1), matching the OpenGL tangent-space normals of the contract. The camera looks down
+from ``camera`` (default (0, 0, 2.5)); lights are isotropic points with inverse-square falloff.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from pbrforge.contract import unpack
+
+DEFAULT_CAMERA = (0.0, 0.0, 2.5)
+DEFAULT_LIGHT_POWER = 12.0
+EPS = 1e-6
+
+
+def srgb_to_linear(x: torch.Tensor) -> torch.Tensor:
+    x = x.clamp(0, 1)
+    return torch.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055).clamp_min(EPS) ** 2.4)
+
+
+def linear_to_srgb(x: torch.Tensor) -> torch.Tensor:
+    x = x.clamp(0, 1)
+    return torch.where(x <= 0.0031308, x * 12.92, 1.055 * x.clamp_min(EPS) ** (1 / 2.4) - 0.055)
+
+
+def patch_positions(h: int, w: int, device: torch.device | None = None, dtype=torch.float32) -> torch.Tensor:
+    """World positions (3, H, W) of pixel centres on the z = 0 patch."""
+    ys = 1 - (torch.arange(h, device=device, dtype=dtype) + 0.5) * 2 / h
+    xs = -1 + (torch.arange(w, device=device, dtype=dtype) + 0.5) * 2 / w
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([gx, gy, torch.zeros_like(gx)])
+
+
+def ggx_distribution(n_dot_h: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """Trowbridge-Reitz / GGX normal distribution D(h)."""
+    a2 = alpha * alpha
+    denom = n_dot_h * n_dot_h * (a2 - 1) + 1
+    return a2 / (math.pi * denom * denom + EPS)
+
+
+def smith_schlick_ggx(n_dot_v: torch.Tensor, n_dot_l: torch.Tensor, roughness: torch.Tensor) -> torch.Tensor:
+    """Smith geometry term with the Schlick-GGX approximation, k = (r + 1)^2 / 8 for direct lights."""
+    k = (roughness + 1) ** 2 / 8
+    g1v = n_dot_v / (n_dot_v * (1 - k) + k + EPS)
+    g1l = n_dot_l / (n_dot_l * (1 - k) + k + EPS)
+    return g1v * g1l
+
+
+def fresnel_schlick(v_dot_h: torch.Tensor, f0: torch.Tensor) -> torch.Tensor:
+    return f0 + (1 - f0) * (1 - v_dot_h).clamp(0, 1) ** 5
+
+
+def render(
+    maps: torch.Tensor,
+    lights: torch.Tensor,
+    light_power: torch.Tensor | float = DEFAULT_LIGHT_POWER,
+    camera: tuple[float, float, float] | torch.Tensor = DEFAULT_CAMERA,
+) -> torch.Tensor:
+    """Render linear radiance of contract maps under point lights.
+
+    Args:
+        maps: (B, 8, H, W) in contract ranges (albedo sRGB-encoded).
+        lights: (B, L, 3) light positions in world space.
+        light_power: scalar or (B, L) radiant intensity.
+        camera: camera position (3,) or (B, 3).
+
+    Returns:
+        (B, L, 3, H, W) linear radiance, non-negative.
+    """
+    b, _, h, w = maps.shape
+    parts = unpack(maps)
+    albedo = srgb_to_linear(parts["albedo"]).unsqueeze(1)  # (B, 1, 3, H, W)
+    rough = parts["roughness"].clamp(0.03, 1).unsqueeze(1)  # (B, 1, 1, H, W)
+    metal = parts["metallic"].clamp(0, 1).unsqueeze(1)
+    n = F.normalize(parts["normal"], dim=1, eps=EPS).unsqueeze(1)  # (B, 1, 3, H, W)
+
+    pos = patch_positions(h, w, maps.device, maps.dtype)[None, None]  # (1, 1, 3, H, W)
+    cam = torch.as_tensor(camera, device=maps.device, dtype=maps.dtype).reshape(-1, 1, 3, 1, 1)
+    to_light = lights.to(maps.dtype)[..., None, None] - pos  # (B, L, 3, H, W)
+    dist2 = (to_light * to_light).sum(2, keepdim=True).clamp_min(EPS)
+    l_dir = to_light / dist2.sqrt()
+    v_dir = F.normalize(cam - pos, dim=2, eps=EPS)  # (B|1, 1, 3, H, W)
+    h_dir = F.normalize(l_dir + v_dir, dim=2, eps=EPS)
+
+    n_dot_l = (n * l_dir).sum(2, keepdim=True).clamp_min(0)
+    n_dot_v = (n * v_dir).sum(2, keepdim=True).clamp_min(EPS)
+    n_dot_h = (n * h_dir).sum(2, keepdim=True).clamp_min(0)
+    v_dot_h = (v_dir * h_dir).sum(2, keepdim=True).clamp_min(0)
+
+    alpha = rough * rough
+    f0 = 0.04 * (1 - metal) + albedo * metal
+    d = ggx_distribution(n_dot_h, alpha)
+    g = smith_schlick_ggx(n_dot_v, n_dot_l, rough)
+    f = fresnel_schlick(v_dot_h, f0)
+    specular = d * g * f / (4 * n_dot_l * n_dot_v + EPS)
+    diffuse = (1 - metal) * albedo / math.pi
+
+    power = torch.as_tensor(light_power, device=maps.device, dtype=maps.dtype)
+    if power.ndim == 2:
+        power = power[..., None, None, None]
+    irradiance = power * n_dot_l / dist2
+    return (diffuse + specular) * irradiance
+
+
+def to_display(radiance: torch.Tensor, exposure: torch.Tensor | float = 1.0) -> torch.Tensor:
+    """Exposure then linear -> sRGB in [0, 1] (clipped like a camera)."""
+    return linear_to_srgb(radiance * exposure)
+
+
+def view_lights(azimuth0: float = 0.0, elevation_deg: float = 45.0, distance: float = 2.2) -> torch.Tensor:
+    """Three light positions 120 degrees apart around the patch at one elevation: (3, 3)."""
+    el = math.radians(elevation_deg)
+    az = torch.tensor([azimuth0 + k * 2 * math.pi / 3 for k in range(3)])
+    return torch.stack(
+        [distance * math.cos(el) * torch.cos(az), distance * math.cos(el) * torch.sin(az),
+         torch.full((3,), distance * math.sin(el))], dim=-1)
+
+
+def random_lights(batch: int, count: int, generator: torch.Generator | None = None,
+                  device: torch.device | None = None, distance: float = 2.2) -> torch.Tensor:
+    """Lights drawn on the upper hemisphere (elevation 20..90 degrees): (B, K, 3), for the rendering loss."""
+    u = torch.rand(batch, count, 2, generator=generator)
+    az = u[..., 0] * 2 * math.pi
+    el = torch.deg2rad(20 + 70 * u[..., 1])
+    xyz = torch.stack([torch.cos(el) * torch.cos(az), torch.cos(el) * torch.sin(az), torch.sin(el)], dim=-1)
+    return (distance * xyz).to(device)

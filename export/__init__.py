@@ -1,0 +1,1 @@
+"""pbrforge.export"""
