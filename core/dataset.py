@@ -20,8 +20,17 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from pbrforge.contract import MAP_NAMES, MAPS, NUM_VIEWS, decode_map, load_view, normalize_views, open_image, \
-    read_material, resize_maps
+from pbrforge.contract import (
+    MAP_NAMES,
+    MAPS,
+    NUM_VIEWS,
+    decode_map,
+    load_view,
+    normalize_views,
+    open_image,
+    read_material,
+    resize_maps,
+)
 from pbrforge.errors import DataError
 
 METADATA_FILE = "render_metadata.json"
