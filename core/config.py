@@ -1,0 +1,157 @@
+"""Typed training configuration shared by teacher and student, with a registry of named presets.
+
+A preset is a small function returning a ``TrainConfig``, registered with ``@register_config``.
+``load_config`` takes a preset name or a ``.py`` file defining ``get_config()``; unknown names and
+keys are errors that list what exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.util
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pbrforge.errors import ConfigError
+
+PRESET_MODULES = ("pbrforge.teacher.config",)
+
+
+@dataclass
+class DataConfig:
+    image_size: int = 256  # side of each input view fed to the model
+    output_size: int = 256  # side of the predicted maps
+    curriculum: int = 1  # 0 clean, 1 clean + dirty, 2 dirty
+    val_fraction: float = 0.2  # fraction of *materials* held out
+    split_seed: int = 0
+    num_workers: int = 0
+
+
+@dataclass
+class LossConfig:
+    l1: dict[str, float] = field(default_factory=lambda: {"albedo": 1.0, "roughness": 1.0, "metallic": 1.0,
+                                                            "normal": 1.0})
+    ssim_albedo: float = 0.2  # weight of (1 - SSIM) on albedo
+    normal_angular: float = 0.5  # weight of (1 - cos) between normals
+    render: float = 0.5  # weight of the GGX rendering loss
+    render_lights: int = 3  # random lights per sample for the rendering loss
+    gan: float = 0.01  # generator adversarial weight (used only when training.gan is on)
+    gan_loss: str = "hinge"  # hinge | bce
+    distill_alpha: float = 0.0  # student: weight of the teacher's maps vs ground truth
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-4
+    d_lr: float = 2e-4
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = 1.0  # max grad norm, 0 = off
+    scheduler: str = "cosine"  # cosine | step | plateau | none
+    warmup_epochs: float = 0.0
+    step_epochs: int = 10  # step scheduler period
+    gamma: float = 0.5  # step / plateau factor
+    plateau_patience: int = 3
+    min_lr_ratio: float = 0.01
+
+
+@dataclass
+class TrainingConfig:
+    epochs: int = 50
+    batch_size: int = 8
+    seed: int = 0
+    amp: bool = True  # used where the device supports it (CUDA)
+    gan: bool = True
+    gan_start_epoch: int = 5
+    d_steps_per_g_step: int = 1
+    disc_layers: int = 3
+    disc_ndf: int = 64
+    checkpoint_every: int = 0  # also keep epoch_N checkpoints every N epochs (0 = off)
+    grid_every: int = 1  # comparison grid PNG every N epochs
+    max_steps_per_epoch: int = 0  # 0 = whole epoch; small values for tests and demos
+
+
+@dataclass
+class TrainConfig:
+    family: str  # "teacher" or "student": which model registry builds ``model``
+    model: dict[str, Any]
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    name: str = "custom"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        _check_keys(d, cls, "config")
+        kwargs: dict[str, Any] = {"family": d["family"], "model": dict(d["model"]), "name": d.get("name", "custom")}
+        for key, sub in (("data", DataConfig), ("loss", LossConfig), ("optim", OptimConfig),
+                         ("training", TrainingConfig)):
+            if key in d:
+                _check_keys(d[key], sub, f"config.{key}")
+                values = dict(d[key])
+                if key == "optim" and "betas" in values:
+                    values["betas"] = tuple(values["betas"])
+                kwargs[key] = sub(**values)
+        return cls(**kwargs)
+
+    def override(self, dotted: dict[str, Any]) -> TrainConfig:
+        """Return a copy with ``{"training.epochs": 3, "model.vit_depth": 1}`` applied (keys checked)."""
+        d = self.to_dict()
+        for key, value in dotted.items():
+            section, _, name = key.partition(".")
+            if section not in d or not isinstance(d[section], dict) or (section != "model" and name not in d[section]):
+                raise ConfigError(f"unknown config key {key!r}")
+            d[section][name] = value
+        return TrainConfig.from_dict(d)
+
+
+def _check_keys(d: dict[str, Any], cls: type, where: str) -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ConfigError(f"unknown keys {unknown} in {where}; known: {sorted(known)}")
+
+
+CONFIGS: dict[str, Callable[[], TrainConfig]] = {}
+
+
+def register_config(fn: Callable[[], TrainConfig]) -> Callable[[], TrainConfig]:
+    """Register a preset under its function name."""
+    CONFIGS[fn.__name__] = fn
+    return fn
+
+
+def list_configs() -> list[str]:
+    for module in PRESET_MODULES:
+        importlib.import_module(module)
+    return sorted(CONFIGS)
+
+
+def load_config(name_or_path: str) -> TrainConfig:
+    """A preset by name, or a ``.py`` file whose ``get_config()`` returns a TrainConfig."""
+    if name_or_path.endswith(".py"):
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        spec = importlib.util.spec_from_file_location(f"pbrforge_user_config_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        if not hasattr(module, "get_config"):
+            raise ConfigError(f"{path} defines no get_config()")
+        cfg = module.get_config()
+        if not isinstance(cfg, TrainConfig):
+            raise ConfigError(f"{path}: get_config() returned {type(cfg).__name__}, not TrainConfig")
+        return TrainConfig.from_dict(cfg.to_dict())  # validates keys
+    names = list_configs()
+    if name_or_path not in CONFIGS:
+        raise ConfigError(f"unknown config preset {name_or_path!r}; known: {', '.join(names)}")
+    cfg = CONFIGS[name_or_path]()
+    cfg.name = name_or_path
+    return cfg

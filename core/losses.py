@@ -1,0 +1,63 @@
+"""Hybrid PBR losses: per-map L1, SSIM on albedo, normal angle, a GGX rendering loss, and GAN terms.
+
+Every weight lives in ``LossConfig``. The rendering loss uses the same renderer as datagen.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+
+from pbrforge.config import LossConfig
+from pbrforge.contract import MAP_NAMES, unpack
+from pbrforge.render import random_lights, render
+
+LOG_EPS = 0.01  # log(x + 0.01) of renders, as in Deschaintre et al. 2018
+
+
+def normal_angular_loss(pred_n: torch.Tensor, true_n: torch.Tensor) -> torch.Tensor:
+    """Mean (1 - cos) between unit normals (B, 3, H, W)."""
+    return (1 - F.cosine_similarity(pred_n, true_n, dim=1, eps=1e-6)).mean()
+
+
+def rendering_loss(pred: torch.Tensor, true: torch.Tensor, lights: torch.Tensor) -> torch.Tensor:
+    """L1 between log renders of predicted and true maps under the same lights (B, K, 3)."""
+    return (torch.log(render(pred, lights) + LOG_EPS) - torch.log(render(true, lights) + LOG_EPS)).abs().mean()
+
+
+def map_losses(pred: torch.Tensor, true: torch.Tensor, cfg: LossConfig,
+               generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """Weighted loss terms of contract maps (B, 8, H, W) against a target; key "total" is their sum."""
+    p, t = unpack(pred.float()), unpack(true.float())
+    terms: dict[str, torch.Tensor] = {}
+    for name in MAP_NAMES:
+        w = cfg.l1.get(name, 0.0)
+        if w:
+            terms[f"l1_{name}"] = w * (p[name] - t[name]).abs().mean()
+    if cfg.ssim_albedo:
+        terms["ssim_albedo"] = cfg.ssim_albedo * (1 - ssim(p["albedo"], t["albedo"], data_range=1.0))
+    if cfg.normal_angular:
+        terms["normal_angular"] = cfg.normal_angular * normal_angular_loss(p["normal"], t["normal"])
+    if cfg.render and cfg.render_lights > 0:
+        lights = random_lights(pred.shape[0], cfg.render_lights, generator=generator, device=pred.device)
+        terms["render"] = cfg.render * rendering_loss(pred.float(), true.float(), lights)
+    terms["total"] = sum(terms.values())
+    return terms
+
+
+def gan_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "hinge":
+        return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
+    if kind == "bce":
+        return (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+                + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
+    raise ValueError(f"unknown gan_loss {kind!r}; known: hinge, bce")
+
+
+def gan_g_loss(fake_logits: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "hinge":
+        return -fake_logits.mean()
+    if kind == "bce":
+        return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+    raise ValueError(f"unknown gan_loss {kind!r}; known: hinge, bce")

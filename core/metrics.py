@@ -1,0 +1,62 @@
+"""Validation metrics per map: PSNR, SSIM, MAE, normal angular error, and re-render RMSE.
+
+Accumulated over batches as sums, so a whole split is measured exactly, not as a mean of means.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torchmetrics.functional.image import peak_signal_noise_ratio as psnr
+from torchmetrics.functional.image import structural_similarity_index_measure as ssim
+
+from pbrforge.contract import MAP_NAMES, unpack
+from pbrforge.render import render, to_display, view_lights
+
+EVAL_LIGHTS = view_lights(0.3, 50.0)  # fixed lights for re-render RMSE, so numbers compare across runs
+
+
+def normal_angles_deg(pred_n: torch.Tensor, true_n: torch.Tensor) -> torch.Tensor:
+    cos = F.cosine_similarity(pred_n, true_n, dim=1, eps=1e-6).clamp(-1, 1)
+    return torch.rad2deg(torch.acos(cos))
+
+
+class MapMetrics:
+    """Accumulates per-sample metrics; ``compute()`` returns flat ``{"albedo/psnr": ..}`` numbers."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, list[float]] = {}
+        self.angles: list[torch.Tensor] = []
+
+    def _add(self, key: str, v: torch.Tensor) -> None:
+        self.values.setdefault(key, []).extend(v.detach().float().cpu().flatten().tolist())
+
+    @torch.no_grad()
+    def update(self, pred: torch.Tensor, true: torch.Tensor) -> None:
+        pred, true = pred.float(), true.float()
+        p, t = unpack(pred), unpack(true)
+        for name in MAP_NAMES:
+            a, b = p[name], t[name]
+            if name == "normal":
+                a, b = (a + 1) / 2, (b + 1) / 2  # PSNR/SSIM on the PNG encoding's [0, 1] range
+            self._add(f"{name}/psnr", psnr(a, b, data_range=1.0, reduction="none", dim=(1, 2, 3)))
+            if a.shape[-1] >= 11:
+                self._add(f"{name}/ssim", ssim(a, b, data_range=1.0, reduction="none"))
+            self._add(f"{name}/mae", (p[name] - t[name]).abs().mean(dim=(1, 2, 3)))
+        self.angles.append(normal_angles_deg(p["normal"], t["normal"]).flatten(1).cpu())
+        lights = EVAL_LIGHTS.to(pred.device).expand(pred.shape[0], -1, -1)
+        rp, rt = to_display(render(pred, lights)), to_display(render(true, lights))
+        self._add("rerender/rmse", ((rp - rt) ** 2).mean(dim=(1, 2, 3, 4)).sqrt())
+
+    def compute(self) -> dict[str, float]:
+        out = {k: float(sum(v) / len(v)) for k, v in self.values.items() if v}
+        for k in list(out):
+            if k.endswith("/psnr") and math.isinf(out[k]):
+                out[k] = 100.0
+        if self.angles:
+            ang = torch.cat(self.angles, dim=0).flatten()
+            out["normal/angle_mean_deg"] = float(ang.mean())
+            out["normal/angle_median_deg"] = float(ang.median())
+        return out
