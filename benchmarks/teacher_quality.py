@@ -1,0 +1,110 @@
+"""Teacher quality on held-out materials against a trivial baseline (the training set's mean maps).
+
+Trains the ``quick_test`` preset for a wall-clock budget on a freshly generated set, then measures
+per-map PSNR / SSIM / MAE, normal angle and re-render RMSE on the validation materials (never seen in
+training) for the teacher and for the baseline. Prints a table, writes JSON and a grid PNG.
+
+Examples:
+    python benchmarks/teacher_quality.py --minutes 20
+    python benchmarks/teacher_quality.py --minutes 2 --count 64 --out benchmarks/results/teacher_quality_smoke
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import click
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from pbrforge.config import load_config
+from pbrforge.contract import resize_maps
+from pbrforge.datagen.generate import generate_dataset
+from pbrforge.dataset import PBRDataset
+from pbrforge.metrics import MapMetrics
+from pbrforge.trainer import Trainer, comparison_grid
+
+# metric -> True when higher is better
+REPORTED = {"psnr": True, "ssim": True, "mae": False}
+
+
+def mean_maps(ds: PBRDataset) -> torch.Tensor:
+    total = None
+    for sid in sorted({s for s, _ in ds.entries}):
+        t = ds.load_target(sid)
+        total = t if total is None else total + t
+    mean = total / len({s for s, _ in ds.entries})
+    return resize_maps(mean, mean.shape[-1])  # renormalises the mean normal
+
+
+@torch.no_grad()
+def evaluate(model, val: PBRDataset, baseline: torch.Tensor) -> tuple[dict, dict, dict]:
+    model.eval()
+    m_model, m_base, first = MapMetrics(), MapMetrics(), None
+    for batch in DataLoader(val, batch_size=8):
+        pred = model(batch["views"]).float()
+        m_model.update(pred, batch["target"])
+        m_base.update(baseline.expand_as(batch["target"]), batch["target"])
+        if first is None:
+            first = {"views": batch["views"], "pred": pred, "target": batch["target"]}
+    return m_model.compute(), m_base.compute(), first
+
+
+@click.command(epilog=__doc__.split("Examples:")[1])
+@click.option("--minutes", type=float, default=20.0, show_default=True, help="Training wall-clock budget.")
+@click.option("--count", type=int, default=192, show_default=True, help="Generated samples.")
+@click.option("--size", type=int, default=128, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("benchmarks/results/teacher_quality"),
+              show_default=True)
+def main(minutes: float, count: int, size: int, out: Path) -> None:
+    """Train quick_test for a budget; compare with the mean-map baseline on held-out materials."""
+    out.mkdir(parents=True, exist_ok=True)
+    data = out / "data"
+    if not (data / "input" / "render_metadata.json").exists():
+        generate_dataset(data, count=count, size=size, seed=11, dirty_ratio=0.5, overwrite=True)
+    cfg = load_config("quick_test")
+    cfg = cfg.override({"data.image_size": size, "data.output_size": size, "model.image_size": size,
+                        "model.output_size": size, "training.grid_every": 0})
+    d = cfg.data
+    train = PBRDataset(data, "train", d.image_size, d.output_size, d.curriculum, d.val_fraction, d.split_seed)
+    val = PBRDataset(data, "val", d.image_size, d.output_size, d.curriculum, d.val_fraction, d.split_seed)
+    device = torch.device("cpu")
+    start = time.perf_counter()
+    # One probe epoch measures the pace; the real run's cosine schedule then spans the whole budget.
+    probe = Trainer(cfg.override({"training.epochs": 1}), train, None, out / "run", out / "ckpt", device)
+    probe.fit()
+    epoch_s = time.perf_counter() - start
+    epochs = max(2, math.floor(minutes * 60 / epoch_s))
+    trainer = Trainer(cfg.override({"training.epochs": epochs}), train, None, out / "run", out / "ckpt", device)
+    trainer.resume(out / "ckpt" / "latest.pt")
+    trainer.fit()
+    train_s = time.perf_counter() - start
+    teacher, base, first = evaluate(trainer.model, val, mean_maps(train))
+    rows = []
+    for key in sorted(teacher):
+        metric = key.split("/")[-1]
+        higher = REPORTED.get(metric, False)
+        delta = teacher[key] - base[key]
+        rows.append({"metric": key, "teacher": teacher[key], "baseline": base[key], "delta": delta,
+                     "teacher_better": delta > 0 if higher else delta < 0})
+    width = max(len(r["metric"]) for r in rows)
+    print(f"\nteacher quick_test, {epochs} epochs in {train_s / 60:.1f} min on {torch.get_num_threads()} threads; "
+          f"{len(train)} train / {len(val)} held-out samples ({len(train.meta['materials'])} materials)")
+    print(f"{'metric':<{width}}  {'teacher':>9}  {'baseline':>9}  {'delta':>8}  better")
+    for r in rows:
+        print(f"{r['metric']:<{width}}  {r['teacher']:9.4f}  {r['baseline']:9.4f}  {r['delta']:+8.4f}  "
+              f"{'yes' if r['teacher_better'] else 'NO'}")
+    result = {"preset": "quick_test", "minutes_budget": minutes, "train_seconds": train_s, "epochs": epochs,
+              "train_samples": len(train), "val_samples": len(val), "rows": rows,
+              "teacher_beats_baseline_everywhere": all(r["teacher_better"] for r in rows)}
+    (out / "teacher_quality.json").write_text(json.dumps(result, indent=2))
+    Image.fromarray(comparison_grid(first["views"], first["pred"], first["target"], rows=6)).save(out / "grid.png")
+    print(f"wrote {out / 'teacher_quality.json'} and {out / 'grid.png'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Reading three photos from a folder for inference, whatever their mode and size.
+
+Rules (documented in the README): image files are ``.png``, ``.jpg`` or ``.jpeg``; the first three by
+sorted name are used (more is a warning naming them, fewer an error). Modes: RGB as is; RGBA/LA drop
+alpha; grayscale is replicated to RGB; 16-bit is scaled by 1/65535; palette and CMYK are converted to
+RGB. Each view is resized with antialiasing to the model's square input, with a warning when its aspect
+ratio is not 1:1.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pbrforge.contract import NUM_VIEWS, open_image
+from pbrforge.errors import DataError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+
+def image_to_float(path: Path) -> torch.Tensor:
+    """Any supported image -> (3, H, W) float in [0, 1]."""
+    img = open_image(path)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float32)
+        arr = arr / (65535.0 if arr.max() > 255 or img.mode.startswith("I;16") else 255.0)
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    else:
+        if img.mode == "P" and "transparency" in img.info:
+            img = img.convert("RGBA")
+        arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(np.clip(arr, 0, 1)).permute(2, 0, 1).contiguous()
+
+
+def find_views(folder: Path) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"input folder {folder} does not exist")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if len(files) < NUM_VIEWS:
+        raise DataError(f"{folder} holds {len(files)} image(s); {NUM_VIEWS} views are needed (png or jpg)")
+    if len(files) > NUM_VIEWS:
+        warnings.warn(f"{folder} holds {len(files)} images; using the first {NUM_VIEWS} by name: "
+                      f"{', '.join(p.name for p in files[:NUM_VIEWS])}", stacklevel=2)
+    return files[:NUM_VIEWS]
+
+
+def read_view_folder(folder: Path, size: int) -> tuple[torch.Tensor, list[Path]]:
+    """(3, 3, size, size) views in [0, 1] and the files used."""
+    paths = find_views(folder)
+    views = []
+    for p in paths:
+        x = image_to_float(p)
+        h, w = x.shape[-2:]
+        if abs(w / h - 1) > 0.01:
+            warnings.warn(f"{p.name} is {w}x{h}; the model takes square views, so it is stretched to "
+                          f"{size}x{size}", stacklevel=2)
+        if (h, w) != (size, size):
+            x = F.interpolate(x[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+        views.append(x.clamp(0, 1))
+    return torch.stack(views), paths

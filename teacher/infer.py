@@ -1,0 +1,66 @@
+"""Run a trained teacher on three photos and write the four maps as PNGs.
+
+Examples:
+    python teacher/infer.py --checkpoint runs/teacher/checkpoints/best.pt --input-dir photos/ --out-dir out/
+    python teacher/infer.py --checkpoint runs/teacher/checkpoints/best.pt --data-root data/demo --sample-idx 3 --out-dir out/
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+import torch
+
+from pbrforge.contract import normalize_views, write_material
+from pbrforge.dataset import PBRDataset
+from pbrforge.errors import DataError, user_errors
+from pbrforge.fileio import atomic_path
+from pbrforge.models import model_from_checkpoint
+from pbrforge.trainer import resolve_device
+from pbrforge.views import read_view_folder
+
+
+def predict(model: torch.nn.Module, views01: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """(3, 3, h, w) views in [0, 1] -> (8, S, S) maps, using the contract's normalisation."""
+    with torch.no_grad():
+        return model(normalize_views(views01)[None].to(device))[0].float().cpu()
+
+
+@click.command("teacher-infer", epilog=__doc__.split("Examples:")[1])
+@click.option("--checkpoint", type=click.Path(path_type=Path), required=True)
+@click.option("--input-dir", type=click.Path(path_type=Path), default=None, help="A folder with three photos.")
+@click.option("--data-root", type=click.Path(path_type=Path), default=None, help="A generated data set ...")
+@click.option("--sample-idx", type=int, default=None, help="... and the index of a sample in it (all splits).")
+@click.option("--source", type=click.Choice(["clean", "dirty"]), default="clean", show_default=True)
+@click.option("--out-dir", type=click.Path(path_type=Path), required=True)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
+@user_errors
+def main(checkpoint: Path, input_dir: Path | None, data_root: Path | None, sample_idx: int | None, source: str,
+         out_dir: Path, device: str) -> None:
+    """Predict albedo, roughness, metallic and normal maps with a teacher checkpoint."""
+    if (input_dir is None) == (data_root is None) or (data_root is not None and sample_idx is None):
+        raise DataError("give either --input-dir, or --data-root with --sample-idx")
+    dev = resolve_device(device)
+    model, cfg, ckpt = model_from_checkpoint(checkpoint, map_location=dev)
+    model.to(dev)
+    size = ckpt["preprocessing"]["image_size"]
+    if input_dir is not None:
+        views, _ = read_view_folder(input_dir, size)
+    else:
+        ds = PBRDataset(data_root, "all", size, cfg.data.output_size, curriculum={"clean": 0, "dirty": 2}[source])
+        if not 0 <= sample_idx < len(ds):
+            raise DataError(f"--sample-idx {sample_idx} is outside 0..{len(ds) - 1}")
+        views = ds.load_views(*ds.entries[sample_idx])
+    maps = predict(model, views, dev)
+    write_material(out_dir, maps)
+    from PIL import Image
+
+    for i, v in enumerate(views):
+        with atomic_path(out_dir / f"view_{i}.png") as tmp:
+            Image.fromarray((v.permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(tmp, format="PNG")
+    click.echo(f"wrote albedo, roughness, metallic, normal and 3 views to {out_dir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,225 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from helpers import TINY_TEACHER, TINY_TEACHER_ARGS, tiny_teacher_config
+
+from pbrforge.config import TrainConfig, list_configs, load_config
+from pbrforge.contract import validate
+from pbrforge.dataset import PBRDataset
+from pbrforge.errors import ConfigError
+from pbrforge.losses import gan_d_loss, gan_g_loss, map_losses, normal_angular_loss, rendering_loss
+from pbrforge.models import build_model, load_checkpoint, model_from_checkpoint
+from pbrforge.render import random_lights
+from pbrforge.teacher.model import MultiViewPBRGenerator, PatchDiscriminator, TeacherConfig
+from pbrforge.trainer import Trainer, TrainingError
+
+ROOT = Path(__file__).resolve().parents[1]
+ORDER_ATOL = 1e-5
+
+
+def tiny_model(**kw) -> MultiViewPBRGenerator:
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in TINY_TEACHER.items()} | kw
+    return MultiViewPBRGenerator(TeacherConfig(**values)).eval()
+
+
+@pytest.mark.parametrize("encoder", ["unet", "resnet18"])
+def test_shapes_and_ranges(encoder):
+    model = tiny_model(encoder=encoder, output_size=96)
+    out = model(torch.randn(2, 3, 3, 64, 64))
+    assert out.shape == (2, 8, 96, 96)
+    validate(out)
+
+
+def test_view_order_invariance():
+    torch.manual_seed(0)
+    model = tiny_model(encoder="resnet18")
+    views = torch.randn(2, 3, 3, 64, 64)
+    ref = model(views)
+    for perm in ([1, 2, 0], [2, 1, 0], [0, 2, 1]):
+        torch.testing.assert_close(model(views[:, perm]), ref, atol=ORDER_ATOL, rtol=0)
+
+
+def test_rejects_wrong_view_count():
+    with pytest.raises(ValueError, match=r"\(B, 3, 3, H, W\)"):
+        tiny_model()(torch.randn(1, 2, 3, 64, 64))
+
+
+def test_discriminator_shape():
+    d = PatchDiscriminator(n_layers=2, ndf=8)
+    logits = d(torch.rand(2, 8, 64, 64), torch.randn(2, 3, 3, 32, 32))
+    assert logits.ndim == 4 and logits.shape[:2] == (2, 1)
+
+
+def _maps(seed=0, b=2, s=32):
+    from pbrforge.contract import activate
+
+    return activate(torch.randn(b, 8, s, s, generator=torch.Generator().manual_seed(seed)))
+
+
+def test_losses_zero_on_identical_and_positive_otherwise():
+    cfg = load_config("quick_test").loss
+    a, b = _maps(0), _maps(1)
+    same = map_losses(a, a, cfg, torch.Generator().manual_seed(0))
+    assert all(v.abs().item() < 1e-5 for v in same.values()), same
+    diff = map_losses(a, b, cfg, torch.Generator().manual_seed(0))
+    assert set(diff) == {"l1_albedo", "l1_roughness", "l1_metallic", "l1_normal", "ssim_albedo", "normal_angular",
+                         "render", "total"}
+    assert all(v.item() > 0 for v in diff.values())
+    torch.testing.assert_close(diff["total"], sum(v for k, v in diff.items() if k != "total"))
+
+
+def test_known_loss_values():
+    n = torch.zeros(1, 3, 4, 4)
+    n[:, 2] = 1
+    assert normal_angular_loss(n, -n).item() == pytest.approx(2.0)
+    a = _maps(0)
+    b = a.clone()
+    b[:, 3] = (b[:, 3] + 0.25).clamp(max=1)  # only roughness differs
+    cfg = load_config("quick_test").loss
+    terms = map_losses(a, b, cfg)
+    assert terms["l1_albedo"].item() == 0 and terms["l1_roughness"].item() > 0
+    lights = random_lights(2, 3, generator=torch.Generator().manual_seed(0))
+    assert rendering_loss(a, a, lights).item() == 0 and rendering_loss(a, b, lights).item() > 0
+    real, fake = torch.full((4,), 2.0), torch.full((4,), -2.0)
+    assert gan_d_loss(real, fake, "hinge").item() == 0
+    assert gan_d_loss(fake, real, "hinge").item() == pytest.approx(6.0)
+    assert gan_g_loss(fake, "hinge").item() == pytest.approx(2.0)
+    assert gan_d_loss(real, fake, "bce").item() < gan_d_loss(fake, real, "bce").item()
+
+
+def test_presets_build():
+    names = list_configs()
+    for required in ("default", "quick_test", "lightweight", "high_quality", "fast_iteration", "normal_focused"):
+        assert required in names
+    cfg = load_config("default")
+    assert cfg.model["encoder"] == "resnet50" and cfg.model["vit_depth"] == 4 and cfg.training.gan_start_epoch == 5
+    assert not load_config("lightweight").training.gan
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match="known: .*quick_test"):
+        load_config("quik_test")
+    with pytest.raises(ConfigError, match="unknown config key"):
+        load_config("quick_test").override({"training.epoks": 3})
+    with pytest.raises(ConfigError, match="unknown keys"):
+        TrainConfig.from_dict(load_config("quick_test").to_dict() | {"colour": 1})
+    bad = load_config("quick_test").to_dict()
+    bad["model"]["depth_of_field"] = 3
+    with pytest.raises(ConfigError, match="depth_of_field"):
+        build_model(TrainConfig.from_dict(bad))
+    f = tmp_path / "my_config.py"
+    f.write_text("from pbrforge.config import load_config\n\ndef get_config():\n"
+                 "    return load_config('quick_test').override({'training.epochs': 7})\n")
+    assert load_config(str(f)).training.epochs == 7
+
+
+def _trainer(tiny_data, tmp, cfg):
+    d = cfg.data
+    train = PBRDataset(tiny_data, "train", d.image_size, d.output_size, d.curriculum, d.val_fraction)
+    val = PBRDataset(tiny_data, "val", d.image_size, d.output_size, d.curriculum, d.val_fraction)
+    return Trainer(cfg, train, val, tmp / "out", tmp / "ckpt", torch.device("cpu"), progress=False)
+
+
+def test_resume_gives_identical_weights(tiny_data, tmp_path):
+    cfg = tiny_teacher_config(epochs=3, gan=True, gan_start_epoch=1)
+    straight = _trainer(tiny_data, tmp_path / "a", cfg)
+    straight.fit()
+    first = _trainer(tiny_data, tmp_path / "b", cfg.override({"training.epochs": 1}))
+    first.fit()
+    resumed = _trainer(tiny_data, tmp_path / "c", cfg)
+    resumed.resume(tmp_path / "b" / "ckpt" / "latest.pt")
+    resumed.fit()
+    a, c = straight.model.state_dict(), resumed.model.state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], c[k], atol=0, rtol=0, msg=f"{k} differs after resume")
+    for k, v in straight.disc.state_dict().items():
+        torch.testing.assert_close(v, resumed.disc.state_dict()[k], atol=0, rtol=0)
+    lines = (tmp_path / "a" / "out" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and "val/albedo/psnr" in json.loads(lines[-1])
+    assert (tmp_path / "a" / "out" / "grids" / "epoch_0003.png").is_file()
+
+
+def test_checkpoint_is_plain_data(tiny_data, tmp_path):
+    trainer = _trainer(tiny_data, tmp_path, tiny_teacher_config(epochs=1))
+    trainer.fit()
+    ckpt = load_checkpoint(tmp_path / "ckpt" / "latest.pt")  # weights_only=True inside
+    assert ckpt["family"] == "teacher" and ckpt["epoch"] == 0
+    model, cfg, _ = model_from_checkpoint(tmp_path / "ckpt" / "best.pt")
+    assert cfg.model["encoder"] == "unet"
+    other = tiny_teacher_config().override({"model.vit_dim": 48})
+    trainer2 = _trainer(tiny_data, tmp_path / "x", other)
+    with pytest.raises(ConfigError, match="cannot resume"):
+        trainer2.resume(tmp_path / "ckpt" / "latest.pt")
+    from pbrforge.models import load_state_strict
+
+    with pytest.raises(ConfigError, match="another architecture"):
+        load_state_strict(build_model(other), ckpt["model"], "latest.pt")
+
+
+def test_nan_loss_stops_with_sentence(tiny_data, tmp_path, monkeypatch):
+    trainer = _trainer(tiny_data, tmp_path, tiny_teacher_config(epochs=1))
+    monkeypatch.setattr(trainer, "objective", lambda pred, batch: {"total": pred.sum() * float("nan")})
+    with pytest.raises(TrainingError, match="training loss became nan at epoch 0 step 0"):
+        trainer.fit()
+
+
+def _cli(args):
+    from pbrforge.cli import main
+
+    return CliRunner().invoke(main, args)
+
+
+def test_train_cli_and_infer(tiny_data, tmp_path):
+    r = _cli(["teacher-train", "--input-dir", str(tiny_data), "--output-dir", str(tmp_path / "run"), "--epochs", "1",
+              "--max-steps-per-epoch", "1", "--batch-size", "2", "--quiet", "--device", "cpu", *TINY_TEACHER_ARGS])
+    assert r.exit_code == 0, r.output
+    ckpt = tmp_path / "run" / "checkpoints" / "best.pt"
+    r = _cli(["teacher-infer", "--checkpoint", str(ckpt), "--data-root", str(tiny_data), "--sample-idx", "1",
+              "--out-dir", str(tmp_path / "pred")])
+    assert r.exit_code == 0, r.output
+    from pbrforge.contract import read_material
+
+    maps = read_material(tmp_path / "pred")
+    assert maps.shape == (8, 64, 64)
+    r = _cli(["teacher-infer", "--checkpoint", str(ckpt), "--input-dir", str(tiny_data / "input" / "clean" / "sample_0000"),
+              "--out-dir", str(tmp_path / "pred2")])
+    assert r.exit_code == 0, r.output
+    r = _cli(["teacher-infer", "--checkpoint", str(ckpt), "--data-root", str(tiny_data), "--sample-idx", "999",
+              "--out-dir", str(tmp_path / "pred3")])
+    assert r.exit_code == 2 and "outside" in r.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config", "nope"], "unknown config preset"),
+    (["--device", "cuda"], "no usable CUDA GPU"),
+    (["--set", "training.nope=1"], "unknown config key"),
+])
+def test_train_cli_errors(tiny_data, tmp_path, args, message):
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    r = _cli(["teacher-train", "--input-dir", str(tiny_data), "--output-dir", str(tmp_path / "run"), "--quiet", *args])
+    assert r.exit_code == 2, r.output
+    assert message in r.output
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_gloo(tiny_data, tmp_path):
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           str(ROOT / "teacher" / "train.py"), "--input-dir", str(tiny_data), "--output-dir", str(tmp_path / "ddp"),
+           "--epochs", "2", "--batch-size", "2", "--max-steps-per-epoch", "2", "--device", "cpu", "--quiet",
+           *TINY_TEACHER_ARGS, "--set", "training.gan=true", "--set", "training.gan_start_epoch=1"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ckpt = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "latest.pt")
+    assert ckpt["epoch"] == 1 and ckpt["global_step"] == 4
+    assert not any(k.startswith("module.") for k in ckpt["model"])  # saved unwrapped
+    lines = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2  # rank 0 alone writes
+    model_from_checkpoint(tmp_path / "ddp" / "checkpoints" / "latest.pt")
