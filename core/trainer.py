@@ -340,11 +340,16 @@ class Trainer:
         return out, first
 
     # ------------------------------------------------------------------ the loop
-    def fit(self) -> dict[str, float]:
+    def fit(self, max_seconds: float | None = None) -> dict[str, float]:
+        """Train to ``training.epochs``, or until another epoch would overrun ``max_seconds`` (wall clock)."""
         t = self.cfg.training
         last: dict[str, float] = {}
         self.model.train()
+        began, done = time.perf_counter(), 0
         while self.epoch < t.epochs:
+            spent = time.perf_counter() - began
+            if max_seconds is not None and done and spent + spent / done > max_seconds:
+                break
             if hasattr(self.sampler, "set_epoch"):
                 self.sampler.set_epoch(self.epoch)
             sums: dict[str, float] = {}
@@ -387,6 +392,7 @@ class Trainer:
             barrier(self.dist)
             last = record
             self.epoch += 1
+            done += 1
         if self.writer:
             self.writer.close()
         return last
