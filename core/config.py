@@ -17,7 +17,7 @@ from typing import Any
 
 from pbrforge.errors import ConfigError
 
-PRESET_MODULES = ("pbrforge.teacher.config",)
+PRESET_MODULES = ("pbrforge.teacher.config", "pbrforge.student.config")
 
 
 @dataclass
