@@ -130,7 +130,7 @@ def write_shards(checkpoint: Path, data_root: Path, shards_dir: Path, shard_outp
     barrier(info)
     good = _known_good(shards_dir, header, plan)
     mine = [i for i in range(plan.num_shards) if i % info.world == info.rank and shard_name(i) not in good]
-    done: dict[str, dict] = {}
+    done: dict[str, dict] = dict(good)  # progress files carry earlier complete shards forward
     t0, computed = time.perf_counter(), 0
     bar = tqdm(total=sum(len(plan.rows(i)) for i in mine), desc="teacher -> shards", unit="sample",
                disable=not (progress and info.main))

@@ -19,3 +19,28 @@ def tiny_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data") / "tiny"
     generate_dataset(root, count=14, size=32, seed=3, dirty_ratio=0.5, progress=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_ckpt(tiny_data, tmp_path_factory) -> Path:
+    """A tiny teacher trained for two steps: enough to exercise every downstream stage."""
+    from helpers import tiny_teacher_config
+
+    from pbrforge.dataset import PBRDataset
+    from pbrforge.trainer import Trainer
+
+    cfg = tiny_teacher_config(epochs=1)
+    d = cfg.data
+    tmp = tmp_path_factory.mktemp("teacher")
+    train = PBRDataset(tiny_data, "train", d.image_size, d.output_size, d.curriculum, d.val_fraction)
+    Trainer(cfg, train, None, tmp / "out", tmp / "ckpt", torch.device("cpu"), progress=False).fit()
+    return tmp / "ckpt" / "latest.pt"
+
+
+@pytest.fixture(scope="session")
+def tiny_shards(tiny_data, tiny_teacher_ckpt, tmp_path_factory) -> Path:
+    from pbrforge.shards import write_shards
+
+    out = tmp_path_factory.mktemp("shards") / "s32"
+    write_shards(tiny_teacher_ckpt, tiny_data, out, shard_output_size=32, shard_size=4, curriculum=1, progress=False)
+    return out
