@@ -16,10 +16,18 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path in the same folder; rename it onto ``path`` only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")  # suffix kept: some writers check it
     try:
         yield tmp
-        os.replace(tmp, path)
+        if tmp.is_dir() and path.exists():  # a directory artifact (.mlpackage) replaces the old one
+            import shutil
+
+            old = path.with_name(f".{path.name}.old-{os.getpid()}")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
     finally:
         if tmp.exists():
             if tmp.is_dir():

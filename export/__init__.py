@@ -1,1 +1,1 @@
-"""pbrforge.export"""
+"""pbrforge.export: Core ML, ONNX and TensorRT artifacts, each gated by a parity check."""

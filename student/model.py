@@ -47,6 +47,19 @@ def conv_bn_act(cin: int, cout: int, k: int = 3, groups: int = 1) -> nn.Sequenti
                          nn.Hardswish())
 
 
+def view_mean_max(x: torch.Tensor, views: int) -> torch.Tensor:
+    """(B*V, C, H, W) -> (B, 2C, H, W): mean and max over views, kept 4-D for the Neural Engine."""
+    bv, c, h, w = x.shape
+    x = x.reshape(bv // views, views, c, h * w)  # (B, V, C, HW)
+    return torch.cat([x.mean(1), x.amax(1)], dim=1).reshape(bv // views, 2 * c, h, w)
+
+
+def view_mean(x: torch.Tensor, views: int) -> torch.Tensor:
+    """(B*V, C, H, W) -> (B, C, H, W) mean over views, 4-D throughout."""
+    bv, c, h, w = x.shape
+    return x.reshape(bv // views, views, c * h, w).mean(1).reshape(bv // views, c, h, w)
+
+
 class ChannelLayerNorm(nn.Module):
     """LayerNorm over dim 1 of a (B, C, 1, S) tensor, as ml-ane-transformers' LayerNormANE."""
 
@@ -160,9 +173,7 @@ class PLKFusion(nn.Module):
         self.blocks = nn.ModuleList(PLKBlock(cfg.dim, split, self.kernel) for _ in range(cfg.plk_blocks))
 
     def forward(self, x: torch.Tensor, views: int) -> torch.Tensor:
-        bv, c, h, w = x.shape
-        x = x.reshape(bv // views, views, c, h, w)  # (B, V, C, h, w)
-        x = self.proj(torch.cat([x.mean(1), x.amax(1)], dim=1))
+        x = self.proj(view_mean_max(x, views))
         for block in self.blocks:
             x = block(x)
         return x
@@ -174,9 +185,7 @@ class SkipFusion(nn.Module):
         self.mix = conv_bn_act(2 * channels, channels, k=1)
 
     def forward(self, x: torch.Tensor, views: int) -> torch.Tensor:
-        bv, c, h, w = x.shape
-        x = x.reshape(bv // views, views, c, h, w)  # (B, V, C, H, W)
-        return self.mix(torch.cat([x.mean(1), x.amax(1)], dim=1))
+        return self.mix(view_mean_max(x, views))
 
 
 class UpBlock(nn.Module):
@@ -231,18 +240,22 @@ class PBRStudent(nn.Module):
         self.up = nn.ModuleList(UpBlock(i, s, o) for i, s, o in zip([cfg.dim] + dec[:-1], chans[-2::-1], dec, strict=True))
         self.head = SRHead(dec[-1], cfg.sr_channels, cfg.sr_scale)
 
-    def forward_features(self, views: torch.Tensor) -> torch.Tensor:
-        b, v, c, h, w = views.shape  # (B, V, 3, H, W)
-        feats = self.encoder(views.reshape(b * v, c, h, w))  # 5 levels of (B*V, C_i, H_i, W_i)
-        x = self.fusion(feats[-1], v)  # (B, D, H/32, W/32)
+    def forward_features(self, flat: torch.Tensor, views: int = NUM_VIEWS) -> torch.Tensor:
+        feats = self.encoder(flat)  # 5 levels of (B*V, C_i, H_i, W_i)
+        x = self.fusion(feats[-1], views)  # (B, D, H/32, W/32)
         for up, f, skip in zip(self.up, self.skip_fusion[::-1], feats[-2::-1], strict=True):
-            x = up(x, f(skip, v))
+            x = up(x, f(skip, views))
         return x  # (B, dec[-1], H/2, W/2)
+
+    def forward_flat(self, flat: torch.Tensor, views: int = NUM_VIEWS, use_sr: bool = True) -> torch.Tensor:
+        """(B*V, 3, H, W) views stacked along the batch: the 4-D entry point the exporters trace."""
+        return self.head(self.forward_features(flat, views), view_mean(flat, views), use_sr)
 
     def forward(self, views: torch.Tensor, use_sr: bool = True) -> torch.Tensor:
         if views.ndim != 5 or views.shape[1] != NUM_VIEWS or views.shape[2] != 3:
             raise ValueError(f"expected views of shape (B, {NUM_VIEWS}, 3, H, W), got {tuple(views.shape)}")
-        return self.head(self.forward_features(views), views.mean(1), use_sr)
+        b, v, c, h, w = views.shape  # (B, V, 3, H, W)
+        return self.forward_flat(views.reshape(b * v, c, h, w), v, use_sr)
 
 
 # --------------------------------------------------------------------------- registry and factory

@@ -99,8 +99,8 @@ class SkipFusion(nn.Module):
 
     def forward(self, x: torch.Tensor, views: int) -> torch.Tensor:
         bv, c, h, w = x.shape
-        x = x.reshape(bv // views, views, c, h, w)  # (B, V, C, H, W)
-        return self.mix(torch.cat([x.mean(1), x.amax(1)], dim=1))
+        x = x.reshape(bv // views, views, c, h * w)  # (B, V, C, HW): 4-D for the exporters
+        return self.mix(torch.cat([x.mean(1), x.amax(1)], dim=1).reshape(bv // views, 2 * c, h, w))
 
 
 class UpBlock(nn.Module):
@@ -132,11 +132,10 @@ class MultiViewPBRGenerator(nn.Module):
         self.up = nn.ModuleList(UpBlock(i, s, o) for i, s, o in zip(ins, chans[-2::-1], dec, strict=True))
         self.final = nn.Sequential(conv_bn_relu(dec[-1], dec[-1]), nn.Conv2d(dec[-1], NUM_CHANNELS, 3, padding=1))
 
-    def forward_features(self, views: torch.Tensor) -> torch.Tensor:
-        b, v, c, h, w = views.shape  # (B, V, 3, H, W)
-        feats = self.encoder(views.reshape(b * v, c, h, w))  # 5 levels of (B*V, C_i, H_i, W_i)
-        x = self.fusion(feats[-1], v)  # (B, D, H/32, W/32)
-        skips = [f(x_, v) for f, x_ in zip(self.skip_fusion, feats[:-1], strict=True)]  # (B, C_i, H_i, W_i)
+    def forward_features(self, flat: torch.Tensor, views: int = NUM_VIEWS) -> torch.Tensor:
+        feats = self.encoder(flat)  # 5 levels of (B*V, C_i, H_i, W_i)
+        x = self.fusion(feats[-1], views)  # (B, D, H/32, W/32)
+        skips = [f(x_, views) for f, x_ in zip(self.skip_fusion, feats[:-1], strict=True)]  # (B, C_i, H_i, W_i)
         for up, skip in zip(self.up, skips[::-1], strict=True):
             x = up(x, skip)
         return x  # (B, dec[-1], H/2, W/2)
@@ -148,7 +147,13 @@ class MultiViewPBRGenerator(nn.Module):
     def forward(self, views: torch.Tensor) -> torch.Tensor:
         if views.ndim != 5 or views.shape[1] != NUM_VIEWS or views.shape[2] != 3:
             raise ValueError(f"expected views of shape (B, {NUM_VIEWS}, 3, H, W), got {tuple(views.shape)}")
-        return self.forward_head(self.forward_features(views))
+        b, v, c, h, w = views.shape  # (B, V, 3, H, W)
+        return self.forward_flat(views.reshape(b * v, c, h, w), v)
+
+    def forward_flat(self, flat: torch.Tensor, views: int = NUM_VIEWS, use_sr: bool = True) -> torch.Tensor:
+        """(B*V, 3, H, W) views stacked along the batch (the exporters' entry point); the teacher has no SR head,
+        so ``use_sr`` only keeps the signature shared with the student."""
+        return self.forward_head(self.forward_features(flat, views))
 
 
 class PatchDiscriminator(nn.Module):

@@ -1,0 +1,60 @@
+"""The deployment contract: what an exported artifact takes and returns, shared by exporter, runtime and app.
+
+Written beside every artifact as ``<output>.contract.json`` and as ``mobile_app/contract.json``; the
+Python runtime and the iOS sample read the same file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from pbrforge.contract import INPUT_MEAN, INPUT_STD, MAP_NAMES, MAPS, NUM_VIEWS, contract_dict
+from pbrforge.errors import DataError
+from pbrforge.fileio import write_json
+
+INPUT_NAMES: tuple[str, ...] = tuple(f"view_{i}" for i in range(NUM_VIEWS))
+OUTPUT_NAMES: tuple[str, ...] = MAP_NAMES
+DEFAULT_FINAL_SIZE = 2048
+CONTRACT_VERSION = 1
+
+
+@dataclass
+class DeployContract:
+    image_size: int  # side of each input view
+    output_size: int  # side of each output map
+    sr_scale: int  # output_size / image_size as built (1 when the SR head is bypassed)
+    family: str
+    model_name: str
+    final_size: int = DEFAULT_FINAL_SIZE  # what apps upscale to (Lanczos; normals renormalised)
+    input_names: list[str] = field(default_factory=lambda: list(INPUT_NAMES))
+    input_format: str = "RGB, 0-255, (1, 3, H, W); normalisation is inside the model"
+    mean: list[float] = field(default_factory=lambda: list(INPUT_MEAN))
+    std: list[float] = field(default_factory=lambda: list(INPUT_STD))
+    output_names: list[str] = field(default_factory=lambda: list(OUTPUT_NAMES))
+    output_channels: dict[str, int] = field(default_factory=lambda: {n: MAPS[n].channels for n in MAP_NAMES})
+    output_ranges: dict[str, list[float]] = field(default_factory=lambda: {n: contract_dict()["maps"][n]["range"]
+                                                                           for n in MAP_NAMES})
+    normal_convention: str = "tangent space, OpenGL (+X right, +Y up, +Z out); PNG stores (n + 1) / 2"
+    version: int = CONTRACT_VERSION
+
+    def save(self, path: Path) -> None:
+        write_json(path, asdict(self))
+
+    @classmethod
+    def load(cls, path: Path) -> DeployContract:
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"missing deployment contract {path} (written by export/converter.py)")
+        try:
+            data = json.loads(path.read_text())
+            return cls(**data)
+        except (json.JSONDecodeError, TypeError) as e:
+            raise DataError(f"{path} is not a pbrforge deployment contract ({e})") from e
+
+
+def contract_path(artifact: Path) -> Path:
+    """``model.onnx`` / ``model.mlpackage`` / ``model.plan`` -> ``model.contract.json``."""
+    artifact = Path(artifact)
+    return artifact.with_name(artifact.stem + ".contract.json")

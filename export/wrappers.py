@@ -1,0 +1,87 @@
+"""The export wrapper (named image inputs in, named maps out) and the BatchNorm folding the exporters use.
+
+Kept out of the training models, as SAM's ``SamOnnxModel`` and ml-stable-diffusion's wrappers are.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from pbrforge.contract import INPUT_MEAN, INPUT_STD, MAP_NAMES, MAPS, NUM_VIEWS
+
+
+class PBRExportWrapper(nn.Module):
+    """view_0, view_1, view_2: (1, 3, H, W) RGB in 0..255 -> albedo, roughness, metallic, normal.
+
+    The training normalisation is folded into the graph, and the views are stacked along the batch so
+    the graph stays 4-D (the models' ``forward_flat``).
+    """
+
+    def __init__(self, model: nn.Module, use_sr: bool = True):
+        super().__init__()
+        self.model, self.use_sr = model, use_sr
+        self.register_buffer("scale", (1.0 / (255.0 * torch.tensor(INPUT_STD))).view(1, 3, 1, 1))
+        self.register_buffer("shift", (-torch.tensor(INPUT_MEAN) / torch.tensor(INPUT_STD)).view(1, 3, 1, 1))
+
+    def forward(self, view_0: torch.Tensor, view_1: torch.Tensor, view_2: torch.Tensor):
+        flat = torch.cat([view_0, view_1, view_2], dim=0) * self.scale + self.shift  # (V, 3, H, W)
+        maps = self.model.forward_flat(flat, NUM_VIEWS, self.use_sr)  # (1, 8, S, S)
+        return tuple(maps[:, MAPS[n].slice] for n in MAP_NAMES)
+
+
+def fold_batchnorm(model: nn.Module, example: tuple[torch.Tensor, ...]) -> nn.Module:
+    """A copy of ``model`` (eval) with every BatchNorm that directly follows a Conv2d folded into it.
+
+    The BN becomes an exact identity (activation kept), so the copy computes the same function while its
+    conv weights equal those a converter stores: that is what lets palettized weights read back from an
+    .mlpackage be put into PyTorch by matching.
+    """
+    model = copy.deepcopy(model).eval()
+    produced: dict[int, tuple[nn.Conv2d, torch.Tensor]] = {}  # keeps outputs alive so ids stay unique
+    pairs: list[tuple[nn.Conv2d, nn.BatchNorm2d]] = []
+
+    def conv_hook(mod, inp, out):
+        produced[id(out)] = (mod, out)
+
+    def bn_hook(mod, inp, out):
+        hit = produced.get(id(inp[0]))
+        if hit is not None and hit[1] is inp[0]:
+            pairs.append((hit[0], mod))
+
+    hooks = [m.register_forward_hook(conv_hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    hooks += [m.register_forward_hook(bn_hook) for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    with torch.no_grad():
+        model(*example)
+    for h in hooks:
+        h.remove()
+    seen = set()
+    with torch.no_grad():
+        for conv, bn in pairs:
+            if id(bn) in seen:
+                continue
+            seen.add(id(bn))
+            s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            conv.weight.mul_(s.view(-1, 1, 1, 1))
+            bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+            new_bias = bn.bias + (bias - bn.running_mean) * s
+            if conv.bias is None:
+                conv.bias = nn.Parameter(new_bias)
+            else:
+                conv.bias.copy_(new_bias)
+            bn.weight.fill_(1.0)
+            bn.bias.zero_()
+            bn.running_mean.zero_()
+            bn.running_var.fill_(1.0 - bn.eps)
+    return model
+
+
+def example_inputs(size: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Three reproducible (1, 3, size, size) views of whole numbers in 0..255 (exactly an 8-bit image), smooth like a photo."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(NUM_VIEWS, 3, max(2, size // 16), max(2, size // 16), generator=g)
+    smooth = torch.nn.functional.interpolate(low, size=(size, size), mode="bicubic", align_corners=False)
+    views = ((smooth * 0.8 + 0.2 * torch.rand(NUM_VIEWS, 3, size, size, generator=g)).clamp(0, 1) * 255).round()
+    return tuple(v[None].contiguous() for v in views)
