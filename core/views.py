@@ -22,6 +22,10 @@ from pbrforge.errors import DataError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
+class ViewWarning(UserWarning):
+    """Input views were usable but not as expected (extra files, non-square)."""
+
+
 def image_to_float(path: Path) -> torch.Tensor:
     """Any supported image -> (3, H, W) float in [0, 1]."""
     img = open_image(path)
@@ -45,7 +49,7 @@ def find_views(folder: Path) -> list[Path]:
         raise DataError(f"{folder} holds {len(files)} image(s); {NUM_VIEWS} views are needed (png or jpg)")
     if len(files) > NUM_VIEWS:
         warnings.warn(f"{folder} holds {len(files)} images; using the first {NUM_VIEWS} by name: "
-                      f"{', '.join(p.name for p in files[:NUM_VIEWS])}", stacklevel=2)
+                      f"{', '.join(p.name for p in files[:NUM_VIEWS])}", ViewWarning, stacklevel=2)
     return files[:NUM_VIEWS]
 
 
@@ -58,7 +62,7 @@ def read_view_folder(folder: Path, size: int) -> tuple[torch.Tensor, list[Path]]
         h, w = x.shape[-2:]
         if abs(w / h - 1) > 0.01:
             warnings.warn(f"{p.name} is {w}x{h}; the model takes square views, so it is stretched to "
-                          f"{size}x{size}", stacklevel=2)
+                          f"{size}x{size}", ViewWarning, stacklevel=2)
         if (h, w) != (size, size):
             x = F.interpolate(x[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
         views.append(x.clamp(0, 1))

@@ -1,0 +1,107 @@
+"""One runner per backend, all taking the same three uint8-valued views and returning the contract's named maps."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pbrforge.deploy import INPUT_NAMES, OUTPUT_NAMES, DeployContract, contract_path
+from pbrforge.errors import DataError, UnavailableError
+
+SUFFIX_BACKEND = {".pt": "torch", ".pth": "torch", ".onnx": "onnx", ".mlpackage": "coreml", ".plan": "tensorrt",
+                  ".engine": "tensorrt"}
+BACKENDS = ("torch", "onnx", "coreml", "tensorrt")
+
+Views = tuple[torch.Tensor, ...]  # three (1, 3, H, W) float tensors of whole numbers in 0..255
+
+
+@dataclass
+class Runner:
+    backend: str
+    contract: DeployContract
+    run: Callable[[Views], dict[str, np.ndarray]]
+    threads: int
+
+
+def backend_for(artifact: Path, backend: str) -> str:
+    if backend != "auto":
+        return backend
+    suffix = Path(artifact).suffix.lower()
+    if suffix not in SUFFIX_BACKEND:
+        raise DataError(f"cannot tell the backend of {artifact} from its extension; known: "
+                        f"{', '.join(sorted(SUFFIX_BACKEND))} (or pass --backend)")
+    return SUFFIX_BACKEND[suffix]
+
+
+def torch_runner(checkpoint: Path, threads: int, contract: DeployContract | None = None) -> Runner:
+    """PyTorch eager from a checkpoint, through the same export wrapper (normalisation inside)."""
+    from pbrforge.export.wrappers import PBRExportWrapper
+    from pbrforge.models import model_from_checkpoint
+
+    model, cfg, _ = model_from_checkpoint(checkpoint)
+    full = DeployContract(image_size=cfg.data.image_size, output_size=cfg.data.output_size,
+                          sr_scale=cfg.model.get("sr_scale", 1), family=cfg.family, model_name=cfg.name)
+    contract = contract or full
+    use_sr = contract.sr_scale == full.sr_scale
+    wrapper = PBRExportWrapper(model, use_sr=use_sr).eval()
+
+    def run(views: Views) -> dict[str, np.ndarray]:
+        with torch.inference_mode():
+            return {n: o.numpy() for n, o in zip(OUTPUT_NAMES, wrapper(*views), strict=True)}
+
+    return Runner("torch", contract, run, threads)
+
+
+def onnx_runner(path: Path, threads: int, level: str = "all") -> Runner:
+    from pbrforge.export.onnx_export import onnx_session, run_onnx
+
+    session = onnx_session(path, threads=threads, level=level)
+    return Runner("onnx", DeployContract.load(contract_path(path)), lambda v: run_onnx(session, v), threads)
+
+
+def coreml_runner(path: Path, threads: int) -> Runner:
+    if platform.system() != "Darwin":
+        raise UnavailableError("Core ML prediction needs macOS; on this machine convert and inspect only "
+                               "(export/converter.py reports emulated numerics)")
+    import coremltools as ct
+    from PIL import Image
+
+    mlmodel = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit.CPU_AND_NE)
+
+    def run(views: Views) -> dict[str, np.ndarray]:
+        feed = {n: Image.fromarray(v[0].permute(1, 2, 0).numpy().astype(np.uint8), "RGB")
+                for n, v in zip(INPUT_NAMES, views, strict=True)}
+        out = mlmodel.predict(feed)
+        return {n: np.asarray(out[n], dtype=np.float32) for n in OUTPUT_NAMES}
+
+    return Runner("coreml", DeployContract.load(contract_path(path)), run, threads)
+
+
+def tensorrt_runner(path: Path, threads: int) -> Runner:
+    from pbrforge.export.trt_export import run_engine, tensorrt_module
+
+    tensorrt_module()  # one sentence when absent
+    if not torch.cuda.is_available():
+        raise UnavailableError("a TensorRT engine runs only on a CUDA GPU, and this machine has none")
+
+    def run(views: Views) -> dict[str, np.ndarray]:
+        return run_engine(path, dict(zip(INPUT_NAMES, views, strict=True)), list(OUTPUT_NAMES))
+
+    return Runner("tensorrt", DeployContract.load(contract_path(path)), run, threads)
+
+
+def load_runner(artifact: Path, backend: str = "auto", threads: int = 0) -> Runner:
+    artifact = Path(artifact)
+    if not artifact.exists():
+        raise DataError(f"artifact {artifact} does not exist")
+    threads = threads or torch.get_num_threads()
+    kind = backend_for(artifact, backend)
+    factories = {"torch": torch_runner, "onnx": onnx_runner, "coreml": coreml_runner, "tensorrt": tensorrt_runner}
+    if kind not in factories:
+        raise DataError(f"unknown backend {kind!r}; known: {', '.join(BACKENDS)}")
+    return factories[kind](artifact, threads)
