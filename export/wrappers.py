@@ -6,6 +6,7 @@ Kept out of the training models, as SAM's ``SamOnnxModel`` and ml-stable-diffusi
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch import nn
@@ -57,25 +58,52 @@ def fold_batchnorm(model: nn.Module, example: tuple[torch.Tensor, ...]) -> nn.Mo
         model(*example)
     for h in hooks:
         h.remove()
-    seen = set()
+    def outputs() -> list[torch.Tensor]:
+        return [o.clone() for o in model(*example)]
+
+    seen: set[int] = set()
     with torch.no_grad():
+        before = outputs()
         for conv, bn in pairs:
             if id(bn) in seen:
                 continue
             seen.add(id(bn))
-            s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-            conv.weight.mul_(s.view(-1, 1, 1, 1))
-            bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-            new_bias = bn.bias + (bias - bn.running_mean) * s
-            if conv.bias is None:
-                conv.bias = nn.Parameter(new_bias)
+            saved = (copy.deepcopy(conv.state_dict()), copy.deepcopy(bn.state_dict()), conv.bias)
+            _fold_pair(conv, bn)
+            after = outputs()
+            # A conv whose output also feeds something else (a residual, say) must not be folded: undo it.
+            if min(_psnr(a, b) for a, b in zip(before, after, strict=True)) < FOLD_STEP_MIN_PSNR:
+                conv.bias = saved[2]
+                conv.load_state_dict(saved[0])
+                bn.load_state_dict(saved[1])
             else:
-                conv.bias.copy_(new_bias)
-            bn.weight.fill_(1.0)
-            bn.bias.zero_()
-            bn.running_mean.zero_()
-            bn.running_var.fill_(1.0 - bn.eps)
+                before = after
     return model
+
+
+FOLD_STEP_MIN_PSNR = 90.0  # dB between outputs before and after one fold: only float rounding may differ
+
+
+def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = float(((a - b) ** 2).mean())
+    peak = float(a.max() - a.min()) or 1.0
+    return 200.0 if mse == 0 else 10 * math.log10(peak**2 / mse)
+
+
+def _fold_pair(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+    """Fold ``bn`` into ``conv`` and turn ``bn`` into an exact identity (its activation, if any, stays)."""
+    s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    conv.weight.mul_(s.view(-1, 1, 1, 1))
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    new_bias = bn.bias + (bias - bn.running_mean) * s
+    if conv.bias is None:
+        conv.bias = nn.Parameter(new_bias)
+    else:
+        conv.bias.copy_(new_bias)
+    bn.weight.fill_(1.0)
+    bn.bias.zero_()
+    bn.running_mean.zero_()
+    bn.running_var.fill_(1.0 - bn.eps)
 
 
 def example_inputs(size: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
