@@ -19,6 +19,16 @@ LAYOUT_OPS = ("reshape", "transpose")
 NOT_COMPUTE = ("const",)
 
 
+def dtype_name(var) -> str:
+    """"fp16", "fp32", "int32", ... for a MIL variable."""
+    from coremltools.converters.mil.mil import types
+
+    try:
+        return types.builtin_to_string(var.dtype)
+    except Exception:
+        return str(getattr(var, "dtype", ""))
+
+
 def _shape(var) -> tuple:
     try:
         return tuple(var.shape)
@@ -39,7 +49,7 @@ def ane_report(path: Path) -> dict:
                                                    "weights_over_1gb")}
     for op in compute:
         outs = list(op.outputs)
-        if op.op_type != "cast" and any(str(getattr(o, "dtype", "")).endswith("fp32") for o in outs):
+        if op.op_type != "cast" and any(dtype_name(o) == "fp32" for o in outs):
             flags["fp32_compute"].append(op.name)
         if any(len(_shape(o)) >= 5 for o in outs):
             flags["rank5_tensors"].append(op.name)

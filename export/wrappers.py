@@ -10,6 +10,8 @@ import math
 
 import torch
 from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_leaves
 
 from pbrforge.contract import INPUT_MEAN, INPUT_STD, MAP_NAMES, MAPS, NUM_VIEWS
 
@@ -54,10 +56,12 @@ def fold_batchnorm(model: nn.Module, example: tuple[torch.Tensor, ...]) -> nn.Mo
 
     hooks = [m.register_forward_hook(conv_hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
     hooks += [m.register_forward_hook(bn_hook) for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    with torch.no_grad():
+    with torch.no_grad(), _TensorUses() as uses:
         model(*example)
     for h in hooks:
         h.remove()
+    # Only a conv whose output feeds the BN alone can absorb it (not one that also feeds a residual).
+    pairs = [(c, b) for c, b in pairs if uses.count(next(o for m, o in produced.values() if m is c)) == 1]
     def outputs() -> list[torch.Tensor]:
         return [o.clone() for o in model(*example)]
 
@@ -79,6 +83,28 @@ def fold_batchnorm(model: nn.Module, example: tuple[torch.Tensor, ...]) -> nn.Mo
             else:
                 before = after
     return model
+
+
+class _TensorUses(TorchFunctionMode):
+    """Counts, per tensor, the torch calls that consume it and return a tensor (shape queries do not count)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.uses: dict[int, int] = {}
+        self.alive: list[torch.Tensor] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if isinstance(out, torch.Tensor) or (isinstance(out, tuple) and any(isinstance(o, torch.Tensor) for o in out)):
+            for a in tree_leaves((args, kwargs)):
+                if isinstance(a, torch.Tensor):
+                    self.uses[id(a)] = self.uses.get(id(a), 0) + 1
+                    self.alive.append(a)
+        return out
+
+    def count(self, t: torch.Tensor) -> int:
+        return self.uses.get(id(t), 0)
 
 
 FOLD_STEP_MIN_PSNR = 90.0  # dB between outputs before and after one fold: only float rounding may differ

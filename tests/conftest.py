@@ -44,3 +44,29 @@ def tiny_shards(tiny_data, tiny_teacher_ckpt, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shards") / "s32"
     write_shards(tiny_teacher_ckpt, tiny_data, out, shard_output_size=32, shard_size=4, curriculum=1, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_student_ckpt(tiny_data, tiny_shards, tmp_path_factory) -> Path:
+    """A student (PLK, SR x1, 32 px) distilled for two steps from the tiny shards."""
+    from click.testing import CliRunner
+
+    from pbrforge.cli import main
+
+    out = tmp_path_factory.mktemp("student")
+    r = CliRunner().invoke(main, [
+        "student-train", "--config", "student_mnv3_plk_512", "--image-size", "32", "--shards-dir", str(tiny_shards),
+        "--input-dir", str(tiny_data), "--output-dir", str(out), "--epochs", "1", "--batch-size", "2",
+        "--max-steps-per-epoch", "2", "--quiet", "--set", "model.sr_scale=1", "--set", "data.val_fraction=0.3"])
+    assert r.exit_code == 0, r.output
+    return out / "checkpoints" / "latest.pt"
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_student_ckpt, tmp_path_factory) -> Path:
+    from pbrforge.export.converter import export_artifacts
+
+    out = tmp_path_factory.mktemp("onnx") / "student"
+    result = export_artifacts(tiny_student_ckpt, out, ("onnx",), echo=lambda *a: None)
+    assert not result.failures, result.failures
+    return out.with_suffix(".onnx")
