@@ -1,0 +1,115 @@
+"""Teacher vs distilled student vs the mean-map baseline on held-out materials.
+
+Reuses the teacher and data of ``benchmarks/teacher_quality.py`` (run it first), writes shards, distils
+a student for a wall-clock budget, then reports per-map PSNR / SSIM / MAE, normal angle and re-render
+RMSE for all three. Goal: the student within 1 dB PSNR of the teacher on every map.
+
+Examples:
+    python benchmarks/distill.py --minutes 10
+    python benchmarks/distill.py --student student_mnv3_vit_512 --image-size 64 --minutes 10
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+import torch
+from torch.utils.data import DataLoader
+
+from pbrforge.config import load_config
+from pbrforge.dataset import PBRDataset
+from pbrforge.metrics import MapMetrics
+from pbrforge.models import model_from_checkpoint
+from pbrforge.shards import DistillDataset, ShardSampler, write_shards
+from pbrforge.teacher.train import apply_cli_overrides
+from pbrforge.trainer import Trainer
+
+GOAL_DB = 1.0
+
+
+def mean_maps(ds: PBRDataset) -> torch.Tensor:
+    from pbrforge.contract import resize_maps
+
+    ids = sorted({s for s, _ in ds.entries})
+    return resize_maps(sum(ds.load_target(s) for s in ids) / len(ids), ds.output_size)
+
+
+@torch.no_grad()
+def evaluate(models: dict, val_for: dict, baseline: torch.Tensor) -> dict[str, dict[str, float]]:
+    results = {}
+    for name, model in models.items():
+        m = MapMetrics()
+        for batch in DataLoader(val_for[name], batch_size=8):
+            m.update(model(batch["views"]).float(), batch["target"])
+        results[name] = m.compute()
+    m = MapMetrics()
+    for batch in DataLoader(val_for["teacher"], batch_size=8):
+        m.update(baseline.expand_as(batch["target"]), batch["target"])
+    results["baseline"] = m.compute()
+    return results
+
+
+@click.command(epilog=__doc__.split("Examples:")[1])
+@click.option("--work", type=click.Path(path_type=Path), default=Path("benchmarks/results/teacher_quality"),
+              show_default=True, help="teacher_quality's output (data/ and ckpt/latest.pt).")
+@click.option("--student", default="student_mnv3_plk_1024", show_default=True, help="Student preset.")
+@click.option("--image-size", type=int, default=128, show_default=True, help="Student input size.")
+@click.option("--minutes", type=float, default=10.0, show_default=True, help="Student training budget.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("benchmarks/results"), show_default=True)
+def main(work: Path, student: str, image_size: int, minutes: float, out: Path) -> None:
+    """Distil a student from the teacher_quality teacher and compare the three on held-out materials."""
+    data, teacher_ckpt = work / "data", work / "ckpt" / "latest.pt"
+    if not teacher_ckpt.exists():
+        raise click.ClickException(f"{teacher_ckpt} is missing: run benchmarks/teacher_quality.py first")
+    teacher, tcfg, _ = model_from_checkpoint(teacher_ckpt)
+    cfg = load_config(student)
+    cfg = apply_cli_overrides(cfg, None, 10_000, tcfg.data.curriculum, None,
+                              (f"model.image_size={image_size}", "optim.scheduler=\"plateau\"",
+                               "optim.plateau_patience=1", "training.grid_every=0"))
+    out_size = image_size * cfg.model["sr_scale"]
+    cfg = cfg.override({"data.image_size": image_size, "data.output_size": out_size,
+                        "data.val_fraction": tcfg.data.val_fraction, "data.split_seed": tcfg.data.split_seed})
+    if out_size > tcfg.data.output_size:
+        raise click.ClickException(f"student output {out_size}px exceeds the teacher's {tcfg.data.output_size}px")
+    shards_dir = out / f"distill_shards_{out_size}"
+    write_shards(teacher_ckpt, data, shards_dir, out_size, 8, tcfg.data.curriculum, batch_size=4)
+    d = cfg.data
+    train = DistillDataset(data, shards_dir, d.image_size, d.output_size, d.curriculum, "train", d.val_fraction,
+                           d.split_seed)
+    trainer = Trainer(cfg, train, None, out / "distill_run", out / "distill_ckpt", torch.device("cpu"),
+                      sampler=ShardSampler(train, cfg.training.seed))
+    trainer.fit(max_seconds=minutes * 60)
+    student_model = trainer.model.eval()
+    val_student = PBRDataset(data, "val", d.image_size, d.output_size, d.curriculum, d.val_fraction, d.split_seed)
+    val_teacher = PBRDataset(data, "val", tcfg.data.image_size, d.output_size, d.curriculum, d.val_fraction,
+                             d.split_seed)
+
+    class Resized(torch.nn.Module):  # the teacher judged at the student's output size
+        def forward(self, views):
+            from pbrforge.contract import resize_maps
+
+            return resize_maps(teacher(views), out_size)
+
+    res = evaluate({"teacher": Resized().eval(), "student": student_model}, {"teacher": val_teacher, "student": val_student},
+                   mean_maps(val_teacher))
+    keys = sorted(res["teacher"])
+    print(f"\ndistillation: {student} at {image_size}->{out_size}px, {trainer.epoch} epochs in {minutes:.0f} min; "
+          f"{len(val_student)} held-out samples")
+    print(f"{'metric':<24} {'teacher':>9} {'student':>9} {'baseline':>9} {'student-teacher':>16}")
+    for k in keys:
+        print(f"{k:<24} {res['teacher'][k]:9.4f} {res['student'][k]:9.4f} {res['baseline'][k]:9.4f} "
+              f"{res['student'][k] - res['teacher'][k]:+16.4f}")
+    gaps = {k: res["teacher"][k] - res["student"][k] for k in keys if k.endswith("/psnr")}
+    met = all(g <= GOAL_DB for g in gaps.values())
+    print(f"goal: student within {GOAL_DB} dB PSNR of the teacher on every map: {'met' if met else 'NOT met'} "
+          f"(gaps: {', '.join(f'{k} {v:+.2f} dB' for k, v in gaps.items())})")
+    (out / "distill.json").write_text(json.dumps({"student": student, "image_size": image_size, "output_size": out_size,
+                                                  "epochs": trainer.epoch, "minutes": minutes, "metrics": res,
+                                                  "psnr_gap_db": gaps, "goal_met": met}, indent=2))
+    print(f"wrote {out / 'distill.json'}")
+
+
+if __name__ == "__main__":
+    main()
