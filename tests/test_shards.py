@@ -141,3 +141,24 @@ def test_shard_sampler_reads_each_shard_once(tiny_data, tiny_shards):
     assert list(sampler) != first  # reshuffled per epoch
     ranks = [list(shards.ShardSampler(ds, 0, num_replicas=2, rank=r)) for r in (0, 1)]
     assert len(ranks[0]) == len(ranks[1]) and set(ranks[0]) | set(ranks[1]) == set(range(len(ds)))
+
+
+@pytest.mark.slow
+def test_torchrun_ranks_split_and_rank0_merges(tiny_data, tiny_teacher_ckpt, tiny_shards, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(root / "teacher_infer.py"), "--checkpoint", str(tiny_teacher_ckpt), "--data-root", str(tiny_data),
+           "--shards-dir", str(out), "--shard-output-size", "32", "--shard-size", "4", "--device", "cpu", "--quiet"]
+    r = subprocess.run(cmd, env=os.environ | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = shards.load_manifest(out)
+    ref = shards.load_manifest(tiny_shards)
+    assert m["entries"] == ref["entries"] and sorted(m["shards"]) == sorted(ref["shards"])
+    assert not list(out.glob(".progress.*"))  # rank 0 merged and cleaned up
+    assert shards.verify_shards(out) == []

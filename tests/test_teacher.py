@@ -211,7 +211,7 @@ def test_train_cli_errors(tiny_data, tmp_path, args, message):
 @pytest.mark.slow
 def test_ddp_two_processes_gloo(tiny_data, tmp_path):
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(ROOT / "teacher" / "train.py"), "--input-dir", str(tiny_data), "--output-dir", str(tmp_path / "ddp"),
            "--epochs", "2", "--batch-size", "2", "--max-steps-per-epoch", "2", "--device", "cpu", "--quiet",
            *TINY_TEACHER_ARGS, "--set", "training.gan=true", "--set", "training.gan_start_epoch=1"]
