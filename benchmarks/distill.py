@@ -20,20 +20,13 @@ from torch.utils.data import DataLoader
 
 from pbrforge.config import load_config
 from pbrforge.dataset import PBRDataset
-from pbrforge.metrics import MapMetrics
+from pbrforge.metrics import MapMetrics, mean_map_baseline
 from pbrforge.models import model_from_checkpoint
 from pbrforge.shards import DistillDataset, ShardSampler, write_shards
 from pbrforge.teacher.train import apply_cli_overrides
 from pbrforge.trainer import Trainer
 
 GOAL_DB = 1.0
-
-
-def mean_maps(ds: PBRDataset) -> torch.Tensor:
-    from pbrforge.contract import resize_maps
-
-    ids = sorted({s for s, _ in ds.entries})
-    return resize_maps(sum(ds.load_target(s) for s in ids) / len(ids), ds.output_size)
 
 
 @torch.no_grad()
@@ -93,7 +86,7 @@ def main(work: Path, student: str, image_size: int, minutes: float, out: Path) -
             return resize_maps(teacher(views), out_size)
 
     res = evaluate({"teacher": Resized().eval(), "student": student_model}, {"teacher": val_teacher, "student": val_student},
-                   mean_maps(val_teacher))
+                   mean_map_baseline(train.base))
     keys = sorted(res["teacher"])
     print(f"\ndistillation: {student} at {image_size}->{out_size}px, {trainer.epoch} epochs in {minutes:.0f} min; "
           f"{len(val_student)} held-out samples")

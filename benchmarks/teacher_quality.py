@@ -21,23 +21,13 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from pbrforge.config import load_config
-from pbrforge.contract import resize_maps
 from pbrforge.datagen.generate import generate_dataset
 from pbrforge.dataset import PBRDataset
-from pbrforge.metrics import MapMetrics
+from pbrforge.metrics import MapMetrics, mean_map_baseline
 from pbrforge.trainer import Trainer, comparison_grid
 
 # metric -> True when higher is better
 REPORTED = {"psnr": True, "ssim": True, "mae": False}
-
-
-def mean_maps(ds: PBRDataset) -> torch.Tensor:
-    total = None
-    for sid in sorted({s for s, _ in ds.entries}):
-        t = ds.load_target(sid)
-        total = t if total is None else total + t
-    mean = total / len({s for s, _ in ds.entries})
-    return resize_maps(mean, mean.shape[-1])  # renormalises the mean normal
 
 
 @torch.no_grad()
@@ -79,7 +69,7 @@ def main(minutes: float, count: int, size: int, out: Path) -> None:
     trainer.fit(max_seconds=minutes * 60)
     epochs = trainer.epoch
     train_s = time.perf_counter() - start
-    teacher, base, first = evaluate(trainer.model, val, mean_maps(train))
+    teacher, base, first = evaluate(trainer.model, val, mean_map_baseline(train))
     rows = []
     for key in sorted(teacher):
         metric = key.split("/")[-1]

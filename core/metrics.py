@@ -60,3 +60,11 @@ class MapMetrics:
             out["normal/angle_mean_deg"] = float(ang.mean())
             out["normal/angle_median_deg"] = float(ang.median())
         return out
+
+
+def mean_map_baseline(ds) -> torch.Tensor:
+    """The trivial baseline: the mean of a data set's true maps (normals renormalised), one (8, S, S) tensor."""
+    from pbrforge.contract import resize_maps
+
+    ids = sorted({sid for sid, _ in ds.entries})
+    return resize_maps(sum(ds.load_target(s) for s in ids) / len(ids), ds.output_size)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pbrforge.contract import NUM_CHANNELS, NUM_VIEWS, activate
+from pbrforge.layers import view_mean, view_mean_max
 
 ANE_MAX_KERNEL = 13
 
@@ -45,19 +46,6 @@ class StudentConfig:
 def conv_bn_act(cin: int, cout: int, k: int = 3, groups: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, k, 1, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout),
                          nn.Hardswish())
-
-
-def view_mean_max(x: torch.Tensor, views: int) -> torch.Tensor:
-    """(B*V, C, H, W) -> (B, 2C, H, W): mean and max over views, kept 4-D for the Neural Engine."""
-    bv, c, h, w = x.shape
-    x = x.reshape(bv // views, views, c, h * w)  # (B, V, C, HW)
-    return torch.cat([x.mean(1), x.amax(1)], dim=1).reshape(bv // views, 2 * c, h, w)
-
-
-def view_mean(x: torch.Tensor, views: int) -> torch.Tensor:
-    """(B*V, C, H, W) -> (B, C, H, W) mean over views, 4-D throughout."""
-    bv, c, h, w = x.shape
-    return x.reshape(bv // views, views, c * h, w).mean(1).reshape(bv // views, c, h, w)
 
 
 class ChannelLayerNorm(nn.Module):

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pbrforge.contract import NUM_CHANNELS, NUM_VIEWS, activate
+from pbrforge.layers import view_mean_max
 
 TIMM_ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
@@ -98,9 +99,7 @@ class SkipFusion(nn.Module):
         self.mix = conv_bn_relu(2 * channels, channels, k=1)
 
     def forward(self, x: torch.Tensor, views: int) -> torch.Tensor:
-        bv, c, h, w = x.shape
-        x = x.reshape(bv // views, views, c, h * w)  # (B, V, C, HW): 4-D for the exporters
-        return self.mix(torch.cat([x.mean(1), x.amax(1)], dim=1).reshape(bv // views, 2 * c, h, w))
+        return self.mix(view_mean_max(x, views))
 
 
 class UpBlock(nn.Module):

@@ -81,7 +81,7 @@ def test_modes_and_sizes_are_converted(tiny_onnx, views_dir, tmp_path):
     gray16 = (np.asarray(Image.fromarray(rgb).convert("L"), dtype=np.uint16) * 257)
     Image.fromarray(gray16).save(views_dir / "2.png")
     x = image_to_float(views_dir / "2.png")
-    assert x.shape[0] == 3 and 0 <= float(x.min()) and float(x.max()) <= 1 and float(x.max()) > 0.1
+    assert x.shape[0] == 3 and float(x.min()) >= 0 and float(x.max()) <= 1 and float(x.max()) > 0.1
     r = _run(tiny_onnx, "--input", views_dir, "--output", tmp_path / "o", "--final-size", "64")
     assert r.exit_code == 0, r.output
     assert "stretched" in r.output  # the 40x30 view's aspect-ratio warning

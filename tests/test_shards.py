@@ -1,5 +1,6 @@
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -45,7 +46,7 @@ def test_resume_after_kill(tiny_data, tiny_teacher_ckpt, tiny_shards, tmp_path, 
     def dying_save(tensors, path, metadata=None):
         calls["n"] += 1
         if calls["n"] == 3:
-            open(path, "wb").write(b"half a shard")  # the kill lands mid-write
+            Path(path).write_bytes(b"half a shard")  # the kill lands mid-write
             raise KeyboardInterrupt
         real_save(tensors, path, metadata=metadata)
 
@@ -148,7 +149,6 @@ def test_torchrun_ranks_split_and_rank0_merges(tiny_data, tiny_teacher_ckpt, tin
     import os
     import subprocess
     import sys
-    from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "ddp"
