@@ -18,6 +18,7 @@ import click
 import torch
 from torch.utils.data import DataLoader
 
+from pbrforge.cli import examples_epilog
 from pbrforge.config import load_config
 from pbrforge.dataset import PBRDataset
 from pbrforge.metrics import MapMetrics, mean_map_baseline
@@ -44,7 +45,7 @@ def evaluate(models: dict, val_for: dict, baseline: torch.Tensor) -> dict[str, d
     return results
 
 
-@click.command(epilog=__doc__.split("Examples:")[1])
+@click.command(epilog=examples_epilog(__doc__))
 @click.option("--work", type=click.Path(path_type=Path), default=Path("benchmarks/results/teacher_quality"),
               show_default=True, help="teacher_quality's output (data/ and ckpt/latest.pt).")
 @click.option("--student", default="student_mnv3_plk_1024", show_default=True, help="Student preset.")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import click
 
+from pbrforge.cli import examples_epilog
 from pbrforge.export.converter import export_artifacts
 
 GOALS = {"coreml fp16": 55.0, "coreml 8-bit": 45.0, "coreml 6-bit": 35.0}
@@ -27,7 +28,7 @@ VARIANTS = [  # (label, format, kwargs)
 ]
 
 
-@click.command(epilog=__doc__.split("Examples:")[1])
+@click.command(epilog=examples_epilog(__doc__))
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=Path("demo_out/student/checkpoints/best.pt"),
               show_default=True, help="A student checkpoint (make demo writes this one).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("benchmarks/results"), show_default=True)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from pbrforge.cli import examples_epilog
 from pbrforge.export.converter import export_artifacts
 from pbrforge.export.onnx_export import onnx_session, run_onnx
 from pbrforge.export.wrappers import PBRExportWrapper, example_inputs
@@ -46,7 +47,7 @@ def peak_flops(threads: int, n: int = 2048) -> float:
     return 2 * n**3 / timed(lambda: a @ b, 5)
 
 
-@click.command(epilog=__doc__.split("Examples:")[1])
+@click.command(epilog=examples_epilog(__doc__))
 @click.option("--checkpoint", type=click.Path(path_type=Path), default=Path("demo_out/student/checkpoints/best.pt"),
               show_default=True)
 @click.option("--sizes", type=int, multiple=True, default=(64, 128, 256, 512), show_default=True)

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import click
 
+from pbrforge.cli import examples_epilog
+
 MODELS = {"vit": "student_mnv3_vit_512", "plk": "student_mnv3_plk_512"}
 GOAL_PLK_RATIO = 4.4
 
@@ -46,7 +48,7 @@ def measure_one(preset: str, size: int, runs: int) -> dict:
             "peak_mem_mib": (peak - base) / 1024, "threads": torch.get_num_threads()}
 
 
-@click.command(epilog=__doc__.split("Examples:")[1])
+@click.command(epilog=examples_epilog(__doc__))
 @click.option("--sizes", type=int, multiple=True, default=(256, 384, 512, 768, 1024), show_default=True)
 @click.option("--runs", type=int, default=3, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("benchmarks/results"), show_default=True)

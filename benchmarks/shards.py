@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from pbrforge.cli import examples_epilog
 from pbrforge.config import load_config
 from pbrforge.contract import resize_maps
 from pbrforge.datagen.generate import generate_dataset
@@ -51,7 +52,7 @@ def student_epoch(student, cfg, loader, teacher=None, teacher_size: int | None =
     return time.perf_counter() - t0
 
 
-@click.command(epilog=__doc__.split("Examples:")[1])
+@click.command(epilog=examples_epilog(__doc__))
 @click.option("--teacher-config", default="default", show_default=True, help="Teacher preset (random weights).")
 @click.option("--count", type=int, default=24, show_default=True)
 @click.option("--student-size", type=int, default=64, show_default=True)

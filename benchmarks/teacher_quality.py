@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from pbrforge.cli import examples_epilog
 from pbrforge.config import load_config
 from pbrforge.datagen.generate import generate_dataset
 from pbrforge.dataset import PBRDataset
@@ -43,7 +44,7 @@ def evaluate(model, val: PBRDataset, baseline: torch.Tensor) -> tuple[dict, dict
     return m_model.compute(), m_base.compute(), first
 
 
-@click.command(epilog=__doc__.split("Examples:")[1])
+@click.command(epilog=examples_epilog(__doc__))
 @click.option("--minutes", type=float, default=20.0, show_default=True, help="Training wall-clock budget.")
 @click.option("--count", type=int, default=192, show_default=True, help="Generated samples.")
 @click.option("--size", type=int, default=128, show_default=True)

@@ -22,6 +22,19 @@ COMMANDS = {
 }
 
 
+def examples_epilog(doc: str) -> str:
+    """The "Examples:" block of a module docstring as a click epilog, kept verbatim (``\\b``)."""
+    marker = "Examples:" if "Examples:" in doc else "Example:"
+    lines = [ln.strip() for ln in doc.split(marker, 1)[1].strip().splitlines()]
+    joined = []
+    for ln in lines:  # undo backslash continuations so each example is one line
+        if joined and joined[-1].endswith("\\"):
+            joined[-1] = joined[-1][:-1].rstrip() + " " + ln
+        elif ln:
+            joined.append(ln)
+    return "\b\nExamples:\n" + "\n".join(f"  {ln}" for ln in joined)
+
+
 class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(n for n in COMMANDS if _exists(n))

@@ -17,6 +17,7 @@ import click
 import torch
 from click.testing import CliRunner
 
+from pbrforge.cli import examples_epilog
 from pbrforge.errors import fail
 
 TEACHER_SIZE = 128
@@ -34,7 +35,7 @@ def _step(title: str, command, args: list[str]) -> float:
     return time.perf_counter() - t0
 
 
-@click.command(epilog=__doc__.split("Example:")[1])
+@click.command(epilog=examples_epilog(__doc__))
 @click.option("--out", type=click.Path(path_type=Path), default=Path("demo_out"), show_default=True)
 @click.option("--count", type=int, default=48, show_default=True, help="Generated samples.")
 def main(out: Path, count: int) -> None:

@@ -19,6 +19,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from pbrforge import __version__
+from pbrforge.cli import examples_epilog
 from pbrforge.contract import write_material
 from pbrforge.datagen.capture import CaptureDamage, display_damage, linear_damage
 from pbrforge.datagen.materials import FAMILIES, make_material
@@ -96,7 +97,7 @@ def _write_views(folder: Path, views: list) -> None:
         img.save(folder / f"{i}.png", format="PNG")
 
 
-@click.command("datagen", epilog=__doc__.split("Examples:")[1])
+@click.command("datagen", epilog=examples_epilog(__doc__))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Data root to create.")
 @click.option("--count", type=int, default=64, show_default=True, help="Number of samples.")
 @click.option("--size", type=int, default=256, show_default=True, help="Side of views and maps in pixels.")

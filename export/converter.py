@@ -20,6 +20,7 @@ from pathlib import Path
 import click
 import torch
 
+from pbrforge.cli import examples_epilog
 from pbrforge.deploy import DeployContract, contract_path
 from pbrforge.errors import ConfigError, ParityError, UnavailableError, fail, user_errors
 from pbrforge.export.parity import compare, gate_psnr, table
@@ -157,7 +158,7 @@ def _finish(result: ExportResult, fmt: str, path: Path, parity: dict, seconds: f
         result.failures.append(parity["failure"])
 
 
-@click.command("export", epilog=__doc__.split("Examples:")[1])
+@click.command("export", epilog=examples_epilog(__doc__))
 @click.argument("checkpoint", type=click.Path(path_type=Path))
 @click.option("--output", type=click.Path(path_type=Path), required=True,
               help="Artifact path without extension: writes OUTPUT.mlpackage / .onnx / .plan and reports beside them.")

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pbrforge.cli import examples_epilog
 from pbrforge.contract import MAP_NAMES, pack, resize_maps, to_preview, validate, write_material
 from pbrforge.deploy import OUTPUT_NAMES, DeployContract
 from pbrforge.errors import DataError, user_errors
@@ -95,7 +96,7 @@ def latency_chart(latency: dict[str, dict[str, float]], path: Path, title: str) 
     ax.bar(names, med, yerr=[np.zeros(len(names)), p90], color=["#777777", "#2a7ab9", "#d9822b", "#3a9a4a"][: len(names)],
            capsize=6)
     for i, m in enumerate(med):
-        ax.text(i, m, f"{m:.1f} ms", ha="center", va="bottom")
+        ax.text(i, m + p90[i], f"{m:.1f} ms", ha="center", va="bottom")
     ax.set_ylabel("latency, ms (median, bar to p90)")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
@@ -142,7 +143,7 @@ def run_inference(artifact: Path, input_dir: Path, output: Path, backend: str = 
     return summary
 
 
-@click.command("run", epilog=__doc__.split("Examples:")[1])
+@click.command("run", epilog=examples_epilog(__doc__))
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--input", "input_dir", type=click.Path(path_type=Path), required=True, help="Folder with 3 photos.")
 @click.option("--output", type=click.Path(path_type=Path), required=True, help="Folder for maps, preview and reports.")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import click
 
+from pbrforge.cli import examples_epilog
 from pbrforge.config import TrainConfig, list_configs, load_config
 from pbrforge.errors import ConfigError, user_errors
 from pbrforge.shards import DistillDataset, ShardSampler
@@ -30,7 +31,7 @@ def student_sizes(cfg: TrainConfig, image_size: int | None) -> TrainConfig:
     return cfg.override({"data.image_size": side, "data.output_size": side * cfg.model["sr_scale"]})
 
 
-@click.command("student-train", epilog=__doc__.split("Examples:")[1])
+@click.command("student-train", epilog=examples_epilog(__doc__))
 @click.option("--config", "config_name", required=True,
               help=f"Student preset ({', '.join(n for n in list_configs() if n.startswith('student'))}) or a .py file.")
 @click.option("--shards-dir", type=click.Path(path_type=Path), required=True, help="Written by teacher_infer.py.")

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 import torch
 
+from pbrforge.cli import examples_epilog
 from pbrforge.contract import normalize_views, write_material
 from pbrforge.dataset import PBRDataset
 from pbrforge.errors import DataError, user_errors
@@ -27,7 +28,7 @@ def predict(model: torch.nn.Module, views01: torch.Tensor, device: torch.device)
         return model(normalize_views(views01)[None].to(device))[0].float().cpu()
 
 
-@click.command("teacher-infer", epilog=__doc__.split("Examples:")[1])
+@click.command("teacher-infer", epilog=examples_epilog(__doc__))
 @click.option("--checkpoint", type=click.Path(path_type=Path), required=True)
 @click.option("--input-dir", type=click.Path(path_type=Path), default=None, help="A folder with three photos.")
 @click.option("--data-root", type=click.Path(path_type=Path), default=None, help="A generated data set ...")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from pbrforge.cli import examples_epilog
 from pbrforge.config import TrainConfig, list_configs, load_config
 from pbrforge.dataset import PBRDataset
 from pbrforge.errors import user_errors
@@ -67,7 +68,7 @@ def common_options(fn):
     return fn
 
 
-@click.command("teacher-train", epilog=__doc__.split("Examples:")[1])
+@click.command("teacher-train", epilog=examples_epilog(__doc__))
 @click.option("--input-dir", type=click.Path(path_type=Path), required=True, help="Data root from datagen.")
 @click.option("--config", "config_name", default="quick_test", show_default=True,
               help=f"Preset ({', '.join(list_configs())}) or a .py file with get_config().")
