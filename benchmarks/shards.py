@@ -96,7 +96,7 @@ def main(teacher_config: str, count: int, student_size: int, out: Path) -> None:
     print(f"\nshards benchmark: teacher {teacher_config} ({tsize}px, random weights), student {student_size}px -> "
           f"{scfg.data.output_size}px, {len(ds)} samples, {torch.get_num_threads()} threads")
     for k, v in rows.items():
-        print(f"{k:<{width}}  {v / 2**20:10.2f} MiB" if k.startswith("bytes") else f"{k:<{width}}  {v:10.2f}")
+        print(f"{k:<{width}}  {v / 2**20:10.2f} MiB" if "bytes" in k else f"{k:<{width}}  {v:10.2f}")
     ratio = rows["speed-up from shards (x)"]
     print(f"goal >= {GOAL_RATIO}x: {'met' if ratio >= GOAL_RATIO else 'NOT met'} ({ratio:.2f}x)")
     result = {"teacher": teacher_config, "teacher_size": tsize, "student_size": student_size, "samples": len(ds),
