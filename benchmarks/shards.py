@@ -101,8 +101,9 @@ def main(teacher_config: str, count: int, student_size: int, out: Path) -> None:
     print(f"goal >= {GOAL_RATIO}x: {'met' if ratio >= GOAL_RATIO else 'NOT met'} ({ratio:.2f}x)")
     result = {"teacher": teacher_config, "teacher_size": tsize, "student_size": student_size, "samples": len(ds),
               "rows": rows, "goal_ratio": GOAL_RATIO, "goal_met": ratio >= GOAL_RATIO}
-    (out / "shards.json").write_text(json.dumps(result, indent=2))
-    print(f"wrote {out / 'shards.json'}")
+    path = out / f"shards_{teacher_config}.json"
+    path.write_text(json.dumps(result, indent=2))
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from pbrforge.fileio import atomic_path
 
 TARGETS = ("iOS17", "iOS18")
 NBITS = (8, 6, 4)
-GROUP_SIZE_4BIT = 16
+GROUP_SIZE_4BIT = 8  # MobileNetV3 widths (24, 40, 120, 168, 184) are multiples of 8, not of 16
 READBACK_MATCH_TOLERANCE = 0.35  # relative L2 error accepted when matching a dense LUT weight to a tensor
 
 
