@@ -46,8 +46,13 @@ def evaluate(models: dict, val_for: dict, baseline: torch.Tensor) -> dict[str, d
 
 
 @click.command(epilog=examples_epilog(__doc__))
-@click.option("--work", type=click.Path(path_type=Path), default=Path("benchmarks/results/teacher_quality"),
-              show_default=True, help="teacher_quality's output (data/ and ckpt/latest.pt).")
+@click.option(
+    "--work",
+    type=click.Path(path_type=Path),
+    default=Path("benchmarks/results/teacher_quality"),
+    show_default=True,
+    help="teacher_quality's output (data/ and ckpt/latest.pt).",
+)
 @click.option("--student", default="student_mnv3_plk_1024", show_default=True, help="Student preset.")
 @click.option("--image-size", type=int, default=128, show_default=True, help="Student input size.")
 @click.option("--minutes", type=float, default=10.0, show_default=True, help="Student training budget.")
@@ -59,26 +64,55 @@ def main(work: Path, student: str, image_size: int, minutes: float, out: Path) -
         raise click.ClickException(f"{teacher_ckpt} is missing: run benchmarks/teacher_quality.py first")
     teacher, tcfg, _ = model_from_checkpoint(teacher_ckpt)
     cfg = load_config(student)
-    cfg = apply_cli_overrides(cfg, None, 10_000, tcfg.data.curriculum, None,
-                              (f"model.image_size={image_size}", "optim.scheduler=\"plateau\"",
-                               "optim.plateau_patience=1", "training.grid_every=0"))
+    cfg = apply_cli_overrides(
+        cfg,
+        None,
+        10_000,
+        tcfg.data.curriculum,
+        None,
+        (
+            f"model.image_size={image_size}",
+            'optim.scheduler="plateau"',
+            "optim.plateau_patience=1",
+            "training.grid_every=0",
+        ),
+    )
     out_size = image_size * cfg.model["sr_scale"]
-    cfg = cfg.override({"data.image_size": image_size, "data.output_size": out_size,
-                        "data.val_fraction": tcfg.data.val_fraction, "data.split_seed": tcfg.data.split_seed})
+    cfg = cfg.override(
+        {
+            "data.image_size": image_size,
+            "data.output_size": out_size,
+            "data.val_fraction": tcfg.data.val_fraction,
+            "data.split_seed": tcfg.data.split_seed,
+        }
+    )
     if out_size > tcfg.data.output_size:
-        raise click.ClickException(f"student output {out_size}px exceeds the teacher's {tcfg.data.output_size}px")
+        raise click.ClickException(
+            f"student output {out_size}px exceeds the teacher's {tcfg.data.output_size}px"
+        )
     shards_dir = out / f"distill_shards_{out_size}"
     write_shards(teacher_ckpt, data, shards_dir, out_size, 8, tcfg.data.curriculum, batch_size=4)
     d = cfg.data
-    train = DistillDataset(data, shards_dir, d.image_size, d.output_size, d.curriculum, "train", d.val_fraction,
-                           d.split_seed)
-    trainer = Trainer(cfg, train, None, out / "distill_run", out / "distill_ckpt", torch.device("cpu"),
-                      sampler=ShardSampler(train, cfg.training.seed))
+    train = DistillDataset(
+        data, shards_dir, d.image_size, d.output_size, d.curriculum, "train", d.val_fraction, d.split_seed
+    )
+    trainer = Trainer(
+        cfg,
+        train,
+        None,
+        out / "distill_run",
+        out / "distill_ckpt",
+        torch.device("cpu"),
+        sampler=ShardSampler(train, cfg.training.seed),
+    )
     trainer.fit(max_seconds=minutes * 60)
     student_model = trainer.model.eval()
-    val_student = PBRDataset(data, "val", d.image_size, d.output_size, d.curriculum, d.val_fraction, d.split_seed)
-    val_teacher = PBRDataset(data, "val", tcfg.data.image_size, d.output_size, d.curriculum, d.val_fraction,
-                             d.split_seed)
+    val_student = PBRDataset(
+        data, "val", d.image_size, d.output_size, d.curriculum, d.val_fraction, d.split_seed
+    )
+    val_teacher = PBRDataset(
+        data, "val", tcfg.data.image_size, d.output_size, d.curriculum, d.val_fraction, d.split_seed
+    )
 
     class Resized(torch.nn.Module):  # the teacher judged at the student's output size
         def forward(self, views):
@@ -86,22 +120,43 @@ def main(work: Path, student: str, image_size: int, minutes: float, out: Path) -
 
             return resize_maps(teacher(views), out_size)
 
-    res = evaluate({"teacher": Resized().eval(), "student": student_model}, {"teacher": val_teacher, "student": val_student},
-                   mean_map_baseline(train.base))
+    res = evaluate(
+        {"teacher": Resized().eval(), "student": student_model},
+        {"teacher": val_teacher, "student": val_student},
+        mean_map_baseline(train.base),
+    )
     keys = sorted(res["teacher"])
-    print(f"\ndistillation: {student} at {image_size}->{out_size}px, {trainer.epoch} epochs in {minutes:.0f} min; "
-          f"{len(val_student)} held-out samples")
+    print(
+        f"\ndistillation: {student} at {image_size}->{out_size}px, {trainer.epoch} epochs in {minutes:.0f} min; "
+        f"{len(val_student)} held-out samples"
+    )
     print(f"{'metric':<24} {'teacher':>9} {'student':>9} {'baseline':>9} {'student-teacher':>16}")
     for k in keys:
-        print(f"{k:<24} {res['teacher'][k]:9.4f} {res['student'][k]:9.4f} {res['baseline'][k]:9.4f} "
-              f"{res['student'][k] - res['teacher'][k]:+16.4f}")
+        print(
+            f"{k:<24} {res['teacher'][k]:9.4f} {res['student'][k]:9.4f} {res['baseline'][k]:9.4f} "
+            f"{res['student'][k] - res['teacher'][k]:+16.4f}"
+        )
     gaps = {k: res["teacher"][k] - res["student"][k] for k in keys if k.endswith("/psnr")}
     met = all(g <= GOAL_DB for g in gaps.values())
-    print(f"goal: student within {GOAL_DB} dB PSNR of the teacher on every map: {'met' if met else 'NOT met'} "
-          f"(gaps: {', '.join(f'{k} {v:+.2f} dB' for k, v in gaps.items())})")
-    (out / "distill.json").write_text(json.dumps({"student": student, "image_size": image_size, "output_size": out_size,
-                                                  "epochs": trainer.epoch, "minutes": minutes, "metrics": res,
-                                                  "psnr_gap_db": gaps, "goal_met": met}, indent=2))
+    print(
+        f"goal: student within {GOAL_DB} dB PSNR of the teacher on every map: {'met' if met else 'NOT met'} "
+        f"(gaps: {', '.join(f'{k} {v:+.2f} dB' for k, v in gaps.items())})"
+    )
+    (out / "distill.json").write_text(
+        json.dumps(
+            {
+                "student": student,
+                "image_size": image_size,
+                "output_size": out_size,
+                "epochs": trainer.epoch,
+                "minutes": minutes,
+                "metrics": res,
+                "psnr_gap_db": gaps,
+                "goal_met": met,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {out / 'distill.json'}")
 
 

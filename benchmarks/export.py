@@ -29,8 +29,13 @@ VARIANTS = [  # (label, format, kwargs)
 
 
 @click.command(epilog=examples_epilog(__doc__))
-@click.option("--checkpoint", type=click.Path(path_type=Path), default=Path("demo_out/student/checkpoints/best.pt"),
-              show_default=True, help="A student checkpoint (make demo writes this one).")
+@click.option(
+    "--checkpoint",
+    type=click.Path(path_type=Path),
+    default=Path("demo_out/student/checkpoints/best.pt"),
+    show_default=True,
+    help="A student checkpoint (make demo writes this one).",
+)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("benchmarks/results"), show_default=True)
 def main(checkpoint: Path, out: Path) -> None:
     """Convert the student five ways and tabulate size, time, parity and ANE flags."""
@@ -47,17 +52,32 @@ def main(checkpoint: Path, out: Path) -> None:
         psnrs = {k: v["psnr_db"] for k, v in report.items()}
         ane = json.loads(base.with_suffix(".ane.json").read_text())["flag_counts"] if fmt == "coreml" else {}
         goal = GOALS.get(label)
-        rows.append({"variant": label, "bytes": r["bytes"], "seconds": r["seconds"], "status": r["status"],
-                     "min_psnr_db": min(psnrs.values()), "psnr_db": psnrs, "ane_flags": sum(ane.values()) if ane else None,
-                     "ane_flag_counts": ane, "goal_db": goal, "goal_met": None if goal is None else min(psnrs.values()) >= goal})
+        rows.append(
+            {
+                "variant": label,
+                "bytes": r["bytes"],
+                "seconds": r["seconds"],
+                "status": r["status"],
+                "min_psnr_db": min(psnrs.values()),
+                "psnr_db": psnrs,
+                "ane_flags": sum(ane.values()) if ane else None,
+                "ane_flag_counts": ane,
+                "goal_db": goal,
+                "goal_met": None if goal is None else min(psnrs.values()) >= goal,
+            }
+        )
     print(f"\nexport benchmark: {checkpoint}")
-    print(f"{'variant':<14} {'MiB':>7} {'convert s':>9} {'min PSNR dB':>11} {'goal':>6} {'ANE flags':>9}  per-map PSNR dB")
+    print(
+        f"{'variant':<14} {'MiB':>7} {'convert s':>9} {'min PSNR dB':>11} {'goal':>6} {'ANE flags':>9}  per-map PSNR dB"
+    )
     for r in rows:
         goal = "" if r["goal_db"] is None else ("met" if r["goal_met"] else "NOT")
         flags = "" if r["ane_flags"] is None else r["ane_flags"]
         maps = " ".join(f"{k} {v:.1f}" for k, v in r["psnr_db"].items())
-        print(f"{r['variant']:<14} {r['bytes'] / 2**20:7.2f} {r['seconds']:9.1f} {r['min_psnr_db']:11.1f} {goal:>6} "
-              f"{flags!s:>9}  {maps}")
+        print(
+            f"{r['variant']:<14} {r['bytes'] / 2**20:7.2f} {r['seconds']:9.1f} {r['min_psnr_db']:11.1f} {goal:>6} "
+            f"{flags!s:>9}  {maps}"
+        )
     (out / "export.json").write_text(json.dumps({"checkpoint": str(checkpoint), "rows": rows}, indent=2))
     print(f"wrote {out / 'export.json'}")
 

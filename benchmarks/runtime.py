@@ -48,8 +48,12 @@ def peak_flops(threads: int, n: int = 2048) -> float:
 
 
 @click.command(epilog=examples_epilog(__doc__))
-@click.option("--checkpoint", type=click.Path(path_type=Path), default=Path("demo_out/student/checkpoints/best.pt"),
-              show_default=True)
+@click.option(
+    "--checkpoint",
+    type=click.Path(path_type=Path),
+    default=Path("demo_out/student/checkpoints/best.pt"),
+    show_default=True,
+)
 @click.option("--sizes", type=int, multiple=True, default=(64, 128, 256, 512), show_default=True)
 @click.option("--runs", type=int, default=10, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("benchmarks/results"), show_default=True)
@@ -78,21 +82,40 @@ def main(checkpoint: Path, sizes: tuple[int, ...], runs: int, out: Path) -> None
                 sess = onnx_session(base.with_suffix(".onnx"), threads=t, level=level)
                 tries[f"{level}/{t}t"] = timed(lambda s=sess, x=x: run_onnx(s, x), runs)
         best = min(tries, key=tries.get)
-        rows.append({"size": size, "gflops": flops / 1e9, "eager_ms": eager * 1e3, "ort_best_ms": tries[best] * 1e3,
-                     "ort_best_setting": best, "ort_all_ms": {k: v * 1e3 for k, v in tries.items()},
-                     "speedup": eager / tries[best], "eager_peak_fraction": flops / eager / peak,
-                     "ort_peak_fraction": flops / tries[best] / peak})
-    print(f"\nruntime benchmark: {checkpoint}; peak {peak / 1e9:.1f} GFLOP/s (2048^2 matmul, {threads} threads)")
-    print(f"{'size':>5} {'GFLOP':>7} {'eager ms':>9} {'ORT ms':>8} {'ORT setting':>13} {'speed-up':>8} "
-          f"{'eager %peak':>11} {'ORT %peak':>9}")
+        rows.append(
+            {
+                "size": size,
+                "gflops": flops / 1e9,
+                "eager_ms": eager * 1e3,
+                "ort_best_ms": tries[best] * 1e3,
+                "ort_best_setting": best,
+                "ort_all_ms": {k: v * 1e3 for k, v in tries.items()},
+                "speedup": eager / tries[best],
+                "eager_peak_fraction": flops / eager / peak,
+                "ort_peak_fraction": flops / tries[best] / peak,
+            }
+        )
+    print(
+        f"\nruntime benchmark: {checkpoint}; peak {peak / 1e9:.1f} GFLOP/s (2048^2 matmul, {threads} threads)"
+    )
+    print(
+        f"{'size':>5} {'GFLOP':>7} {'eager ms':>9} {'ORT ms':>8} {'ORT setting':>13} {'speed-up':>8} "
+        f"{'eager %peak':>11} {'ORT %peak':>9}"
+    )
     for r in rows:
-        print(f"{r['size']:5d} {r['gflops']:7.2f} {r['eager_ms']:9.1f} {r['ort_best_ms']:8.1f} {r['ort_best_setting']:>13} "
-              f"{r['speedup']:7.2f}x {100 * r['eager_peak_fraction']:10.1f}% {100 * r['ort_peak_fraction']:8.1f}%")
+        print(
+            f"{r['size']:5d} {r['gflops']:7.2f} {r['eager_ms']:9.1f} {r['ort_best_ms']:8.1f} {r['ort_best_setting']:>13} "
+            f"{r['speedup']:7.2f}x {100 * r['eager_peak_fraction']:10.1f}% {100 * r['ort_peak_fraction']:8.1f}%"
+        )
     at512 = next((r for r in rows if r["size"] == 512), None)
     if at512:
-        print(f"goal ORT >= {GOAL_AT_512}x eager at 512: {'met' if at512['speedup'] >= GOAL_AT_512 else 'NOT met'} "
-              f"({at512['speedup']:.2f}x)")
-    (out / "runtime.json").write_text(json.dumps({"peak_gflops": peak / 1e9, "threads": threads, "rows": rows}, indent=2))
+        print(
+            f"goal ORT >= {GOAL_AT_512}x eager at 512: {'met' if at512['speedup'] >= GOAL_AT_512 else 'NOT met'} "
+            f"({at512['speedup']:.2f}x)"
+        )
+    (out / "runtime.json").write_text(
+        json.dumps({"peak_gflops": peak / 1e9, "threads": threads, "rows": rows}, indent=2)
+    )
     import matplotlib
 
     matplotlib.use("Agg")
@@ -101,8 +124,12 @@ def main(checkpoint: Path, sizes: tuple[int, ...], runs: int, out: Path) -> None
     fig, ax = plt.subplots(figsize=(6, 3.4), dpi=120)
     ax.plot([r["size"] for r in rows], [r["eager_ms"] for r in rows], "o-", label="PyTorch eager")
     ax.plot([r["size"] for r in rows], [r["ort_best_ms"] for r in rows], "o-", label="ONNX Runtime (best)")
-    ax.set(xlabel="input size (px per side)", ylabel="latency, ms (median)", yscale="log",
-           title=f"demo student, {threads} CPU threads")
+    ax.set(
+        xlabel="input size (px per side)",
+        ylabel="latency, ms (median)",
+        yscale="log",
+        title=f"demo student, {threads} CPU threads",
+    )
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -44,8 +44,13 @@ def measure_one(preset: str, size: int, runs: int) -> dict:
             times.append(time.perf_counter() - t0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     times.sort()
-    return {"preset": preset, "size": size, "median_ms": 1000 * times[len(times) // 2],
-            "peak_mem_mib": (peak - base) / 1024, "threads": torch.get_num_threads()}
+    return {
+        "preset": preset,
+        "size": size,
+        "median_ms": 1000 * times[len(times) // 2],
+        "peak_mem_mib": (peak - base) / 1024,
+        "threads": torch.get_num_threads(),
+    }
 
 
 @click.command(epilog=examples_epilog(__doc__))
@@ -61,25 +66,37 @@ def main(sizes: tuple[int, ...], runs: int, out: Path, child: tuple[str, str, st
     rows = []
     for kind, preset in MODELS.items():
         for size in sizes:
-            r = subprocess.run([sys.executable, __file__, "--child", preset, str(size), str(runs)], capture_output=True,
-                               text=True, check=True)
+            r = subprocess.run(
+                [sys.executable, __file__, "--child", preset, str(size), str(runs)],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             row = json.loads(r.stdout.strip().splitlines()[-1]) | {"kind": kind}
             rows.append(row)
-            print(f"{kind} {size:5d}px  {row['median_ms']:9.1f} ms  {row['peak_mem_mib']:8.1f} MiB", flush=True)
+            print(
+                f"{kind} {size:5d}px  {row['median_ms']:9.1f} ms  {row['peak_mem_mib']:8.1f} MiB", flush=True
+            )
     by = {(r["kind"], r["size"]): r for r in rows}
     print(f"\n{'size':>6} {'ViT ms':>9} {'PLK ms':>9} {'ViT MiB':>9} {'PLK MiB':>9} {'ViT/PLK':>8}")
     for s in sizes:
         v, p = by[("vit", s)], by[("plk", s)]
-        print(f"{s:6d} {v['median_ms']:9.1f} {p['median_ms']:9.1f} {v['peak_mem_mib']:9.1f} {p['peak_mem_mib']:9.1f} "
-              f"{v['median_ms'] / p['median_ms']:8.2f}")
+        print(
+            f"{s:6d} {v['median_ms']:9.1f} {p['median_ms']:9.1f} {v['peak_mem_mib']:9.1f} {p['peak_mem_mib']:9.1f} "
+            f"{v['median_ms'] / p['median_ms']:8.2f}"
+        )
     ratios = {}
     if 512 in sizes and 1024 in sizes:
         for kind in MODELS:
             ratios[kind] = by[(kind, 1024)]["median_ms"] / by[(kind, 512)]["median_ms"]
-        print(f"latency 1024/512: PLK {ratios['plk']:.2f} (goal <= {GOAL_PLK_RATIO}: "
-              f"{'met' if ratios['plk'] <= GOAL_PLK_RATIO else 'NOT met'}), ViT {ratios['vit']:.2f}")
+        print(
+            f"latency 1024/512: PLK {ratios['plk']:.2f} (goal <= {GOAL_PLK_RATIO}: "
+            f"{'met' if ratios['plk'] <= GOAL_PLK_RATIO else 'NOT met'}), ViT {ratios['vit']:.2f}"
+        )
     out.mkdir(parents=True, exist_ok=True)
-    (out / "scaling.json").write_text(json.dumps({"rows": rows, "ratio_1024_512": ratios, "goal": GOAL_PLK_RATIO}, indent=2))
+    (out / "scaling.json").write_text(
+        json.dumps({"rows": rows, "ratio_1024_512": ratios, "goal": GOAL_PLK_RATIO}, indent=2)
+    )
     import matplotlib
 
     matplotlib.use("Agg")

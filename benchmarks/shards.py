@@ -39,13 +39,20 @@ def student_epoch(student, cfg, loader, teacher=None, teacher_size: int | None =
         if teacher is not None:
             b, v, c, h, w = batch["views"].shape
             with torch.no_grad():  # the teacher sees views at its own size, as when the shards were written
-                big = F.interpolate(batch["views"].reshape(b * v, c, h, w), size=(teacher_size, teacher_size),
-                                    mode="bilinear", align_corners=False).reshape(b, v, c, teacher_size, teacher_size)
+                big = F.interpolate(
+                    batch["views"].reshape(b * v, c, h, w),
+                    size=(teacher_size, teacher_size),
+                    mode="bilinear",
+                    align_corners=False,
+                ).reshape(b, v, c, teacher_size, teacher_size)
                 target_t = resize_maps(teacher(big), cfg.data.output_size)
         else:
             target_t = batch["teacher"]
         pred = student(batch["views"])
-        loss = 0.7 * map_losses(pred, target_t, cfg.loss)["total"] + 0.3 * map_losses(pred, batch["target"], cfg.loss)["total"]
+        loss = (
+            0.7 * map_losses(pred, target_t, cfg.loss)["total"]
+            + 0.3 * map_losses(pred, batch["target"], cfg.loss)["total"]
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -53,7 +60,9 @@ def student_epoch(student, cfg, loader, teacher=None, teacher_size: int | None =
 
 
 @click.command(epilog=examples_epilog(__doc__))
-@click.option("--teacher-config", default="default", show_default=True, help="Teacher preset (random weights).")
+@click.option(
+    "--teacher-config", default="default", show_default=True, help="Teacher preset (random weights)."
+)
 @click.option("--count", type=int, default=24, show_default=True)
 @click.option("--student-size", type=int, default=64, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("benchmarks/results"), show_default=True)
@@ -67,8 +76,13 @@ def main(teacher_config: str, count: int, student_size: int, out: Path) -> None:
     train_set = PBRDataset(data, "all", tsize, tsize, curriculum=0)
     trainer = Trainer(tcfg, train_set, None, work / "t", work / "tc", torch.device("cpu"), progress=False)
     ckpt = trainer.save("teacher.pt")  # random weights: throughput does not depend on them
-    scfg = load_config("student_mnv3_plk_512").override({"model.image_size": student_size, "data.image_size": student_size,
-                                                         "data.output_size": student_size * 2})
+    scfg = load_config("student_mnv3_plk_512").override(
+        {
+            "model.image_size": student_size,
+            "data.image_size": student_size,
+            "data.output_size": student_size * 2,
+        }
+    )
     t0 = time.perf_counter()
     m = write_shards(ckpt, data, work / "shards", scfg.data.output_size, 8, 0, batch_size=2, overwrite=True)
     write_s = time.perf_counter() - t0
@@ -93,14 +107,23 @@ def main(teacher_config: str, count: int, student_size: int, out: Path) -> None:
         "speed-up from shards (x)": online_epoch / shard_epoch,
     }
     width = max(len(k) for k in rows)
-    print(f"\nshards benchmark: teacher {teacher_config} ({tsize}px, random weights), student {student_size}px -> "
-          f"{scfg.data.output_size}px, {len(ds)} samples, {torch.get_num_threads()} threads")
+    print(
+        f"\nshards benchmark: teacher {teacher_config} ({tsize}px, random weights), student {student_size}px -> "
+        f"{scfg.data.output_size}px, {len(ds)} samples, {torch.get_num_threads()} threads"
+    )
     for k, v in rows.items():
         print(f"{k:<{width}}  {v / 2**20:10.2f} MiB" if "bytes" in k else f"{k:<{width}}  {v:10.2f}")
     ratio = rows["speed-up from shards (x)"]
     print(f"goal >= {GOAL_RATIO}x: {'met' if ratio >= GOAL_RATIO else 'NOT met'} ({ratio:.2f}x)")
-    result = {"teacher": teacher_config, "teacher_size": tsize, "student_size": student_size, "samples": len(ds),
-              "rows": rows, "goal_ratio": GOAL_RATIO, "goal_met": ratio >= GOAL_RATIO}
+    result = {
+        "teacher": teacher_config,
+        "teacher_size": tsize,
+        "student_size": student_size,
+        "samples": len(ds),
+        "rows": rows,
+        "goal_ratio": GOAL_RATIO,
+        "goal_met": ratio >= GOAL_RATIO,
+    }
     path = out / f"shards_{teacher_config}.json"
     path.write_text(json.dumps(result, indent=2))
     print(f"wrote {path}")

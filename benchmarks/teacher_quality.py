@@ -48,8 +48,12 @@ def evaluate(model, val: PBRDataset, baseline: torch.Tensor) -> tuple[dict, dict
 @click.option("--minutes", type=float, default=20.0, show_default=True, help="Training wall-clock budget.")
 @click.option("--count", type=int, default=192, show_default=True, help="Generated samples.")
 @click.option("--size", type=int, default=128, show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), default=Path("benchmarks/results/teacher_quality"),
-              show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=Path("benchmarks/results/teacher_quality"),
+    show_default=True,
+)
 def main(minutes: float, count: int, size: int, out: Path) -> None:
     """Train quick_test for a budget; compare with the mean-map baseline on held-out materials."""
     out.mkdir(parents=True, exist_ok=True)
@@ -57,8 +61,15 @@ def main(minutes: float, count: int, size: int, out: Path) -> None:
     if not (data / "input" / "render_metadata.json").exists():
         generate_dataset(data, count=count, size=size, seed=11, dirty_ratio=0.5, overwrite=True)
     cfg = load_config("quick_test")
-    cfg = cfg.override({"data.image_size": size, "data.output_size": size, "model.image_size": size,
-                        "model.output_size": size, "training.grid_every": 0})
+    cfg = cfg.override(
+        {
+            "data.image_size": size,
+            "data.output_size": size,
+            "model.image_size": size,
+            "model.output_size": size,
+            "training.grid_every": 0,
+        }
+    )
     d = cfg.data
     train = PBRDataset(data, "train", d.image_size, d.output_size, d.curriculum, d.val_fraction, d.split_seed)
     val = PBRDataset(data, "val", d.image_size, d.output_size, d.curriculum, d.val_fraction, d.split_seed)
@@ -76,20 +87,40 @@ def main(minutes: float, count: int, size: int, out: Path) -> None:
         metric = key.split("/")[-1]
         higher = REPORTED.get(metric, False)
         delta = teacher[key] - base[key]
-        rows.append({"metric": key, "teacher": teacher[key], "baseline": base[key], "delta": delta,
-                     "teacher_better": delta > 0 if higher else delta < 0})
+        rows.append(
+            {
+                "metric": key,
+                "teacher": teacher[key],
+                "baseline": base[key],
+                "delta": delta,
+                "teacher_better": delta > 0 if higher else delta < 0,
+            }
+        )
     width = max(len(r["metric"]) for r in rows)
-    print(f"\nteacher quick_test, {epochs} epochs in {train_s / 60:.1f} min on {torch.get_num_threads()} threads; "
-          f"{len(train)} train / {len(val)} held-out samples ({len(train.meta['materials'])} materials)")
+    print(
+        f"\nteacher quick_test, {epochs} epochs in {train_s / 60:.1f} min on {torch.get_num_threads()} threads; "
+        f"{len(train)} train / {len(val)} held-out samples ({len(train.meta['materials'])} materials)"
+    )
     print(f"{'metric':<{width}}  {'teacher':>9}  {'baseline':>9}  {'delta':>8}  better")
     for r in rows:
-        print(f"{r['metric']:<{width}}  {r['teacher']:9.4f}  {r['baseline']:9.4f}  {r['delta']:+8.4f}  "
-              f"{'yes' if r['teacher_better'] else 'NO'}")
-    result = {"preset": "quick_test", "minutes_budget": minutes, "train_seconds": train_s, "epochs": epochs,
-              "train_samples": len(train), "val_samples": len(val), "rows": rows,
-              "teacher_beats_baseline_everywhere": all(r["teacher_better"] for r in rows)}
+        print(
+            f"{r['metric']:<{width}}  {r['teacher']:9.4f}  {r['baseline']:9.4f}  {r['delta']:+8.4f}  "
+            f"{'yes' if r['teacher_better'] else 'NO'}"
+        )
+    result = {
+        "preset": "quick_test",
+        "minutes_budget": minutes,
+        "train_seconds": train_s,
+        "epochs": epochs,
+        "train_samples": len(train),
+        "val_samples": len(val),
+        "rows": rows,
+        "teacher_beats_baseline_everywhere": all(r["teacher_better"] for r in rows),
+    }
     (out / "teacher_quality.json").write_text(json.dumps(result, indent=2))
-    Image.fromarray(comparison_grid(first["views"], first["pred"], first["target"], rows=6)).save(out / "grid.png")
+    Image.fromarray(comparison_grid(first["views"], first["pred"], first["target"], rows=6)).save(
+        out / "grid.png"
+    )
     print(f"wrote {out / 'teacher_quality.json'} and {out / 'grid.png'}")
 
 

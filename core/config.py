@@ -32,8 +32,9 @@ class DataConfig:
 
 @dataclass
 class LossConfig:
-    l1: dict[str, float] = field(default_factory=lambda: {"albedo": 1.0, "roughness": 1.0, "metallic": 1.0,
-                                                            "normal": 1.0})
+    l1: dict[str, float] = field(
+        default_factory=lambda: {"albedo": 1.0, "roughness": 1.0, "metallic": 1.0, "normal": 1.0}
+    )
     ssim_albedo: float = 0.2  # weight of (1 - SSIM) on albedo
     normal_angular: float = 0.5  # weight of (1 - cos) between normals
     render: float = 0.5  # weight of the GGX rendering loss
@@ -90,9 +91,17 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         _check_keys(d, cls, "config")
-        kwargs: dict[str, Any] = {"family": d["family"], "model": dict(d["model"]), "name": d.get("name", "custom")}
-        for key, sub in (("data", DataConfig), ("loss", LossConfig), ("optim", OptimConfig),
-                         ("training", TrainingConfig)):
+        kwargs: dict[str, Any] = {
+            "family": d["family"],
+            "model": dict(d["model"]),
+            "name": d.get("name", "custom"),
+        }
+        for key, sub in (
+            ("data", DataConfig),
+            ("loss", LossConfig),
+            ("optim", OptimConfig),
+            ("training", TrainingConfig),
+        ):
             if key in d:
                 _check_keys(d[key], sub, f"config.{key}")
                 values = dict(d[key])
@@ -106,7 +115,11 @@ class TrainConfig:
         d = self.to_dict()
         for key, value in dotted.items():
             section, _, name = key.partition(".")
-            if section not in d or not isinstance(d[section], dict) or (section != "model" and name not in d[section]):
+            if (
+                section not in d
+                or not isinstance(d[section], dict)
+                or (section != "model" and name not in d[section])
+            ):
                 raise ConfigError(f"unknown config key {key!r}")
             d[section][name] = value
         return TrainConfig.from_dict(d)

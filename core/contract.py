@@ -50,7 +50,14 @@ MAPS: dict[str, MapSpec] = {
     "normal": MapSpec("normal", 3, 5, "RGB", "unit tangent-space normal (OpenGL +Y), PNG stores (n + 1) / 2"),
 }
 CHANNEL_NAMES: tuple[str, ...] = (
-    "albedo_r", "albedo_g", "albedo_b", "roughness", "metallic", "normal_x", "normal_y", "normal_z",
+    "albedo_r",
+    "albedo_g",
+    "albedo_b",
+    "roughness",
+    "metallic",
+    "normal_x",
+    "normal_y",
+    "normal_z",
 )
 UNIT_INTERVAL_MAPS = ("albedo", "roughness", "metallic")
 NORMAL_TOLERANCE = 1e-3  # |‖n‖ - 1| accepted for a decoded normal
@@ -66,8 +73,13 @@ def contract_dict() -> dict:
     return {
         "channels": list(CHANNEL_NAMES),
         "maps": {
-            m.name: {"channels": m.channels, "start": m.start, "png_mode": m.png_mode, "range": _range(m.name),
-                     "description": m.description}
+            m.name: {
+                "channels": m.channels,
+                "start": m.start,
+                "png_mode": m.png_mode,
+                "range": _range(m.name),
+                "description": m.description,
+            }
             for m in MAPS.values()
         },
         "normal_convention": "tangent space, OpenGL (+X right, +Y up, +Z out)",
@@ -84,6 +96,7 @@ def _range(name: str) -> list[float]:
 
 # --------------------------------------------------------------------------- packing
 
+
 def pack(maps: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """Stack named maps (..., c, H, W) into the (..., 8, H, W) contract tensor."""
     missing = [n for n in MAP_NAMES if n not in maps]
@@ -91,7 +104,9 @@ def pack(maps: Mapping[str, torch.Tensor]) -> torch.Tensor:
         raise ValueError(f"cannot pack: missing maps {missing}")
     for name in MAP_NAMES:
         if maps[name].shape[-3] != MAPS[name].channels:
-            raise ValueError(f"map {name!r} has {maps[name].shape[-3]} channels, expected {MAPS[name].channels}")
+            raise ValueError(
+                f"map {name!r} has {maps[name].shape[-3]} channels, expected {MAPS[name].channels}"
+            )
     return torch.cat([maps[n] for n in MAP_NAMES], dim=-3)
 
 
@@ -126,6 +141,7 @@ def validate(x: torch.Tensor, what: str = "maps") -> None:
 
 
 # --------------------------------------------------------------------------- PNG encodings
+
 
 def encode_map(name: str, value: np.ndarray, normal_bits: int = 8) -> Image.Image:
     """Encode one map (c, H, W) float array in contract range into a PIL image."""
@@ -216,9 +232,14 @@ def open_image(path: Path) -> Image.Image:
 
 # --------------------------------------------------------------------------- material folders
 
+
 def write_material(folder: Path, maps: torch.Tensor | np.ndarray, normal_bits: int = 8) -> None:
     """Write a (8, H, W) contract tensor as the four PNGs of a material folder, each atomically."""
-    x = maps.detach().float().cpu().numpy() if isinstance(maps, torch.Tensor) else np.asarray(maps, np.float32)
+    x = (
+        maps.detach().float().cpu().numpy()
+        if isinstance(maps, torch.Tensor)
+        else np.asarray(maps, np.float32)
+    )
     if x.ndim != 3 or x.shape[0] != NUM_CHANNELS:
         raise ValueError(f"write_material expects (8, H, W), got {x.shape}")
     folder = Path(folder)
@@ -257,15 +278,19 @@ def to_preview(maps: torch.Tensor) -> list[np.ndarray]:
 
 # --------------------------------------------------------------------------- resizing and normalisation
 
+
 def resize_maps(x: torch.Tensor, size: int) -> torch.Tensor:
     """Resize (..., 8, H, W) maps with antialiasing; normals are renormalised afterwards."""
     if x.shape[-1] == size and x.shape[-2] == size:
         return x
     lead = x.shape[:-3]
     flat = x.reshape(-1, *x.shape[-3:]).float()
-    out = torch.nn.functional.interpolate(flat, size=(size, size), mode="bilinear", antialias=True,
-                                          align_corners=False)
-    out = torch.cat([out[:, :5].clamp(0, 1), torch.nn.functional.normalize(out[:, 5:], dim=1, eps=1e-6)], dim=1)
+    out = torch.nn.functional.interpolate(
+        flat, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+    )
+    out = torch.cat(
+        [out[:, :5].clamp(0, 1), torch.nn.functional.normalize(out[:, 5:], dim=1, eps=1e-6)], dim=1
+    )
     return out.reshape(*lead, NUM_CHANNELS, size, size)
 
 
@@ -282,6 +307,7 @@ def load_view(path: Path, size: int | None = None) -> torch.Tensor:
     arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
     x = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
     if size is not None and x.shape[-2:] != (size, size):
-        x = torch.nn.functional.interpolate(x[None], size=(size, size), mode="bilinear", antialias=True,
-                                            align_corners=False)[0].clamp(0, 1)
+        x = torch.nn.functional.interpolate(
+            x[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )[0].clamp(0, 1)
     return x

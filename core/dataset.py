@@ -37,8 +37,19 @@ METADATA_FILE = "render_metadata.json"
 SOURCES = ("clean", "dirty")
 CURRICULA = {0: ("clean",), 1: ("clean", "dirty"), 2: ("dirty",)}
 FORMAT_VERSION = 1
-TOP_KEYS = {"format_version", "generator", "seed", "size", "count", "dirty_ratio", "camera", "light_power",
-            "light_distance", "samples", "materials"}
+TOP_KEYS = {
+    "format_version",
+    "generator",
+    "seed",
+    "size",
+    "count",
+    "dirty_ratio",
+    "camera",
+    "light_power",
+    "light_distance",
+    "samples",
+    "materials",
+}
 SAMPLE_KEYS = {"material", "sources", "lights", "light_power"}
 MATERIAL_KEYS = {"family", "seed"}
 
@@ -54,10 +65,15 @@ class DatasetSummary:
     families: dict[str, int] = field(default_factory=dict)
 
     def table(self) -> str:
-        rows = [("root", self.root), ("samples", self.samples), ("materials", self.materials),
-                ("clean captures", self.clean), ("dirty captures", self.dirty),
-                ("resolution", f"{self.resolution}x{self.resolution}"),
-                ("families", ", ".join(f"{k} {v}" for k, v in sorted(self.families.items())))]
+        rows = [
+            ("root", self.root),
+            ("samples", self.samples),
+            ("materials", self.materials),
+            ("clean captures", self.clean),
+            ("dirty captures", self.dirty),
+            ("resolution", f"{self.resolution}x{self.resolution}"),
+            ("families", ", ".join(f"{k} {v}" for k, v in sorted(self.families.items()))),
+        ]
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
@@ -91,7 +107,9 @@ def load_metadata(root: Path) -> dict:
             raise DataError(f"{path}: sample {sid} names material {s.get('material')!r}, which is not listed")
         bad = set(s.get("sources", [])) - set(SOURCES)
         if bad or not s.get("sources"):
-            raise DataError(f"{path}: sample {sid} has sources {s.get('sources')}, expected a subset of {SOURCES}")
+            raise DataError(
+                f"{path}: sample {sid} has sources {s.get('sources')}, expected a subset of {SOURCES}"
+            )
     for mid, m in meta["materials"].items():
         _check_keys(m, MATERIAL_KEYS, f"{path} material {mid}")
     return meta
@@ -147,8 +165,15 @@ def scan_dataset(root: Path, deep: bool = False) -> tuple[dict, DatasetSummary]:
             if deep:
                 decode_map(name, p, size)  # checks mode, size and decodability
         families[m["family"]] = families.get(m["family"], 0) + 1
-    summary = DatasetSummary(str(root), len(meta["samples"]), len(meta["materials"]), counts["clean"],
-                             counts["dirty"], size, families)
+    summary = DatasetSummary(
+        str(root),
+        len(meta["samples"]),
+        len(meta["materials"]),
+        counts["clean"],
+        counts["dirty"],
+        size,
+        families,
+    )
     return meta, summary
 
 
@@ -182,8 +207,16 @@ class PBRDataset(Dataset):
         curriculum: 0 clean only, 1 clean and dirty as on disk, 2 dirty only.
     """
 
-    def __init__(self, root: Path, split: str = "train", image_size: int = 256, output_size: int = 256,
-                 curriculum: int = 1, val_fraction: float = 0.2, seed: int = 0):
+    def __init__(
+        self,
+        root: Path,
+        split: str = "train",
+        image_size: int = 256,
+        output_size: int = 256,
+        curriculum: int = 1,
+        val_fraction: float = 0.2,
+        seed: int = 0,
+    ):
         if curriculum not in CURRICULA:
             raise DataError(f"render curriculum {curriculum} is not one of {sorted(CURRICULA)}")
         if split not in ("train", "val", "all"):
@@ -195,8 +228,11 @@ class PBRDataset(Dataset):
         keep = {"train": train, "val": val, "all": train | val}[split]
         sources = CURRICULA[curriculum]
         self.entries: list[tuple[str, str]] = [
-            (sid, src) for sid, s in sorted(self.meta["samples"].items()) if s["material"] in keep
-            for src in sources if src in s["sources"]
+            (sid, src)
+            for sid, s in sorted(self.meta["samples"].items())
+            if s["material"] in keep
+            for src in sources
+            if src in s["sources"]
         ]
         if not self.entries and split != "val":
             raise DataError(f"{root}: no samples for split {split!r} with render curriculum {curriculum}")
@@ -212,12 +248,18 @@ class PBRDataset(Dataset):
         return torch.stack([load_view(p, self.image_size) for p in view_paths(self.root, source, sample_id)])
 
     def load_target(self, sample_id: str) -> torch.Tensor:
-        return resize_maps(read_material(self.root / "output" / self.material_of(sample_id)), self.output_size)
+        return resize_maps(
+            read_material(self.root / "output" / self.material_of(sample_id)), self.output_size
+        )
 
     def __getitem__(self, idx: int) -> dict:
         sid, source = self.entries[idx]
-        return {"views": normalize_views(self.load_views(sid, source)), "target": self.load_target(sid),
-                "sample_id": sid, "source": source}
+        return {
+            "views": normalize_views(self.load_views(sid, source)),
+            "target": self.load_target(sid),
+            "sample_id": sid,
+            "source": source,
+        }
 
 
 __all__ = ["PBRDataset", "DatasetSummary", "scan_dataset", "load_metadata", "split_materials", "MAPS"]

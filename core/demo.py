@@ -52,37 +52,125 @@ def main(out: Path, count: int) -> None:
     if out.exists():
         shutil.rmtree(out)
     data, t0, times = out / "data", time.perf_counter(), {}
-    times["datagen"] = _step("datagen", datagen, ["--out", str(data), "--count", str(count), "--size",
-                                                   str(TEACHER_SIZE), "--seed", "0", "--dirty-ratio", "0.5"])
+    times["datagen"] = _step(
+        "datagen",
+        datagen,
+        [
+            "--out",
+            str(data),
+            "--count",
+            str(count),
+            "--size",
+            str(TEACHER_SIZE),
+            "--seed",
+            "0",
+            "--dirty-ratio",
+            "0.5",
+        ],
+    )
     _step("check-data", check_data, [str(data)])
-    _step("contact sheet", contact_sheet, [str(data), "--out", str(out / "contact_sheet.png"), "--count", "6"])
+    _step(
+        "contact sheet", contact_sheet, [str(data), "--out", str(out / "contact_sheet.png"), "--count", "6"]
+    )
     teacher_ckpt = out / "teacher" / "checkpoints" / "best.pt"
-    times["teacher"] = _step("teacher (quick_test, short)", teacher_train, [
-        "--input-dir", str(data), "--output-dir", str(out / "teacher"), "--config", "quick_test", "--epochs", "2",
-        "--batch-size", "4", "--max-steps-per-epoch", "12", "--device", "cpu", "--quiet"])
-    times["teacher_infer"] = _step("teacher_infer -> float16 shards", shards, [
-        "--checkpoint", str(teacher_ckpt), "--data-root", str(data), "--shards-dir", str(out / "shards"),
-        "--shard-output-size", str(STUDENT_SIZE * 2), "--device", "cpu", "--quiet"])
+    times["teacher"] = _step(
+        "teacher (quick_test, short)",
+        teacher_train,
+        [
+            "--input-dir",
+            str(data),
+            "--output-dir",
+            str(out / "teacher"),
+            "--config",
+            "quick_test",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+            "--max-steps-per-epoch",
+            "12",
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+    )
+    times["teacher_infer"] = _step(
+        "teacher_infer -> float16 shards",
+        shards,
+        [
+            "--checkpoint",
+            str(teacher_ckpt),
+            "--data-root",
+            str(data),
+            "--shards-dir",
+            str(out / "shards"),
+            "--shard-output-size",
+            str(STUDENT_SIZE * 2),
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+    )
     student_ckpt = out / "student" / "checkpoints" / "best.pt"
-    times["student"] = _step(f"student ({STUDENT_PRESET} at {STUDENT_SIZE}px, short)", student_train, [
-        "--config", STUDENT_PRESET, "--image-size", str(STUDENT_SIZE), "--shards-dir", str(out / "shards"),
-        "--input-dir", str(data), "--output-dir", str(out / "student"), "--epochs", "2", "--batch-size", "4",
-        "--device", "cpu", "--quiet"])
+    times["student"] = _step(
+        f"student ({STUDENT_PRESET} at {STUDENT_SIZE}px, short)",
+        student_train,
+        [
+            "--config",
+            STUDENT_PRESET,
+            "--image-size",
+            str(STUDENT_SIZE),
+            "--shards-dir",
+            str(out / "shards"),
+            "--input-dir",
+            str(data),
+            "--output-dir",
+            str(out / "student"),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+    )
     artifact = out / "artifacts" / "student"
-    times["export"] = _step("export (Core ML FP16 + ONNX; TensorRT where available)", export, [
-        str(student_ckpt), "--output", str(artifact), "--format", "all"])
+    times["export"] = _step(
+        "export (Core ML FP16 + ONNX; TensorRT where available)",
+        export,
+        [str(student_ckpt), "--output", str(artifact), "--format", "all"],
+    )
     val = PBRDataset(data, "val", STUDENT_SIZE, STUDENT_SIZE * 2)
     sample, source = val.entries[0]
     held_out = data / "input" / source / sample
-    times["run_inference"] = _step(f"run_inference on held-out {sample} ({source}, material {val.material_of(sample)})",
-                                   run, [str(artifact.with_suffix(".onnx")), "--input", str(held_out), "--output",
-                                         str(out / "inference"), "--reference", str(student_ckpt), "--runs", "20",
-                                         "--warmup", "3"])
+    times["run_inference"] = _step(
+        f"run_inference on held-out {sample} ({source}, material {val.material_of(sample)})",
+        run,
+        [
+            str(artifact.with_suffix(".onnx")),
+            "--input",
+            str(held_out),
+            "--output",
+            str(out / "inference"),
+            "--reference",
+            str(student_ckpt),
+            "--runs",
+            "20",
+            "--warmup",
+            "3",
+        ],
+    )
     total = time.perf_counter() - t0
-    click.echo("\n=== demo timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()) +
-               f"; total {total:.0f} s on {torch.get_num_threads()} threads")
-    click.echo(f"look at: {out / 'contact_sheet.png'}, {out / 'teacher' / 'grids'}, {out / 'inference' / 'preview.png'},"
-               f" {out / 'inference' / 'latency.png'}")
+    click.echo(
+        "\n=== demo timings (s): "
+        + ", ".join(f"{k} {v:.0f}" for k, v in times.items())
+        + f"; total {total:.0f} s on {torch.get_num_threads()} threads"
+    )
+    click.echo(
+        f"look at: {out / 'contact_sheet.png'}, {out / 'teacher' / 'grids'}, {out / 'inference' / 'preview.png'},"
+        f" {out / 'inference' / 'latency.png'}"
+    )
 
 
 if __name__ == "__main__":

@@ -34,8 +34,9 @@ class DeployContract:
     std: list[float] = field(default_factory=lambda: list(INPUT_STD))
     output_names: list[str] = field(default_factory=lambda: list(OUTPUT_NAMES))
     output_channels: dict[str, int] = field(default_factory=lambda: {n: MAPS[n].channels for n in MAP_NAMES})
-    output_ranges: dict[str, list[float]] = field(default_factory=lambda: {n: contract_dict()["maps"][n]["range"]
-                                                                           for n in MAP_NAMES})
+    output_ranges: dict[str, list[float]] = field(
+        default_factory=lambda: {n: contract_dict()["maps"][n]["range"] for n in MAP_NAMES}
+    )
     normal_convention: str = "tangent space, OpenGL (+X right, +Y up, +Z out); PNG stores (n + 1) / 2"
     version: int = CONTRACT_VERSION
 

@@ -23,11 +23,14 @@ def normal_angular_loss(pred_n: torch.Tensor, true_n: torch.Tensor) -> torch.Ten
 
 def rendering_loss(pred: torch.Tensor, true: torch.Tensor, lights: torch.Tensor) -> torch.Tensor:
     """L1 between log renders of predicted and true maps under the same lights (B, K, 3)."""
-    return (torch.log(render(pred, lights) + LOG_EPS) - torch.log(render(true, lights) + LOG_EPS)).abs().mean()
+    return (
+        (torch.log(render(pred, lights) + LOG_EPS) - torch.log(render(true, lights) + LOG_EPS)).abs().mean()
+    )
 
 
-def map_losses(pred: torch.Tensor, true: torch.Tensor, cfg: LossConfig,
-               generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+def map_losses(
+    pred: torch.Tensor, true: torch.Tensor, cfg: LossConfig, generator: torch.Generator | None = None
+) -> dict[str, torch.Tensor]:
     """Weighted loss terms of contract maps (B, 8, H, W) against a target; key "total" is their sum."""
     p, t = unpack(pred.float()), unpack(true.float())
     terms: dict[str, torch.Tensor] = {}
@@ -50,8 +53,9 @@ def gan_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, kind: str) 
     if kind == "hinge":
         return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
     if kind == "bce":
-        return (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
-                + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
+        return F.binary_cross_entropy_with_logits(
+            real_logits, torch.ones_like(real_logits)
+        ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
     raise ValueError(f"unknown gan_loss {kind!r}; known: hinge, bce")
 
 

@@ -57,7 +57,9 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise DataError(f"{path} is not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+        raise DataError(
+            f"{path} is not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})"
+        ) from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise DataError(f"{path} is not a pbrforge checkpoint (expected format {CHECKPOINT_FORMAT})")
     return ckpt
@@ -70,14 +72,17 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: 
     unexpected = sorted(set(state) - set(own))
     shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
     if missing or unexpected or shapes:
-        detail = (f"{len(missing)} missing, {len(unexpected)} unexpected, {len(shapes)} shape-mismatched tensors"
-                  f" (e.g. {(missing + unexpected + shapes)[0]})")
+        detail = (
+            f"{len(missing)} missing, {len(unexpected)} unexpected, {len(shapes)} shape-mismatched tensors"
+            f" (e.g. {(missing + unexpected + shapes)[0]})"
+        )
         raise ConfigError(f"{source} holds weights of another architecture: {detail}")
     model.load_state_dict(state)
 
 
-def model_from_checkpoint(path: Path, family: str | None = None,
-                          map_location: str | torch.device = "cpu") -> tuple[nn.Module, TrainConfig, dict]:
+def model_from_checkpoint(
+    path: Path, family: str | None = None, map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, TrainConfig, dict]:
     """Rebuild the model a checkpoint describes, load its weights, return it in eval mode."""
     ckpt = load_checkpoint(path, map_location)
     cfg = TrainConfig.from_dict(ckpt["config"])

@@ -121,12 +121,22 @@ def view_lights(azimuth0: float = 0.0, elevation_deg: float = 45.0, distance: fl
     el = math.radians(elevation_deg)
     az = torch.tensor([azimuth0 + k * 2 * math.pi / 3 for k in range(3)])
     return torch.stack(
-        [distance * math.cos(el) * torch.cos(az), distance * math.cos(el) * torch.sin(az),
-         torch.full((3,), distance * math.sin(el))], dim=-1)
+        [
+            distance * math.cos(el) * torch.cos(az),
+            distance * math.cos(el) * torch.sin(az),
+            torch.full((3,), distance * math.sin(el)),
+        ],
+        dim=-1,
+    )
 
 
-def random_lights(batch: int, count: int, generator: torch.Generator | None = None,
-                  device: torch.device | None = None, distance: float = 2.2) -> torch.Tensor:
+def random_lights(
+    batch: int,
+    count: int,
+    generator: torch.Generator | None = None,
+    device: torch.device | None = None,
+    distance: float = 2.2,
+) -> torch.Tensor:
     """Lights drawn on the upper hemisphere (elevation 20..90 degrees): (B, K, 3), for the rendering loss."""
     u = torch.rand(batch, count, 2, generator=generator)
     az = u[..., 0] * 2 * math.pi

@@ -54,15 +54,28 @@ class ShardPlan:
         return (len(self.entries) + self.shard_size - 1) // self.shard_size
 
     def rows(self, shard: int) -> list[tuple[str, str]]:
-        return self.entries[shard * self.shard_size:(shard + 1) * self.shard_size]
+        return self.entries[shard * self.shard_size : (shard + 1) * self.shard_size]
 
 
-def _header(ckpt_path: Path, ckpt_sha: str, ckpt: dict, output_size: int, curriculum: int, shard_size: int,
-            data_root: Path) -> dict[str, Any]:
-    return {"format_version": FORMAT_VERSION,
-            "teacher": {"checkpoint": str(ckpt_path), "sha256": ckpt_sha, "config": ckpt["config"]},
-            "channels": list(CHANNEL_NAMES), "output_size": output_size, "dtype": "float16",
-            "curriculum": curriculum, "shard_size": shard_size, "data_root": str(data_root)}
+def _header(
+    ckpt_path: Path,
+    ckpt_sha: str,
+    ckpt: dict,
+    output_size: int,
+    curriculum: int,
+    shard_size: int,
+    data_root: Path,
+) -> dict[str, Any]:
+    return {
+        "format_version": FORMAT_VERSION,
+        "teacher": {"checkpoint": str(ckpt_path), "sha256": ckpt_sha, "config": ckpt["config"]},
+        "channels": list(CHANNEL_NAMES),
+        "output_size": output_size,
+        "dtype": "float16",
+        "curriculum": curriculum,
+        "shard_size": shard_size,
+        "data_root": str(data_root),
+    }
 
 
 def _identity(h: dict[str, Any]) -> tuple:
@@ -82,8 +95,10 @@ def _known_good(shards_dir: Path, header: dict[str, Any], plan: ShardPlan) -> di
             continue  # a torn progress file: its shards are simply redone
         if _identity(data.get("header", data)) != _identity(header):
             if src.name == MANIFEST:
-                raise DataError(f"{shards_dir} holds shards of another teacher, size, curriculum or shard size; "
-                                "use a new --shards-dir or pass --overwrite")
+                raise DataError(
+                    f"{shards_dir} holds shards of another teacher, size, curriculum or shard size; "
+                    "use a new --shards-dir or pass --overwrite"
+                )
             continue
         records.update(data["shards"])
     good = {}
@@ -91,15 +106,28 @@ def _known_good(shards_dir: Path, header: dict[str, Any], plan: ShardPlan) -> di
         idx = int(name[6:11])
         path = shards_dir / name
         expected = [list(r) for r in plan.rows(idx)] if idx < plan.num_shards else None
-        if (path.is_file() and rec.get("entries") == expected and path.stat().st_size == rec["bytes"]
-                and sha256_file(path) == rec["sha256"]):
+        if (
+            path.is_file()
+            and rec.get("entries") == expected
+            and path.stat().st_size == rec["bytes"]
+            and sha256_file(path) == rec["sha256"]
+        ):
             good[name] = rec
     return good
 
 
-def write_shards(checkpoint: Path, data_root: Path, shards_dir: Path, shard_output_size: int | None = None,
-                 shard_size: int = 8, curriculum: int = 1, batch_size: int = 4, device: torch.device | None = None,
-                 overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+def write_shards(
+    checkpoint: Path,
+    data_root: Path,
+    shards_dir: Path,
+    shard_output_size: int | None = None,
+    shard_size: int = 8,
+    curriculum: int = 1,
+    batch_size: int = 4,
+    device: torch.device | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Run the teacher once over every sample (train and val) and write shards plus manifest.
 
     Under torchrun each rank writes shards i with i % world == rank; rank 0 merges the manifest.
@@ -116,11 +144,15 @@ def write_shards(checkpoint: Path, data_root: Path, shards_dir: Path, shard_outp
     teacher_size = cfg.data.output_size
     size = shard_output_size or teacher_size
     if size > teacher_size:
-        raise DataError(f"--shard-output-size {size} exceeds the teacher's output size {teacher_size}; "
-                        "shards never upsample")
+        raise DataError(
+            f"--shard-output-size {size} exceeds the teacher's output size {teacher_size}; "
+            "shards never upsample"
+        )
     ds = PBRDataset(data_root, "all", ckpt["preprocessing"]["image_size"], teacher_size, curriculum)
     plan = ShardPlan(list(ds.entries), shard_size)
-    header = _header(Path(checkpoint), sha256_file(checkpoint), ckpt, size, curriculum, shard_size, Path(data_root))
+    header = _header(
+        Path(checkpoint), sha256_file(checkpoint), ckpt, size, curriculum, shard_size, Path(data_root)
+    )
     if info.main:
         shards_dir.mkdir(parents=True, exist_ok=True)
         if overwrite:
@@ -132,14 +164,18 @@ def write_shards(checkpoint: Path, data_root: Path, shards_dir: Path, shard_outp
     mine = [i for i in range(plan.num_shards) if i % info.world == info.rank and shard_name(i) not in good]
     done: dict[str, dict] = dict(good)  # progress files carry earlier complete shards forward
     t0, computed = time.perf_counter(), 0
-    bar = tqdm(total=sum(len(plan.rows(i)) for i in mine), desc="teacher -> shards", unit="sample",
-               disable=not (progress and info.main))
+    bar = tqdm(
+        total=sum(len(plan.rows(i)) for i in mine),
+        desc="teacher -> shards",
+        unit="sample",
+        disable=not (progress and info.main),
+    )
     with torch.no_grad():
         for i in mine:
             rows = plan.rows(i)
             outs = []
             for b in range(0, len(rows), batch_size):
-                chunk = rows[b:b + batch_size]
+                chunk = rows[b : b + batch_size]
                 views = torch.stack([normalize_views(ds.load_views(*e)) for e in chunk]).to(device)
                 pred = model(views).float().cpu()
                 outs.append(resize_maps(pred, size).to(torch.float16))
@@ -149,10 +185,17 @@ def write_shards(checkpoint: Path, data_root: Path, shards_dir: Path, shard_outp
                 raise DataError(f"the teacher produced NaN or inf for shard {i}; the checkpoint is unusable")
             path = shards_dir / shard_name(i)
             with atomic_path(path) as tmp:
-                save_file({TENSOR_KEY: maps.contiguous()}, str(tmp),
-                          metadata={"entries": json.dumps(rows), "format_version": str(FORMAT_VERSION)})
-            done[shard_name(i)] = {"sha256": sha256_file(path), "bytes": path.stat().st_size, "rows": len(rows),
-                                   "entries": [list(r) for r in rows]}
+                save_file(
+                    {TENSOR_KEY: maps.contiguous()},
+                    str(tmp),
+                    metadata={"entries": json.dumps(rows), "format_version": str(FORMAT_VERSION)},
+                )
+            done[shard_name(i)] = {
+                "sha256": sha256_file(path),
+                "bytes": path.stat().st_size,
+                "rows": len(rows),
+                "entries": [list(r) for r in rows],
+            }
             computed += len(rows)
             write_json(shards_dir / _progress_name(info.rank), {"header": header, "shards": done})
     bar.close()
@@ -164,10 +207,14 @@ def write_shards(checkpoint: Path, data_root: Path, shards_dir: Path, shard_outp
     missing = [shard_name(i) for i in range(plan.num_shards) if shard_name(i) not in good]
     if missing:
         raise DataError(f"shards {missing[:3]} were not written; run again to resume")
-    entries = [{"sample_id": sid, "source": src, "shard": shard_name(k // shard_size), "row": k % shard_size}
-               for k, (sid, src) in enumerate(plan.entries)]
-    manifest = header | {"entries": entries,
-                         "shards": {n: good[n] for n in sorted(good) if int(n[6:11]) < plan.num_shards}}
+    entries = [
+        {"sample_id": sid, "source": src, "shard": shard_name(k // shard_size), "row": k % shard_size}
+        for k, (sid, src) in enumerate(plan.entries)
+    ]
+    manifest = header | {
+        "entries": entries,
+        "shards": {n: good[n] for n in sorted(good) if int(n[6:11]) < plan.num_shards},
+    }
     write_json(shards_dir / MANIFEST, manifest)
     for p in shards_dir.glob(".progress.rank*.json"):
         p.unlink()
@@ -187,7 +234,9 @@ def load_manifest(shards_dir: Path) -> dict[str, Any]:
     if m.get("format_version") != FORMAT_VERSION:
         raise DataError(f"{path}: format_version {m.get('format_version')!r} is not {FORMAT_VERSION}")
     if m.get("channels") != list(CHANNEL_NAMES):
-        raise DataError(f"{path}: channel order {m.get('channels')} is not the contract's {list(CHANNEL_NAMES)}")
+        raise DataError(
+            f"{path}: channel order {m.get('channels')} is not the contract's {list(CHANNEL_NAMES)}"
+        )
     return m
 
 
@@ -204,11 +253,14 @@ def verify_shards(shards_dir: Path) -> list[str]:
         elif sha256_file(path) != rec["sha256"]:
             problems.append(f"{name}: sha256 differs from the manifest")
     referenced = {e["shard"] for e in m["entries"]}
-    problems += [f"{n}: referenced by entries but not listed in shards" for n in sorted(referenced - set(m["shards"]))]
+    problems += [
+        f"{n}: referenced by entries but not listed in shards" for n in sorted(referenced - set(m["shards"]))
+    ]
     return problems
 
 
 # --------------------------------------------------------------------------- reading
+
 
 class DistillDataset(Dataset):
     """Views at the student's ``image_size``, true maps and the teacher's maps at ``output_size``, by sample id.
@@ -217,30 +269,51 @@ class DistillDataset(Dataset):
     unaltered shards, and (when given) the expected teacher checkpoint hash.
     """
 
-    def __init__(self, data_root: Path, shards_dir: Path, image_size: int, output_size: int, curriculum: int = 1,
-                 split: str = "train", val_fraction: float = 0.2, seed: int = 0, teacher_sha256: str | None = None,
-                 check_hashes: bool = True):
+    def __init__(
+        self,
+        data_root: Path,
+        shards_dir: Path,
+        image_size: int,
+        output_size: int,
+        curriculum: int = 1,
+        split: str = "train",
+        val_fraction: float = 0.2,
+        seed: int = 0,
+        teacher_sha256: str | None = None,
+        check_hashes: bool = True,
+    ):
         self.shards_dir = Path(shards_dir)
         self.manifest = m = load_manifest(shards_dir)
         if m["output_size"] != output_size:
-            raise DataError(f"shards in {shards_dir} are {m['output_size']}x{m['output_size']}, but the student "
-                            f"predicts {output_size}x{output_size}; rewrite them with --shard-output-size {output_size}")
+            raise DataError(
+                f"shards in {shards_dir} are {m['output_size']}x{m['output_size']}, but the student "
+                f"predicts {output_size}x{output_size}; rewrite them with --shard-output-size {output_size}"
+            )
         if m["curriculum"] != curriculum:
-            raise DataError(f"shards in {shards_dir} were written for render curriculum {m['curriculum']}, "
-                            f"this run uses {curriculum}")
+            raise DataError(
+                f"shards in {shards_dir} were written for render curriculum {m['curriculum']}, "
+                f"this run uses {curriculum}"
+            )
         if teacher_sha256 is not None and m["teacher"]["sha256"] != teacher_sha256:
-            raise DataError(f"shards in {shards_dir} come from another teacher checkpoint "
-                            f"(sha256 {m['teacher']['sha256'][:12]}…, expected {teacher_sha256[:12]}…)")
+            raise DataError(
+                f"shards in {shards_dir} come from another teacher checkpoint "
+                f"(sha256 {m['teacher']['sha256'][:12]}…, expected {teacher_sha256[:12]}…)"
+            )
         if check_hashes:
             bad = verify_shards(shards_dir)
             if bad:
-                raise DataError(f"shards in {shards_dir} are damaged: {bad[0]}" + (f" (+{len(bad) - 1} more)" if len(bad) > 1 else ""))
+                raise DataError(
+                    f"shards in {shards_dir} are damaged: {bad[0]}"
+                    + (f" (+{len(bad) - 1} more)" if len(bad) > 1 else "")
+                )
         self.base = PBRDataset(data_root, split, image_size, output_size, curriculum, val_fraction, seed)
         self.index = {(e["sample_id"], e["source"]): (e["shard"], e["row"]) for e in m["entries"]}
         missing = [e for e in self.base.entries if e not in self.index]
         if missing:
-            raise DataError(f"shards in {shards_dir} lack sample {missing[0][0]} ({missing[0][1]}); "
-                            "they were written for another data set")
+            raise DataError(
+                f"shards in {shards_dir} lack sample {missing[0][0]} ({missing[0][1]}); "
+                "they were written for another data set"
+            )
         self._handles: dict[str, Any] = {}
 
     def __len__(self) -> int:
@@ -253,7 +326,7 @@ class DistillDataset(Dataset):
         shard, row = self.index[(sample_id, source)]
         if shard not in self._handles:  # memory-mapped; opened once per worker
             self._handles[shard] = safe_open(str(self.shards_dir / shard), framework="pt")
-        return self._handles[shard].get_slice(TENSOR_KEY)[row:row + 1][0].float()
+        return self._handles[shard].get_slice(TENSOR_KEY)[row : row + 1][0].float()
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
         item = self.base[idx]
@@ -292,7 +365,7 @@ class ShardSampler(Sampler[int]):
     def __iter__(self):
         order = self.order()
         order += order[: self.per_rank * self.world - len(order)]  # pad, as DistributedSampler does
-        return iter(order[self.rank * self.per_rank:(self.rank + 1) * self.per_rank])
+        return iter(order[self.rank * self.per_rank : (self.rank + 1) * self.per_rank])
 
     def __len__(self) -> int:
         return self.per_rank
@@ -301,7 +374,6 @@ class ShardSampler(Sampler[int]):
 def shard_bytes_per_sample(output_size: int, dtype: torch.dtype = torch.float16) -> int:
     """Payload bytes of one sample's 8 maps (what the header adds is amortised over a shard)."""
     return 8 * output_size * output_size * torch.empty(0, dtype=dtype).element_size()
-
 
 
 # --------------------------------------------------------------------------- command
@@ -325,19 +397,41 @@ def _command():
     @click.option("--checkpoint", type=click.Path(path_type=Path), help="Teacher checkpoint.")
     @click.option("--data-root", type=click.Path(path_type=Path), help="Data set from datagen.")
     @click.option("--shards-dir", type=click.Path(path_type=Path), help="Where shards and manifest.json go.")
-    @click.option("--shard-output-size", type=int, default=None,
-                  help="Side of the stored maps (antialiased downsampling) [default: the teacher's output size].")
+    @click.option(
+        "--shard-output-size",
+        type=int,
+        default=None,
+        help="Side of the stored maps (antialiased downsampling) [default: the teacher's output size].",
+    )
     @click.option("--shard-size", type=int, default=8, show_default=True, help="Samples per shard.")
     @click.option("--render-curriculum", type=click.IntRange(0, 2), default=1, show_default=True)
     @click.option("--batch-size", type=int, default=4, show_default=True)
-    @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
+    @click.option(
+        "--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True
+    )
     @click.option("--overwrite", is_flag=True, help="Discard existing shards instead of resuming.")
-    @click.option("--verify", "verify_dir", type=click.Path(path_type=Path), default=None,
-                  help="Only re-hash the shards in this folder and report (exit 2 if any is bad).")
+    @click.option(
+        "--verify",
+        "verify_dir",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Only re-hash the shards in this folder and report (exit 2 if any is bad).",
+    )
     @click.option("--quiet", is_flag=True)
     @user_errors
-    def main(checkpoint, data_root, shards_dir, shard_output_size, shard_size, render_curriculum, batch_size, device,
-             overwrite, verify_dir, quiet):
+    def main(
+        checkpoint,
+        data_root,
+        shards_dir,
+        shard_output_size,
+        shard_size,
+        render_curriculum,
+        batch_size,
+        device,
+        overwrite,
+        verify_dir,
+        quiet,
+    ):
         """Run the teacher once over a data set and write float16 distillation shards."""
         from pbrforge.trainer import resolve_device
 
@@ -352,11 +446,23 @@ def _command():
             return
         if not (checkpoint and data_root and shards_dir):
             raise DataError("--checkpoint, --data-root and --shards-dir are required (or --verify DIR)")
-        m = write_shards(checkpoint, data_root, shards_dir, shard_output_size, shard_size, render_curriculum,
-                         batch_size, resolve_device(device), overwrite, progress=not quiet)
+        m = write_shards(
+            checkpoint,
+            data_root,
+            shards_dir,
+            shard_output_size,
+            shard_size,
+            render_curriculum,
+            batch_size,
+            resolve_device(device),
+            overwrite,
+            progress=not quiet,
+        )
         if m:
-            click.echo(f"{len(m['entries'])} entries in {len(m['shards'])} shards at {m['output_size']}px; "
-                       f"computed {m['computed']} samples at {m['throughput']:.2f} samples/s -> {shards_dir}")
+            click.echo(
+                f"{len(m['entries'])} entries in {len(m['shards'])} shards at {m['output_size']}px; "
+                f"computed {m['computed']} samples at {m['throughput']:.2f} samples/s -> {shards_dir}"
+            )
 
     return main
 

@@ -39,6 +39,7 @@ class TrainingError(PBRForgeError):
 
 # --------------------------------------------------------------------------- devices and processes
 
+
 def resolve_device(name: str) -> torch.device:
     """auto picks cuda, then mps, then cpu; asking for an absent device is one sentence."""
     if name == "auto":
@@ -90,6 +91,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 # --------------------------------------------------------------------------- LR schedule
 
+
 class LRSchedule:
     """Warmup then cosine / step / plateau / none, stepped per optimizer step; state is plain numbers."""
 
@@ -140,7 +142,12 @@ class LRSchedule:
         self.apply()
 
     def state_dict(self) -> dict[str, float]:
-        return {"steps": self.steps, "plateau_factor": self.plateau_factor, "best": self.best, "bad": self.bad}
+        return {
+            "steps": self.steps,
+            "plateau_factor": self.plateau_factor,
+            "best": self.best,
+            "bad": self.bad,
+        }
 
     def load_state_dict(self, s: dict[str, float]) -> None:
         self.steps, self.plateau_factor = int(s["steps"]), float(s["plateau_factor"])
@@ -149,6 +156,7 @@ class LRSchedule:
 
 
 # --------------------------------------------------------------------------- the trainer
+
 
 class Trainer:
     """Trains ``build_model(cfg)`` on datasets yielding {"views", "target"[, "teacher"]} dicts.
@@ -161,9 +169,18 @@ class Trainer:
         sampler: optional sampler for train_set (e.g. shard-ordered); must have ``set_epoch``.
     """
 
-    def __init__(self, cfg: TrainConfig, train_set: Dataset, val_set: Dataset | None, output_dir: Path,
-                 checkpoint_dir: Path, device: torch.device, sampler: Sampler | None = None, progress: bool = True,
-                 extra_checkpoint: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        train_set: Dataset,
+        val_set: Dataset | None,
+        output_dir: Path,
+        checkpoint_dir: Path,
+        device: torch.device,
+        sampler: Sampler | None = None,
+        progress: bool = True,
+        extra_checkpoint: dict[str, Any] | None = None,
+    ):
         self.cfg, self.device, self.progress = cfg, device, progress
         self.dist = init_distributed(device)
         self.output_dir, self.checkpoint_dir = Path(output_dir), Path(checkpoint_dir)
@@ -177,9 +194,16 @@ class Trainer:
 
             self.disc = PatchDiscriminator(t.disc_layers, t.disc_ndf).to(device)
         o = cfg.optim
-        self.opt_g = torch.optim.AdamW(self.model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay)
-        self.opt_d = (torch.optim.AdamW(self.disc.parameters(), lr=o.d_lr, betas=(0.5, 0.999),
-                                        weight_decay=o.weight_decay) if self.disc else None)
+        self.opt_g = torch.optim.AdamW(
+            self.model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay
+        )
+        self.opt_d = (
+            torch.optim.AdamW(
+                self.disc.parameters(), lr=o.d_lr, betas=(0.5, 0.999), weight_decay=o.weight_decay
+            )
+            if self.disc
+            else None
+        )
         self.amp = t.amp and device.type == "cuda"
         self.scaler_g = torch.amp.GradScaler("cuda", enabled=self.amp)
         self.scaler_d = torch.amp.GradScaler("cuda", enabled=self.amp)
@@ -189,11 +213,24 @@ class Trainer:
             if self.disc is not None:
                 self.disc = DDP(self.disc, device_ids=ids)
         self.train_set, self.val_set = train_set, val_set
-        self.sampler = sampler or DistributedSampler(train_set, num_replicas=self.dist.world, rank=self.dist.rank,
-                                                     shuffle=True, seed=t.seed, drop_last=False)
-        self.loader = DataLoader(train_set, batch_size=t.batch_size, sampler=self.sampler,
-                                 num_workers=cfg.data.num_workers, drop_last=len(train_set) > t.batch_size * self.dist.world)
-        steps = len(self.loader) if not t.max_steps_per_epoch else min(len(self.loader), t.max_steps_per_epoch)
+        self.sampler = sampler or DistributedSampler(
+            train_set,
+            num_replicas=self.dist.world,
+            rank=self.dist.rank,
+            shuffle=True,
+            seed=t.seed,
+            drop_last=False,
+        )
+        self.loader = DataLoader(
+            train_set,
+            batch_size=t.batch_size,
+            sampler=self.sampler,
+            num_workers=cfg.data.num_workers,
+            drop_last=len(train_set) > t.batch_size * self.dist.world,
+        )
+        steps = (
+            len(self.loader) if not t.max_steps_per_epoch else min(len(self.loader), t.max_steps_per_epoch)
+        )
         self.steps_per_epoch = max(1, steps)
         self.sched_g = LRSchedule(self.opt_g, o, self.steps_per_epoch, t.epochs)
         self.sched_d = LRSchedule(self.opt_d, o, self.steps_per_epoch, t.epochs) if self.opt_d else None
@@ -212,8 +249,13 @@ class Trainer:
             "format": CHECKPOINT_FORMAT,
             "family": self.cfg.family,
             "config": self.cfg.to_dict(),
-            "preprocessing": {"image_size": self.cfg.data.image_size, "output_size": self.cfg.data.output_size,
-                              "mean": list(INPUT_MEAN), "std": list(INPUT_STD), "curriculum": self.cfg.data.curriculum},
+            "preprocessing": {
+                "image_size": self.cfg.data.image_size,
+                "output_size": self.cfg.data.output_size,
+                "mean": list(INPUT_MEAN),
+                "std": list(INPUT_STD),
+                "curriculum": self.cfg.data.curriculum,
+            },
             "model": unwrap(self.model).state_dict(),
             "disc": unwrap(self.disc).state_dict() if self.disc else {},
             "opt_g": self.opt_g.state_dict(),
@@ -225,8 +267,11 @@ class Trainer:
             "epoch": self.epoch,
             "global_step": self.global_step,
             "best": self.best,
-            "rng": {"torch": torch.get_rng_state(), "loss": self.loss_gen.get_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "loss": self.loss_gen.get_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
             **self.extra_checkpoint,
         }
 
@@ -241,8 +286,10 @@ class Trainer:
         ckpt = load_checkpoint(path, self.device)
         saved = TrainConfig.from_dict(ckpt["config"])
         if saved.family != self.cfg.family or saved.model != self.cfg.model:
-            raise ConfigError(f"cannot resume from {path}: it holds a {saved.family} {saved.model} model, "
-                              f"this run builds a {self.cfg.family} {self.cfg.model} model")
+            raise ConfigError(
+                f"cannot resume from {path}: it holds a {saved.family} {saved.model} model, "
+                f"this run builds a {self.cfg.family} {self.cfg.model} model"
+            )
         load_state_strict(unwrap(self.model), ckpt["model"], str(path))
         if self.disc is not None and ckpt["disc"]:
             load_state_strict(unwrap(self.disc), ckpt["disc"], str(path))
@@ -274,11 +321,14 @@ class Trainer:
 
     def _check_finite(self, value: torch.Tensor, what: str) -> None:
         if not torch.isfinite(value):
-            raise TrainingError(f"{what} became {value.item()} at epoch {self.epoch} step {self.global_step}; "
-                                "stopping (lower the learning rate or check the data)")
+            raise TrainingError(
+                f"{what} became {value.item()} at epoch {self.epoch} step {self.global_step}; "
+                "stopping (lower the learning rate or check the data)"
+            )
 
-    def _backward_step(self, loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                       params) -> None:
+    def _backward_step(
+        self, loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, params
+    ) -> None:
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if self.cfg.optim.grad_clip > 0:
@@ -300,8 +350,9 @@ class Trainer:
             self.disc.requires_grad_(True)
             for _ in range(max(1, t.d_steps_per_g_step)):
                 with autocast:
-                    d_loss = gan_d_loss(self.disc(batch["target"], views), self.disc(fake, views),
-                                        self.cfg.loss.gan_loss)
+                    d_loss = gan_d_loss(
+                        self.disc(batch["target"], views), self.disc(fake, views), self.cfg.loss.gan_loss
+                    )
                 self._check_finite(d_loss, "the discriminator loss")
                 self._backward_step(d_loss, self.opt_d, self.scaler_d, self.disc.parameters())
             self.sched_d.step()
@@ -354,8 +405,13 @@ class Trainer:
                 self.sampler.set_epoch(self.epoch)
             sums: dict[str, float] = {}
             start = time.perf_counter()
-            bar = tqdm(self.loader, total=self.steps_per_epoch, desc=f"epoch {self.epoch + 1}/{t.epochs}",
-                       disable=not (self.progress and self.dist.main), leave=False)
+            bar = tqdm(
+                self.loader,
+                total=self.steps_per_epoch,
+                desc=f"epoch {self.epoch + 1}/{t.epochs}",
+                disable=not (self.progress and self.dist.main),
+                leave=False,
+            )
             n = 0
             for step, batch in enumerate(bar):
                 if step >= self.steps_per_epoch:
@@ -370,8 +426,12 @@ class Trainer:
                     for k, v in logs.items():
                         self.writer.add_scalar(f"train_step/{k}", v, self.global_step)
             bar.close()
-            record: dict[str, Any] = {"epoch": self.epoch, "step": self.global_step,
-                                      "lr": self.opt_g.param_groups[0]["lr"], "seconds": time.perf_counter() - start}
+            record: dict[str, Any] = {
+                "epoch": self.epoch,
+                "step": self.global_step,
+                "lr": self.opt_g.param_groups[0]["lr"],
+                "seconds": time.perf_counter() - start,
+            }
             record |= {f"train/{k}": v / max(1, n) for k, v in sums.items()}
             if self.dist.main:
                 val, batch = self.validate() if self.val_set is not None and len(self.val_set) else ({}, None)
@@ -403,11 +463,25 @@ class Trainer:
         for k, v in record.items():
             if k.startswith(("train/", "val/")) or k == "lr":
                 self.writer.add_scalar(k, v, self.epoch)
-        shown = {k: round(v, 4) for k, v in record.items() if k in ("train/total", "val/loss", "val/albedo/psnr",
-                                                                     "val/normal/angle_mean_deg", "val/rerender/rmse")}
+        shown = {
+            k: round(v, 4)
+            for k, v in record.items()
+            if k
+            in (
+                "train/total",
+                "val/loss",
+                "val/albedo/psnr",
+                "val/normal/angle_mean_deg",
+                "val/rerender/rmse",
+            )
+        }
         tqdm.write(f"epoch {self.epoch + 1}: {shown}")
         every = self.cfg.training.grid_every
-        if batch is not None and every and ((self.epoch + 1) % every == 0 or self.epoch + 1 == self.cfg.training.epochs):
+        if (
+            batch is not None
+            and every
+            and ((self.epoch + 1) % every == 0 or self.epoch + 1 == self.cfg.training.epochs)
+        ):
             grid = comparison_grid(batch["views"], batch["pred"], batch["target"])
             path = self.output_dir / "grids" / f"epoch_{self.epoch + 1:04d}.png"
             with atomic_path(path) as tmp:
@@ -421,7 +495,9 @@ def denormalize_views(views: torch.Tensor) -> torch.Tensor:
     return (views.cpu() * std + mean).clamp(0, 1)
 
 
-def comparison_grid(views: torch.Tensor, pred: torch.Tensor, target: torch.Tensor, rows: int = 4) -> np.ndarray:
+def comparison_grid(
+    views: torch.Tensor, pred: torch.Tensor, target: torch.Tensor, rows: int = 4
+) -> np.ndarray:
     """uint8 (H, W, 3): per sample, views | predicted maps | true maps | error heat-map."""
     import matplotlib
 
@@ -429,8 +505,9 @@ def comparison_grid(views: torch.Tensor, pred: torch.Tensor, target: torch.Tenso
     size = pred.shape[-1]
     lines = []
     for i in range(min(rows, len(pred))):
-        v = torch.nn.functional.interpolate(denormalize_views(views[i]), size=(size, size), mode="bilinear",
-                                            antialias=True)
+        v = torch.nn.functional.interpolate(
+            denormalize_views(views[i]), size=(size, size), mode="bilinear", antialias=True
+        )
         tiles = [x.permute(1, 2, 0).numpy() for x in v]
         tiles += to_preview(pred[i]) + to_preview(target[i])
         err = (pred[i] - target[i]).abs().mean(0).clamp(0, 0.5).numpy() / 0.5

@@ -48,8 +48,12 @@ def find_views(folder: Path) -> list[Path]:
     if len(files) < NUM_VIEWS:
         raise DataError(f"{folder} holds {len(files)} image(s); {NUM_VIEWS} views are needed (png or jpg)")
     if len(files) > NUM_VIEWS:
-        warnings.warn(f"{folder} holds {len(files)} images; using the first {NUM_VIEWS} by name: "
-                      f"{', '.join(p.name for p in files[:NUM_VIEWS])}", ViewWarning, stacklevel=2)
+        warnings.warn(
+            f"{folder} holds {len(files)} images; using the first {NUM_VIEWS} by name: "
+            f"{', '.join(p.name for p in files[:NUM_VIEWS])}",
+            ViewWarning,
+            stacklevel=2,
+        )
     return files[:NUM_VIEWS]
 
 
@@ -61,9 +65,14 @@ def read_view_folder(folder: Path, size: int) -> tuple[torch.Tensor, list[Path]]
         x = image_to_float(p)
         h, w = x.shape[-2:]
         if abs(w / h - 1) > 0.01:
-            warnings.warn(f"{p.name} is {w}x{h}; the model takes square views, so it is stretched to "
-                          f"{size}x{size}", ViewWarning, stacklevel=2)
+            warnings.warn(
+                f"{p.name} is {w}x{h}; the model takes square views, so it is stretched to {size}x{size}",
+                ViewWarning,
+                stacklevel=2,
+            )
         if (h, w) != (size, size):
-            x = F.interpolate(x[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+            x = F.interpolate(
+                x[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False
+            )[0]
         views.append(x.clamp(0, 1))
     return torch.stack(views), paths

@@ -37,14 +37,21 @@ def display_damage(view: np.ndarray, rng: np.random.Generator, cfg: CaptureDamag
     """Misregistration, blur, noise and JPEG on one (3, H, W) sRGB view in [0, 1]."""
     img = Image.fromarray(np.round(np.clip(view, 0, 1) * 255).astype(np.uint8).transpose(1, 2, 0), "RGB")
     dx, dy = rng.uniform(-cfg.shift_px, cfg.shift_px, 2)
-    img = img.transform(img.size, Image.Transform.AFFINE, (1, 0, dx, 0, 1, dy), resample=Image.Resampling.BILINEAR,
-                        fillcolor=None)
+    img = img.transform(
+        img.size,
+        Image.Transform.AFFINE,
+        (1, 0, dx, 0, 1, dy),
+        resample=Image.Resampling.BILINEAR,
+        fillcolor=None,
+    )
     img = img.filter(ImageFilter.GaussianBlur(rng.uniform(*cfg.blur_sigma)))
     x = np.asarray(img, dtype=np.float32) / 255
     sigma = rng.uniform(*cfg.noise_std) + rng.uniform(*cfg.shot_noise) * np.sqrt(x)
     x = np.clip(x + rng.normal(0, 1, x.shape) * sigma, 0, 1)
     buf = io.BytesIO()
-    Image.fromarray(np.round(x * 255).astype(np.uint8), "RGB").save(buf, "JPEG", quality=int(rng.integers(*cfg.jpeg_quality)))
+    Image.fromarray(np.round(x * 255).astype(np.uint8), "RGB").save(
+        buf, "JPEG", quality=int(rng.integers(*cfg.jpeg_quality))
+    )
     buf.seek(0)
     out = Image.open(buf)
     out.load()

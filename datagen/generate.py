@@ -32,12 +32,22 @@ LIGHT_DISTANCE = 2.2
 ELEVATION_RANGE = (35.0, 60.0)
 
 
-def generate_dataset(out: Path, count: int, size: int, seed: int = 0, dirty_ratio: float = 0.5,
-                     samples_per_material: int = 2, overwrite: bool = False, progress: bool = True) -> dict:
+def generate_dataset(
+    out: Path,
+    count: int,
+    size: int,
+    seed: int = 0,
+    dirty_ratio: float = 0.5,
+    samples_per_material: int = 2,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
     """Write a complete data set to ``out`` atomically (built beside it, then renamed) and return its metadata."""
     out = Path(out)
     if count < 1 or size < 16 or not 0 <= dirty_ratio <= 1 or samples_per_material < 1:
-        raise DataError("need --count >= 1, --size >= 16, 0 <= --dirty-ratio <= 1, --samples-per-material >= 1")
+        raise DataError(
+            "need --count >= 1, --size >= 16, 0 <= --dirty-ratio <= 1, --samples-per-material >= 1"
+        )
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise DataError(f"{out} exists and is not empty; pass --overwrite to replace it")
     tmp = out.with_name(f".{out.name}.tmp-datagen")
@@ -63,8 +73,9 @@ def generate_dataset(out: Path, count: int, size: int, seed: int = 0, dirty_rati
             sid = f"sample_{j:04d}"
             mat = mat_names[j % n_mat]
             s_rng = np.random.default_rng([seed, j])
-            lights = view_lights(float(s_rng.uniform(0, 2 * math.pi)), float(s_rng.uniform(*ELEVATION_RANGE)),
-                                 LIGHT_DISTANCE)
+            lights = view_lights(
+                float(s_rng.uniform(0, 2 * math.pi)), float(s_rng.uniform(*ELEVATION_RANGE)), LIGHT_DISTANCE
+            )
             power = DEFAULT_LIGHT_POWER * float(s_rng.uniform(0.8, 1.2))
             with torch.no_grad():
                 radiance = render(maps_cache[mat][None], lights[None], power)[0]  # (V, 3, H, W)
@@ -73,12 +84,28 @@ def generate_dataset(out: Path, count: int, size: int, seed: int = 0, dirty_rati
             _write_views(tmp / "input" / "clean" / sid, [v for v in clean])
             if "dirty" in sources:
                 damaged = to_display(torch.from_numpy(linear_damage(radiance.numpy(), s_rng, damage))).numpy()
-                _write_views(tmp / "input" / "dirty" / sid, [display_damage(v, s_rng, damage) for v in damaged])
-            samples[sid] = {"material": mat, "sources": sources, "lights": lights.tolist(), "light_power": power}
-        meta = {"format_version": FORMAT_VERSION, "generator": f"pbrforge.datagen {__version__}", "seed": seed,
-                "size": size, "count": count, "dirty_ratio": dirty_ratio, "camera": list(DEFAULT_CAMERA),
-                "light_power": DEFAULT_LIGHT_POWER, "light_distance": LIGHT_DISTANCE, "samples": samples,
-                "materials": materials}
+                _write_views(
+                    tmp / "input" / "dirty" / sid, [display_damage(v, s_rng, damage) for v in damaged]
+                )
+            samples[sid] = {
+                "material": mat,
+                "sources": sources,
+                "lights": lights.tolist(),
+                "light_power": power,
+            }
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "generator": f"pbrforge.datagen {__version__}",
+            "seed": seed,
+            "size": size,
+            "count": count,
+            "dirty_ratio": dirty_ratio,
+            "camera": list(DEFAULT_CAMERA),
+            "light_power": DEFAULT_LIGHT_POWER,
+            "light_distance": LIGHT_DISTANCE,
+            "samples": samples,
+            "materials": materials,
+        }
         write_json(tmp / "input" / METADATA_FILE, meta)
         if out.exists():
             shutil.rmtree(out)
@@ -92,8 +119,11 @@ def generate_dataset(out: Path, count: int, size: int, seed: int = 0, dirty_rati
 def _write_views(folder: Path, views: list) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for i, v in enumerate(views):
-        img = v if isinstance(v, Image.Image) else Image.fromarray(
-            np.round(np.clip(v, 0, 1) * 255).astype(np.uint8).transpose(1, 2, 0), "RGB")
+        img = (
+            v
+            if isinstance(v, Image.Image)
+            else Image.fromarray(np.round(np.clip(v, 0, 1) * 255).astype(np.uint8).transpose(1, 2, 0), "RGB")
+        )
         img.save(folder / f"{i}.png", format="PNG")
 
 
@@ -102,14 +132,31 @@ def _write_views(folder: Path, views: list) -> None:
 @click.option("--count", type=int, default=64, show_default=True, help="Number of samples.")
 @click.option("--size", type=int, default=256, show_default=True, help="Side of views and maps in pixels.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--dirty-ratio", type=float, default=0.5, show_default=True,
-              help="Fraction of samples that also get a damaged capture.")
-@click.option("--samples-per-material", type=int, default=2, show_default=True,
-              help="Samples sharing one material (differing in lighting).")
+@click.option(
+    "--dirty-ratio",
+    type=float,
+    default=0.5,
+    show_default=True,
+    help="Fraction of samples that also get a damaged capture.",
+)
+@click.option(
+    "--samples-per-material",
+    type=int,
+    default=2,
+    show_default=True,
+    help="Samples sharing one material (differing in lighting).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out.")
 @user_errors
-def main(out: Path, count: int, size: int, seed: int, dirty_ratio: float, samples_per_material: int,
-         overwrite: bool) -> None:
+def main(
+    out: Path,
+    count: int,
+    size: int,
+    seed: int,
+    dirty_ratio: float,
+    samples_per_material: int,
+    overwrite: bool,
+) -> None:
     """Render procedural materials into three-view captures and ground-truth maps."""
     t0 = time.perf_counter()
     generate_dataset(out, count, size, seed, dirty_ratio, samples_per_material, overwrite)

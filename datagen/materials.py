@@ -35,10 +35,14 @@ class Material:
 
     def maps(self) -> np.ndarray:
         """The (8, H, W) contract array."""
-        return np.concatenate([
-            np.clip(self.albedo, 0, 1), np.clip(self.roughness, 0, 1)[None], np.clip(self.metallic, 0, 1)[None],
-            self.normal(),
-        ]).astype(np.float32)
+        return np.concatenate(
+            [
+                np.clip(self.albedo, 0, 1),
+                np.clip(self.roughness, 0, 1)[None],
+                np.clip(self.metallic, 0, 1)[None],
+                self.normal(),
+            ]
+        ).astype(np.float32)
 
 
 def register_family(fn: FamilyFn) -> FamilyFn:
@@ -47,6 +51,7 @@ def register_family(fn: FamilyFn) -> FamilyFn:
 
 
 # --------------------------------------------------------------------------- noise
+
 
 def value_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
     """Tileable smooth value noise in [0, 1] on a cells x cells lattice."""
@@ -62,7 +67,9 @@ def value_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
     return top * (1 - f)[:, None] + bot * f[:, None]
 
 
-def fbm(rng: np.random.Generator, size: int, base_cells: int = 4, octaves: int = 5, gain: float = 0.5) -> np.ndarray:
+def fbm(
+    rng: np.random.Generator, size: int, base_cells: int = 4, octaves: int = 5, gain: float = 0.5
+) -> np.ndarray:
     out, amp, total = np.zeros((size, size)), 1.0, 0.0
     for o in range(octaves):
         cells = min(base_cells * 2**o, size)
@@ -81,6 +88,7 @@ def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 # --------------------------------------------------------------------------- families
+
 
 @register_family
 def bricks(rng: np.random.Generator, size: int) -> Material:

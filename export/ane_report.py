@@ -20,7 +20,7 @@ NOT_COMPUTE = ("const",)
 
 
 def dtype_name(var) -> str:
-    """"fp16", "fp32", "int32", ... for a MIL variable."""
+    """ "fp16", "fp32", "int32", ... for a MIL variable."""
     from coremltools.converters.mil.mil import types
 
     try:
@@ -44,9 +44,19 @@ def ane_report(path: Path) -> dict:
     ops = list(program.functions["main"].operations)
     counts = Counter(op.op_type for op in ops)
     compute = [op for op in ops if op.op_type not in NOT_COMPUTE and not op.op_type.startswith("constexpr_")]
-    flags: dict[str, list[str]] = {k: [] for k in ("fp32_compute", "flexible_shapes", "kernel_over_13", "rank5_tensors",
-                                                   "dim_over_16384", "gather_scatter", "many_reshapes_transposes",
-                                                   "weights_over_1gb")}
+    flags: dict[str, list[str]] = {
+        k: []
+        for k in (
+            "fp32_compute",
+            "flexible_shapes",
+            "kernel_over_13",
+            "rank5_tensors",
+            "dim_over_16384",
+            "gather_scatter",
+            "many_reshapes_transposes",
+            "weights_over_1gb",
+        )
+    }
     for op in compute:
         outs = list(op.outputs)
         if op.op_type != "cast" and any(dtype_name(o) == "fp32" for o in outs):
@@ -67,8 +77,11 @@ def ane_report(path: Path) -> dict:
     for inp in spec.description.input:
         t = inp.type.WhichOneof("Type")
         arr = getattr(inp.type, t)
-        if any(arr.HasField(f) for f in ("enumeratedSizes", "imageSizeRange", "enumeratedShapes", "shapeRange")
-               if f in [d.name for d in arr.DESCRIPTOR.fields]):
+        if any(
+            arr.HasField(f)
+            for f in ("enumeratedSizes", "imageSizeRange", "enumeratedShapes", "shapeRange")
+            if f in [d.name for d in arr.DESCRIPTOR.fields]
+        ):
             flags["flexible_shapes"].append(f"input {inp.name}")
     layout = sum(counts[t] for t in LAYOUT_OPS)
     n_compute = max(1, len(compute))
@@ -77,16 +90,25 @@ def ane_report(path: Path) -> dict:
     weights = sum(p.stat().st_size for p in Path(path).rglob("*.bin"))
     if weights > WEIGHTS_LIMIT_BYTES:
         flags["weights_over_1gb"].append(f"{weights / 2**30:.2f} GB")
-    return {"package": str(path), "ops_total": len(ops), "compute_ops": len(compute), "op_counts": dict(counts.most_common()),
-            "weights_bytes": weights, "layout_ops": layout, "flags": flags,
-            "flag_counts": {k: len(v) for k, v in flags.items()},
-            "note": "heuristic; Xcode's Core ML performance report on a device is the ground truth"}
+    return {
+        "package": str(path),
+        "ops_total": len(ops),
+        "compute_ops": len(compute),
+        "op_counts": dict(counts.most_common()),
+        "weights_bytes": weights,
+        "layout_ops": layout,
+        "flags": flags,
+        "flag_counts": {k: len(v) for k, v in flags.items()},
+        "note": "heuristic; Xcode's Core ML performance report on a device is the ground truth",
+    }
 
 
 def report_table(report: dict) -> str:
-    lines = [f"ANE-readiness (heuristic) for {report['package']}: {report['compute_ops']} compute ops, "
-             f"{report['weights_bytes'] / 2**20:.1f} MiB weights",
-             f"{'check':<26} {'flagged':>7}  example"]
+    lines = [
+        f"ANE-readiness (heuristic) for {report['package']}: {report['compute_ops']} compute ops, "
+        f"{report['weights_bytes'] / 2**20:.1f} MiB weights",
+        f"{'check':<26} {'flagged':>7}  example",
+    ]
     for k, v in report["flags"].items():
         lines.append(f"{k:<26} {len(v):>7}  {v[0] if v else ''}")
     top = ", ".join(f"{k} {n}" for k, n in list(report["op_counts"].items())[:8])

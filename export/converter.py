@@ -41,20 +41,34 @@ class ExportResult:
 
     def add(self, fmt: str, path: Path | None, status: str, seconds: float = 0.0, detail: str = "") -> None:
         size = _size(path) if path is not None and path.exists() else 0
-        self.rows.append({"format": fmt, "path": str(path) if path else "", "status": status, "seconds": seconds,
-                          "bytes": size, "detail": detail})
+        self.rows.append(
+            {
+                "format": fmt,
+                "path": str(path) if path else "",
+                "status": status,
+                "seconds": seconds,
+                "bytes": size,
+                "detail": detail,
+            }
+        )
 
     def table(self) -> str:
         lines = [f"{'format':<10} {'status':<8} {'size MiB':>9} {'seconds':>8}  path / detail"]
         for r in self.rows:
-            lines.append(f"{r['format']:<10} {r['status']:<8} {r['bytes'] / 2**20:9.2f} {r['seconds']:8.1f}  "
-                         f"{r['path'] or ''} {r['detail']}".rstrip())
+            lines.append(
+                f"{r['format']:<10} {r['status']:<8} {r['bytes'] / 2**20:9.2f} {r['seconds']:8.1f}  "
+                f"{r['path'] or ''} {r['detail']}".rstrip()
+            )
         return "\n".join(lines)
 
 
 def _size(path: Path) -> int:
     path = Path(path)
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+    return (
+        sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+        if path.is_dir()
+        else path.stat().st_size
+    )
 
 
 def prepare(checkpoint: Path, test_resolution: int | None, use_sr: bool):
@@ -73,22 +87,38 @@ def prepare(checkpoint: Path, test_resolution: int | None, use_sr: bool):
     example = example_inputs(size)
     folded = fold_batchnorm(wrapper, example)
     with torch.no_grad():
-        reference = {n: o.numpy() for n, o in zip(("albedo", "roughness", "metallic", "normal"), wrapper(*example),
-                                                     strict=True)}
+        reference = {
+            n: o.numpy()
+            for n, o in zip(("albedo", "roughness", "metallic", "normal"), wrapper(*example), strict=True)
+        }
         folded_out = folded(*example)
     folding = compare(reference, {n: o.numpy() for n, o in zip(reference, folded_out, strict=True)})
     failure = gate_psnr(folding, FOLDING_MIN_PSNR, "BatchNorm folding")
     if failure:
         raise ParityError(f"{failure}; refusing to export")
-    contract = DeployContract(image_size=size, output_size=int(reference["albedo"].shape[-1]), sr_scale=scale,
-                              family=cfg.family, model_name=cfg.name)
+    contract = DeployContract(
+        image_size=size,
+        output_size=int(reference["albedo"].shape[-1]),
+        sr_scale=scale,
+        family=cfg.family,
+        model_name=cfg.name,
+    )
     return wrapper, folded, example, reference, contract
 
 
-def export_artifacts(checkpoint: Path, output: Path, formats: tuple[str, ...], fp16: bool = True,
-                     nbits: int | None = None, test_resolution: int | None = None, use_sr: bool = False,
-                     min_target: str = "iOS17", contract_out: Path | None = None, ane: bool = True,
-                     echo=click.echo) -> ExportResult:
+def export_artifacts(
+    checkpoint: Path,
+    output: Path,
+    formats: tuple[str, ...],
+    fp16: bool = True,
+    nbits: int | None = None,
+    test_resolution: int | None = None,
+    use_sr: bool = False,
+    min_target: str = "iOS17",
+    contract_out: Path | None = None,
+    ane: bool = True,
+    echo=click.echo,
+) -> ExportResult:
     """Export to each format in order; unavailable formats are recorded as skipped, parity failures as failed."""
     from pbrforge.export import coreml_export
 
@@ -131,8 +161,10 @@ def export_artifacts(checkpoint: Path, output: Path, formats: tuple[str, ...], f
                 from pbrforge.export.trt_export import build_engine
 
                 if not onnx_path.exists():
-                    raise ConfigError("the TensorRT engine is built from the ONNX file: export onnx first "
-                                      "(--format all does)")
+                    raise ConfigError(
+                        "the TensorRT engine is built from the ONNX file: export onnx first "
+                        "(--format all does)"
+                    )
                 plan = output.with_suffix(".plan")
                 seconds = build_engine(onnx_path, plan, contract.image_size, fp16)
                 result.add(fmt, plan, "built", seconds, "(parity: run runtime/run_inference.py on a GPU)")
@@ -153,36 +185,78 @@ def _finish(result: ExportResult, fmt: str, path: Path, parity: dict, seconds: f
             echo(table(parity[key], f"{fmt} parity ({key}, vs PyTorch fp32)"))
     if "fp16_pytorch" not in parity and "palettized_readback" not in parity and parity.get("outputs"):
         echo(table(parity["outputs"], f"{fmt} parity ({parity['backend']}, vs PyTorch fp32)"))
-    result.add(fmt, path, "ok" if parity["passed"] else "FAILED", seconds, "" if parity["passed"] else parity["failure"])
+    result.add(
+        fmt,
+        path,
+        "ok" if parity["passed"] else "FAILED",
+        seconds,
+        "" if parity["passed"] else parity["failure"],
+    )
     if not parity["passed"]:
         result.failures.append(parity["failure"])
 
 
 @click.command("export", epilog=examples_epilog(__doc__))
 @click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.option("--output", type=click.Path(path_type=Path), required=True,
-              help="Artifact path without extension: writes OUTPUT.mlpackage / .onnx / .plan and reports beside them.")
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Artifact path without extension: writes OUTPUT.mlpackage / .onnx / .plan and reports beside them.",
+)
 @click.option("--format", "fmt", type=click.Choice(FORMATS + ("all",)), default="all", show_default=True)
 @click.option("--no-fp16", is_flag=True, help="Core ML in FP32 (default FP16).")
 @click.option("--palettization", is_flag=True, help="k-means palettize the Core ML weights.")
-@click.option("--nbits", type=click.Choice(["8", "6", "4"]), default="6", show_default=True,
-              help="Palettization bits (4 needs --min-target iOS18).")
-@click.option("--test-resolution", type=int, default=None,
-              help="Convert at another input size; bypasses the SR head unless --use-sr.")
+@click.option(
+    "--nbits",
+    type=click.Choice(["8", "6", "4"]),
+    default="6",
+    show_default=True,
+    help="Palettization bits (4 needs --min-target iOS18).",
+)
+@click.option(
+    "--test-resolution",
+    type=int,
+    default=None,
+    help="Convert at another input size; bypasses the SR head unless --use-sr.",
+)
 @click.option("--use-sr", is_flag=True, help="Keep the SR head at --test-resolution.")
 @click.option("--min-target", type=click.Choice(["iOS17", "iOS18"]), default="iOS17", show_default=True)
-@click.option("--contract-out", type=click.Path(path_type=Path), default=None,
-              help="Also write the deployment contract here (e.g. mobile_app/contract.json).")
+@click.option(
+    "--contract-out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write the deployment contract here (e.g. mobile_app/contract.json).",
+)
 @click.option("--no-ane-report", is_flag=True, help="Skip the static ANE-readiness report.")
 @user_errors
-def main(checkpoint: Path, output: Path, fmt: str, no_fp16: bool, palettization: bool, nbits: str,
-         test_resolution: int | None, use_sr: bool, min_target: str, contract_out: Path | None,
-         no_ane_report: bool) -> None:
+def main(
+    checkpoint: Path,
+    output: Path,
+    fmt: str,
+    no_fp16: bool,
+    palettization: bool,
+    nbits: str,
+    test_resolution: int | None,
+    use_sr: bool,
+    min_target: str,
+    contract_out: Path | None,
+    no_ane_report: bool,
+) -> None:
     """Convert a checkpoint to deployable artifacts; exit 2 if any parity gate fails."""
     formats = FORMATS if fmt == "all" else (fmt,)
-    result = export_artifacts(checkpoint, output, formats, fp16=not no_fp16,
-                              nbits=int(nbits) if palettization else None, test_resolution=test_resolution,
-                              use_sr=use_sr, min_target=min_target, contract_out=contract_out, ane=not no_ane_report)
+    result = export_artifacts(
+        checkpoint,
+        output,
+        formats,
+        fp16=not no_fp16,
+        nbits=int(nbits) if palettization else None,
+        test_resolution=test_resolution,
+        use_sr=use_sr,
+        min_target=min_target,
+        contract_out=contract_out,
+        ane=not no_ane_report,
+    )
     click.echo(result.table())
     if result.failures:
         fail(result.failures[0])

@@ -42,21 +42,35 @@ def check_target(min_target: str, nbits: int | None) -> None:
     if nbits is not None and nbits not in NBITS:
         raise ConfigError(f"--nbits {nbits} is not one of {NBITS}")
     if nbits == 4 and min_target == "iOS17":
-        raise ConfigError("4-bit palettization uses per-grouped-channel LUTs, which need iOS18: "
-                          "pass --min-target iOS18 or choose --nbits 8 or 6")
+        raise ConfigError(
+            "4-bit palettization uses per-grouped-channel LUTs, which need iOS18: "
+            "pass --min-target iOS18 or choose --nbits 8 or 6"
+        )
 
 
-def convert_coreml(wrapper: nn.Module, example: tuple[torch.Tensor, ...], fp16: bool, min_target: str,
-                   contract: DeployContract):
+def convert_coreml(
+    wrapper: nn.Module,
+    example: tuple[torch.Tensor, ...],
+    fp16: bool,
+    min_target: str,
+    contract: DeployContract,
+):
     """torch.export -> ct.convert to an mlprogram with image inputs and contract metadata (not yet saved)."""
     ct = _ct()
     program = torch.export.export(wrapper, example).run_decompositions({})
-    inputs = [ct.ImageType(name=n, shape=tuple(x.shape), color_layout=ct.colorlayout.RGB, scale=1.0)
-              for n, x in zip(INPUT_NAMES, example, strict=True)]
+    inputs = [
+        ct.ImageType(name=n, shape=tuple(x.shape), color_layout=ct.colorlayout.RGB, scale=1.0)
+        for n, x in zip(INPUT_NAMES, example, strict=True)
+    ]
     mlmodel = ct.convert(
-        program, inputs=inputs, outputs=[ct.TensorType(name=n) for n in OUTPUT_NAMES], convert_to="mlprogram",
+        program,
+        inputs=inputs,
+        outputs=[ct.TensorType(name=n) for n in OUTPUT_NAMES],
+        convert_to="mlprogram",
         compute_precision=ct.precision.FLOAT16 if fp16 else ct.precision.FLOAT32,
-        minimum_deployment_target=getattr(ct.target, min_target), compute_units=ct.ComputeUnit.CPU_AND_NE)
+        minimum_deployment_target=getattr(ct.target, min_target),
+        compute_units=ct.ComputeUnit.CPU_AND_NE,
+    )
     set_metadata(mlmodel, contract, fp16)
     return mlmodel
 
@@ -64,15 +78,22 @@ def convert_coreml(wrapper: nn.Module, example: tuple[torch.Tensor, ...], fp16: 
 def set_metadata(mlmodel, contract: DeployContract, fp16: bool) -> None:
     mlmodel.author = "pbrforge"
     mlmodel.version = __version__
-    mlmodel.short_description = (f"PBR maps from three photos of a surface: {contract.model_name} "
-                                 f"({contract.image_size}px in, {contract.output_size}px out, "
-                                 f"{'FP16' if fp16 else 'FP32'}).")
+    mlmodel.short_description = (
+        f"PBR maps from three photos of a surface: {contract.model_name} "
+        f"({contract.image_size}px in, {contract.output_size}px out, "
+        f"{'FP16' if fp16 else 'FP32'})."
+    )
     for n in INPUT_NAMES:
-        mlmodel.input_description[n] = (f"A photo of the surface, RGB 0-255, {contract.image_size}x{contract.image_size}, "
-                                        "camera fixed, light moved between views; view order does not matter.")
-    text = {"albedo": "sRGB base colour in [0, 1], (1, 3, S, S)", "roughness": "perceptual roughness in [0, 1], (1, 1, S, S)",
-            "metallic": "metalness in [0, 1], (1, 1, S, S)",
-            "normal": "unit tangent-space normal (OpenGL +Y) in [-1, 1], (1, 3, S, S); PNG stores (n + 1) / 2"}
+        mlmodel.input_description[n] = (
+            f"A photo of the surface, RGB 0-255, {contract.image_size}x{contract.image_size}, "
+            "camera fixed, light moved between views; view order does not matter."
+        )
+    text = {
+        "albedo": "sRGB base colour in [0, 1], (1, 3, S, S)",
+        "roughness": "perceptual roughness in [0, 1], (1, 1, S, S)",
+        "metallic": "metalness in [0, 1], (1, 1, S, S)",
+        "normal": "unit tangent-space normal (OpenGL +Y) in [-1, 1], (1, 3, S, S); PNG stores (n + 1) / 2",
+    }
     for n in OUTPUT_NAMES:
         mlmodel.output_description[n] = text[n]
     from dataclasses import asdict
@@ -86,13 +107,17 @@ def palettize(mlmodel, nbits: int):
     from coremltools.optimize.coreml import OpPalettizerConfig, OptimizationConfig, palettize_weights
 
     if nbits == 4:
-        op = OpPalettizerConfig(mode="kmeans", nbits=4, granularity="per_grouped_channel", group_size=GROUP_SIZE_4BIT)
+        op = OpPalettizerConfig(
+            mode="kmeans", nbits=4, granularity="per_grouped_channel", group_size=GROUP_SIZE_4BIT
+        )
     else:
         op = OpPalettizerConfig(mode="kmeans", nbits=nbits, granularity="per_tensor")
     try:
         out = palettize_weights(mlmodel, OptimizationConfig(global_config=op))
     except Exception as e:
-        raise PBRForgeError(f"{nbits}-bit palettization failed ({type(e).__name__}: {e}); no model was written") from e
+        raise PBRForgeError(
+            f"{nbits}-bit palettization failed ({type(e).__name__}: {e}); no model was written"
+        ) from e
     if count_lut_ops(out) == 0:
         raise PBRForgeError(f"{nbits}-bit palettization changed no weight; no model was written")
     return out
@@ -110,13 +135,16 @@ def load_program(path: Path):
 
     mlmodel = ct.models.MLModel(str(path), skip_model_load=True)
     spec = mlmodel.get_spec()
-    return milproto_load(model_spec=spec, specification_version=spec.specificationVersion,
-                         file_weights_dir=mlmodel.weights_dir), spec
+    return milproto_load(
+        model_spec=spec, specification_version=spec.specificationVersion, file_weights_dir=mlmodel.weights_dir
+    ), spec
 
 
 def count_lut_ops(mlmodel) -> int:
     prog = mlmodel._mil_program
-    return sum(1 for op in prog.functions["main"].operations if op.op_type.startswith("constexpr_lut_to_dense"))
+    return sum(
+        1 for op in prog.functions["main"].operations if op.op_type.startswith("constexpr_lut_to_dense")
+    )
 
 
 def dense_lut_weights(path: Path) -> list[tuple[str, np.ndarray]]:
@@ -162,20 +190,35 @@ def _run(model: nn.Module, example: tuple[torch.Tensor, ...], dtype: torch.dtype
     return {n: o.float().numpy() for n, o in zip(OUTPUT_NAMES, outs, strict=True)}
 
 
-def coreml_parity(path: Path, folded: nn.Module, reference: dict[str, np.ndarray], example: tuple[torch.Tensor, ...],
-                  fp16: bool, palettized: bool) -> dict:
+def coreml_parity(
+    path: Path,
+    folded: nn.Module,
+    reference: dict[str, np.ndarray],
+    example: tuple[torch.Tensor, ...],
+    fp16: bool,
+    palettized: bool,
+) -> dict:
     """Predict on macOS; elsewhere measure FP16 and read-back palettized numerics in PyTorch. Gate: PSNR >= 35 dB."""
     if platform.system() == "Darwin":
         ct = _ct()
         from PIL import Image
 
         mlmodel = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit.CPU_AND_NE)
-        feed = {n: Image.fromarray(x[0].permute(1, 2, 0).numpy().astype(np.uint8), "RGB")
-                for n, x in zip(INPUT_NAMES, example, strict=True)}
+        feed = {
+            n: Image.fromarray(x[0].permute(1, 2, 0).numpy().astype(np.uint8), "RGB")
+            for n, x in zip(INPUT_NAMES, example, strict=True)
+        }
         report = compare(reference, mlmodel.predict(feed))
-        result = {"backend": "coreml predict (macOS)", "gate": {"psnr_db": COREML_MIN_PSNR}, "outputs": report}
+        result = {
+            "backend": "coreml predict (macOS)",
+            "gate": {"psnr_db": COREML_MIN_PSNR},
+            "outputs": report,
+        }
         return finish(result, gate_psnr(report, COREML_MIN_PSNR, "Core ML"))
-    result: dict = {"backend": "pytorch emulation (Core ML cannot predict on this OS)", "gate": {"psnr_db": COREML_MIN_PSNR}}
+    result: dict = {
+        "backend": "pytorch emulation (Core ML cannot predict on this OS)",
+        "gate": {"psnr_db": COREML_MIN_PSNR},
+    }
     failure = None
     if fp16:
         report = compare(reference, _run(folded, example, torch.float16))
@@ -188,8 +231,10 @@ def coreml_parity(path: Path, folded: nn.Module, reference: dict[str, np.ndarray
         result["palettized_readback"] = report
         result["readback"] = {"lut_weights": len(dense), "matched_to_pytorch": matched}
         if matched < len(dense):
-            failure = failure or (f"only {matched} of {len(dense)} palettized weights could be matched to the "
-                                  "PyTorch model, so its numerics cannot be measured honestly")
+            failure = failure or (
+                f"only {matched} of {len(dense)} palettized weights could be matched to the "
+                "PyTorch model, so its numerics cannot be measured honestly"
+            )
         failure = failure or gate_psnr(report, COREML_MIN_PSNR, "Core ML palettized (read back)")
     if not (fp16 or palettized):
         result["note"] = "FP32 mlprogram: nothing to emulate here; predict on macOS to measure it"

@@ -17,7 +17,9 @@ MIN_OPSET = 18
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GB limit, with margin
 
 
-def export_onnx(wrapper: torch.nn.Module, example: tuple[torch.Tensor, ...], path: Path, opset: int = MIN_OPSET) -> float:
+def export_onnx(
+    wrapper: torch.nn.Module, example: tuple[torch.Tensor, ...], path: Path, opset: int = MIN_OPSET
+) -> float:
     """Export ``wrapper`` to ``path`` atomically and check it; returns seconds taken."""
     try:
         import onnx
@@ -28,9 +30,16 @@ def export_onnx(wrapper: torch.nn.Module, example: tuple[torch.Tensor, ...], pat
     external = n_bytes > EXTERNAL_DATA_BYTES
     path = Path(path)
     with atomic_path(path) as tmp:
-        program = torch.onnx.export(wrapper, example, dynamo=True, opset_version=max(opset, MIN_OPSET),
-                                    input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
-                                    external_data=external, verbose=False)
+        program = torch.onnx.export(
+            wrapper,
+            example,
+            dynamo=True,
+            opset_version=max(opset, MIN_OPSET),
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
+            external_data=external,
+            verbose=False,
+        )
         program.save(str(tmp), external_data=external)
         onnx.checker.check_model(str(tmp), full_check=True)
         if external:  # the weights file is named after the temporary graph file; keep them together
@@ -46,10 +55,12 @@ def onnx_session(path: Path, threads: int | None = None, level: str = "all"):
     except ImportError as e:
         raise UnavailableError("ONNX Runtime is not installed: pip install 'pbrforge[onnx]'") from e
     opts = ort.SessionOptions()
-    opts.graph_optimization_level = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-                                     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-                                     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-                                     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[level]
+    opts.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[level]
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -64,6 +75,10 @@ def run_onnx(session, inputs: tuple[torch.Tensor, ...]) -> dict[str, np.ndarray]
 def onnx_parity(path: Path, reference: dict[str, np.ndarray], example: tuple[torch.Tensor, ...]) -> dict:
     """ONNX Runtime vs PyTorch fp32, gated at ONNX_MAX_ABS (the verdict is in the result; ``enforce`` raises)."""
     report = compare(reference, run_onnx(onnx_session(path), example))
-    result = {"backend": "onnxruntime", "reference": "pytorch fp32", "gate": {"max_abs": ONNX_MAX_ABS},
-              "outputs": report}
+    result = {
+        "backend": "onnxruntime",
+        "reference": "pytorch fp32",
+        "gate": {"max_abs": ONNX_MAX_ABS},
+        "outputs": report,
+    }
     return finish(result, gate_max_abs(report, ONNX_MAX_ABS, "ONNX"))

@@ -23,7 +23,9 @@ def psnr(ref: np.ndarray, test: np.ndarray) -> float:
     return PSNR_CAP if mse == 0 else min(PSNR_CAP, 10 * math.log10(peak**2 / mse))
 
 
-def compare(reference: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:
+def compare(
+    reference: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]
+) -> dict[str, dict[str, float]]:
     """Per output: max_abs, mean_abs, psnr_db. Missing or mis-shaped outputs are an error."""
     report = {}
     for name in OUTPUT_NAMES:
@@ -33,7 +35,11 @@ def compare(reference: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarra
         if ref.shape != out.shape:
             raise ParityError(f"output {name!r} has shape {out.shape}, PyTorch gives {ref.shape}")
         diff = np.abs(ref - out)
-        report[name] = {"max_abs": float(diff.max()), "mean_abs": float(diff.mean()), "psnr_db": psnr(ref, out)}
+        report[name] = {
+            "max_abs": float(diff.max()),
+            "mean_abs": float(diff.mean()),
+            "psnr_db": psnr(ref, out),
+        }
     return report
 
 
@@ -57,7 +63,6 @@ def finish(result: dict, failure: str | None) -> dict:
     result["passed"] = failure is None
     result["failure"] = failure
     return result
-
 
 
 def table(report: Mapping[str, Mapping[str, float]], title: str) -> str:

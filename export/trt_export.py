@@ -20,13 +20,16 @@ def tensorrt_module():
     try:
         import tensorrt as trt
     except ImportError as e:
-        raise UnavailableError("TensorRT is not installed on this machine (it needs NVIDIA's own package index "
-                               "and a CUDA GPU), so no engine can be built here") from e
+        raise UnavailableError(
+            "TensorRT is not installed on this machine (it needs NVIDIA's own package index "
+            "and a CUDA GPU), so no engine can be built here"
+        ) from e
     return trt
 
 
-def build_engine(onnx_path: Path, plan_path: Path, image_size: int, fp16: bool = True,
-                 timing_cache: Path | None = None) -> float:
+def build_engine(
+    onnx_path: Path, plan_path: Path, image_size: int, fp16: bool = True, timing_cache: Path | None = None
+) -> float:
     """Parse the ONNX, build a (FP16) engine for a fixed 1x3xSxS per view, save it as a .plan; returns seconds."""
     trt = tensorrt_module()
     t0 = time.perf_counter()

@@ -62,6 +62,7 @@ def fold_batchnorm(model: nn.Module, example: tuple[torch.Tensor, ...]) -> nn.Mo
         h.remove()
     # Only a conv whose output feeds the BN alone can absorb it (not one that also feeds a residual).
     pairs = [(c, b) for c, b in pairs if uses.count(next(o for m, o in produced.values() if m is c)) == 1]
+
     def outputs() -> list[torch.Tensor]:
         return [o.clone() for o in model(*example)]
 
@@ -96,7 +97,9 @@ class _TensorUses(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        if isinstance(out, torch.Tensor) or (isinstance(out, tuple) and any(isinstance(o, torch.Tensor) for o in out)):
+        if isinstance(out, torch.Tensor) or (
+            isinstance(out, tuple) and any(isinstance(o, torch.Tensor) for o in out)
+        ):
             for a in tree_leaves((args, kwargs)):
                 if isinstance(a, torch.Tensor):
                     self.uses[id(a)] = self.uses.get(id(a), 0) + 1
@@ -137,5 +140,7 @@ def example_inputs(size: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
     g = torch.Generator().manual_seed(seed)
     low = torch.rand(NUM_VIEWS, 3, max(2, size // 16), max(2, size // 16), generator=g)
     smooth = torch.nn.functional.interpolate(low, size=(size, size), mode="bicubic", align_corners=False)
-    views = ((smooth * 0.8 + 0.2 * torch.rand(NUM_VIEWS, 3, size, size, generator=g)).clamp(0, 1) * 255).round()
+    views = (
+        (smooth * 0.8 + 0.2 * torch.rand(NUM_VIEWS, 3, size, size, generator=g)).clamp(0, 1) * 255
+    ).round()
     return tuple(v[None].contiguous() for v in views)

@@ -13,8 +13,14 @@ import torch
 from pbrforge.deploy import INPUT_NAMES, OUTPUT_NAMES, DeployContract, contract_path
 from pbrforge.errors import DataError, UnavailableError
 
-SUFFIX_BACKEND = {".pt": "torch", ".pth": "torch", ".onnx": "onnx", ".mlpackage": "coreml", ".plan": "tensorrt",
-                  ".engine": "tensorrt"}
+SUFFIX_BACKEND = {
+    ".pt": "torch",
+    ".pth": "torch",
+    ".onnx": "onnx",
+    ".mlpackage": "coreml",
+    ".plan": "tensorrt",
+    ".engine": "tensorrt",
+}
 BACKENDS = ("torch", "onnx", "coreml", "tensorrt")
 
 Views = tuple[torch.Tensor, ...]  # three (1, 3, H, W) float tensors of whole numbers in 0..255
@@ -33,8 +39,10 @@ def backend_for(artifact: Path, backend: str) -> str:
         return backend
     suffix = Path(artifact).suffix.lower()
     if suffix not in SUFFIX_BACKEND:
-        raise DataError(f"cannot tell the backend of {artifact} from its extension; known: "
-                        f"{', '.join(sorted(SUFFIX_BACKEND))} (or pass --backend)")
+        raise DataError(
+            f"cannot tell the backend of {artifact} from its extension; known: "
+            f"{', '.join(sorted(SUFFIX_BACKEND))} (or pass --backend)"
+        )
     return SUFFIX_BACKEND[suffix]
 
 
@@ -44,8 +52,13 @@ def torch_runner(checkpoint: Path, threads: int, contract: DeployContract | None
     from pbrforge.models import model_from_checkpoint
 
     model, cfg, _ = model_from_checkpoint(checkpoint)
-    full = DeployContract(image_size=cfg.data.image_size, output_size=cfg.data.output_size,
-                          sr_scale=cfg.model.get("sr_scale", 1), family=cfg.family, model_name=cfg.name)
+    full = DeployContract(
+        image_size=cfg.data.image_size,
+        output_size=cfg.data.output_size,
+        sr_scale=cfg.model.get("sr_scale", 1),
+        family=cfg.family,
+        model_name=cfg.name,
+    )
     contract = contract or full
     use_sr = contract.sr_scale == full.sr_scale
     wrapper = PBRExportWrapper(model, use_sr=use_sr).eval()
@@ -66,16 +79,20 @@ def onnx_runner(path: Path, threads: int, level: str = "all") -> Runner:
 
 def coreml_runner(path: Path, threads: int) -> Runner:
     if platform.system() != "Darwin":
-        raise UnavailableError("Core ML prediction needs macOS; on this machine convert and inspect only "
-                               "(export/converter.py reports emulated numerics)")
+        raise UnavailableError(
+            "Core ML prediction needs macOS; on this machine convert and inspect only "
+            "(export/converter.py reports emulated numerics)"
+        )
     import coremltools as ct
     from PIL import Image
 
     mlmodel = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit.CPU_AND_NE)
 
     def run(views: Views) -> dict[str, np.ndarray]:
-        feed = {n: Image.fromarray(v[0].permute(1, 2, 0).numpy().astype(np.uint8), "RGB")
-                for n, v in zip(INPUT_NAMES, views, strict=True)}
+        feed = {
+            n: Image.fromarray(v[0].permute(1, 2, 0).numpy().astype(np.uint8), "RGB")
+            for n, v in zip(INPUT_NAMES, views, strict=True)
+        }
         out = mlmodel.predict(feed)
         return {n: np.asarray(out[n], dtype=np.float32) for n in OUTPUT_NAMES}
 
@@ -101,7 +118,12 @@ def load_runner(artifact: Path, backend: str = "auto", threads: int = 0) -> Runn
         raise DataError(f"artifact {artifact} does not exist")
     threads = threads or torch.get_num_threads()
     kind = backend_for(artifact, backend)
-    factories = {"torch": torch_runner, "onnx": onnx_runner, "coreml": coreml_runner, "tensorrt": tensorrt_runner}
+    factories = {
+        "torch": torch_runner,
+        "onnx": onnx_runner,
+        "coreml": coreml_runner,
+        "tensorrt": tensorrt_runner,
+    }
     if kind not in factories:
         raise DataError(f"unknown backend {kind!r}; known: {', '.join(BACKENDS)}")
     return factories[kind](artifact, threads)

@@ -51,8 +51,10 @@ def upscale(maps: torch.Tensor, size: int) -> torch.Tensor:
     """Lanczos per channel (PIL, float), clamped to range; normals renormalised. Downscaling uses antialiasing."""
     if maps.shape[-1] >= size:
         return resize_maps(maps, size)
-    chans = [np.asarray(Image.fromarray(c.numpy(), mode="F").resize((size, size), Image.Resampling.LANCZOS))
-             for c in maps]
+    chans = [
+        np.asarray(Image.fromarray(c.numpy(), mode="F").resize((size, size), Image.Resampling.LANCZOS))
+        for c in maps
+    ]
     out = torch.from_numpy(np.stack(chans))
     return torch.cat([out[:5].clamp(0, 1), torch.nn.functional.normalize(out[5:], dim=0, eps=1e-6)])
 
@@ -61,8 +63,13 @@ def write_outputs(maps: torch.Tensor, views: Views, out_dir: Path, final_size: i
     write_material(out_dir, upscale(maps, final_size))
     tile = 256
     small = resize_maps(maps, tile)
-    tiles = [torch.nn.functional.interpolate(v / 255, size=(tile, tile), mode="bilinear", antialias=True)[0]
-             .permute(1, 2, 0).clamp(0, 1).numpy() for v in views]
+    tiles = [
+        torch.nn.functional.interpolate(v / 255, size=(tile, tile), mode="bilinear", antialias=True)[0]
+        .permute(1, 2, 0)
+        .clamp(0, 1)
+        .numpy()
+        for v in views
+    ]
     row = np.concatenate(tiles + to_preview(small), axis=1)
     with atomic_path(Path(out_dir) / "preview.png") as tmp:
         Image.fromarray((row * 255).round().astype(np.uint8)).save(tmp, format="PNG")
@@ -79,8 +86,14 @@ def measure(runner: Runner, views: Views, runs: int, warmup: int) -> dict[str, f
         runner.run(views)
         times.append((time.perf_counter() - t0) * 1000)
     arr = np.asarray(times)
-    return {"median_ms": float(np.median(arr)), "p90_ms": float(np.percentile(arr, 90)), "min_ms": float(arr.min()),
-            "runs": runs, "warmup": warmup, "threads": runner.threads}
+    return {
+        "median_ms": float(np.median(arr)),
+        "p90_ms": float(np.percentile(arr, 90)),
+        "min_ms": float(arr.min()),
+        "runs": runs,
+        "warmup": warmup,
+        "threads": runner.threads,
+    }
 
 
 def latency_chart(latency: dict[str, dict[str, float]], path: Path, title: str) -> None:
@@ -93,8 +106,13 @@ def latency_chart(latency: dict[str, dict[str, float]], path: Path, title: str) 
     med = [latency[n]["median_ms"] for n in names]
     p90 = [latency[n]["p90_ms"] - latency[n]["median_ms"] for n in names]
     fig, ax = plt.subplots(figsize=(6, 3.2), dpi=120)
-    ax.bar(names, med, yerr=[np.zeros(len(names)), p90], color=["#777777", "#2a7ab9", "#d9822b", "#3a9a4a"][: len(names)],
-           capsize=6)
+    ax.bar(
+        names,
+        med,
+        yerr=[np.zeros(len(names)), p90],
+        color=["#777777", "#2a7ab9", "#d9822b", "#3a9a4a"][: len(names)],
+        capsize=6,
+    )
     for i, m in enumerate(med):
         ax.text(i, m + p90[i], f"{m:.1f} ms", ha="center", va="bottom")
     ax.set_ylabel("latency, ms (median, bar to p90)")
@@ -105,9 +123,18 @@ def latency_chart(latency: dict[str, dict[str, float]], path: Path, title: str) 
     plt.close(fig)
 
 
-def run_inference(artifact: Path, input_dir: Path, output: Path, backend: str = "auto", reference: Path | None = None,
-                  runs: int = 20, warmup: int = 3, final_size: int | None = None, threads: int = 0,
-                  echo=click.echo) -> dict:
+def run_inference(
+    artifact: Path,
+    input_dir: Path,
+    output: Path,
+    backend: str = "auto",
+    reference: Path | None = None,
+    runs: int = 20,
+    warmup: int = 3,
+    final_size: int | None = None,
+    threads: int = 0,
+    echo=click.echo,
+) -> dict:
     runner = load_runner(artifact, backend, threads)
     contract = runner.contract
     views, used = preprocess(input_dir, contract)
@@ -115,9 +142,15 @@ def run_inference(artifact: Path, input_dir: Path, output: Path, backend: str = 
     maps = to_maps(outputs)
     final = final_size or contract.final_size
     write_outputs(maps, views, output, final)
-    echo(f"{runner.backend}: {', '.join(p.name for p in used)} -> {', '.join(MAP_NAMES)} at {final}px in {output}")
-    summary: dict = {"artifact": str(artifact), "backend": runner.backend, "inputs": [str(p) for p in used],
-                     "final_size": final}
+    echo(
+        f"{runner.backend}: {', '.join(p.name for p in used)} -> {', '.join(MAP_NAMES)} at {final}px in {output}"
+    )
+    summary: dict = {
+        "artifact": str(artifact),
+        "backend": runner.backend,
+        "inputs": [str(p) for p in used],
+        "final_size": final,
+    }
     if reference is None:
         return summary
     ref = torch_runner(reference, runner.threads, contract)
@@ -129,33 +162,60 @@ def run_inference(artifact: Path, input_dir: Path, output: Path, backend: str = 
     base = latency["torch eager"]["median_ms"]
     for v in latency.values():
         v["speedup_vs_eager"] = base / v["median_ms"]
-    echo(f"latency ({runner.threads} threads, {contract.image_size}px in, {contract.output_size}px out, "
-         f"{runs} runs after {warmup} warm-up)")
+    echo(
+        f"latency ({runner.threads} threads, {contract.image_size}px in, {contract.output_size}px out, "
+        f"{runs} runs after {warmup} warm-up)"
+    )
     echo(f"{'backend':<12} {'median ms':>10} {'p90 ms':>9} {'speed-up vs eager':>18}")
     for name, v in latency.items():
         echo(f"{name:<12} {v['median_ms']:10.2f} {v['p90_ms']:9.2f} {v['speedup_vs_eager']:17.2f}x")
-    write_json(Path(output) / "parity.json", {"reference": str(reference), "backend": runner.backend, "outputs": report})
-    write_json(Path(output) / "latency.json", {"image_size": contract.image_size, "output_size": contract.output_size,
-                                               "backends": latency})
-    latency_chart(latency, Path(output) / "latency.png",
-                  f"{contract.model_name}: {contract.image_size}px -> {contract.output_size}px, {runner.threads} threads")
+    write_json(
+        Path(output) / "parity.json",
+        {"reference": str(reference), "backend": runner.backend, "outputs": report},
+    )
+    write_json(
+        Path(output) / "latency.json",
+        {"image_size": contract.image_size, "output_size": contract.output_size, "backends": latency},
+    )
+    latency_chart(
+        latency,
+        Path(output) / "latency.png",
+        f"{contract.model_name}: {contract.image_size}px -> {contract.output_size}px, {runner.threads} threads",
+    )
     summary |= {"parity": report, "latency": latency}
     return summary
 
 
 @click.command("run", epilog=examples_epilog(__doc__))
 @click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--input", "input_dir", type=click.Path(path_type=Path), required=True, help="Folder with 3 photos.")
-@click.option("--output", type=click.Path(path_type=Path), required=True, help="Folder for maps, preview and reports.")
+@click.option(
+    "--input", "input_dir", type=click.Path(path_type=Path), required=True, help="Folder with 3 photos."
+)
+@click.option(
+    "--output", type=click.Path(path_type=Path), required=True, help="Folder for maps, preview and reports."
+)
 @click.option("--backend", type=click.Choice(("auto",) + BACKENDS), default="auto", show_default=True)
-@click.option("--reference", type=click.Path(path_type=Path), default=None, help="Checkpoint for parity and latency.")
+@click.option(
+    "--reference", type=click.Path(path_type=Path), default=None, help="Checkpoint for parity and latency."
+)
 @click.option("--runs", type=int, default=20, show_default=True)
 @click.option("--warmup", type=int, default=3, show_default=True)
-@click.option("--final-size", type=int, default=None, help="Upscale maps to this side [default: the contract's, 2048].")
+@click.option(
+    "--final-size", type=int, default=None, help="Upscale maps to this side [default: the contract's, 2048]."
+)
 @click.option("--threads", type=int, default=0, help="CPU threads for every backend [default: torch's].")
 @user_errors
-def main(artifact: Path, input_dir: Path, output: Path, backend: str, reference: Path | None, runs: int, warmup: int,
-         final_size: int | None, threads: int) -> None:
+def main(
+    artifact: Path,
+    input_dir: Path,
+    output: Path,
+    backend: str,
+    reference: Path | None,
+    runs: int,
+    warmup: int,
+    final_size: int | None,
+    threads: int,
+) -> None:
     """Predict PBR maps with an artifact; optionally compare it with PyTorch."""
     if runs < 1 or warmup < 0:
         raise DataError("--runs must be at least 1 and --warmup at least 0")

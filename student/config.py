@@ -13,10 +13,13 @@ DISTILL_ALPHA = 0.7
 def student_train_config(model: StudentConfig, name: str) -> TrainConfig:
     """The one builder behind every student preset."""
     return TrainConfig(
-        "student", asdict(model), DataConfig(image_size=model.image_size, output_size=model.output_size),
+        "student",
+        asdict(model),
+        DataConfig(image_size=model.image_size, output_size=model.output_size),
         LossConfig(distill_alpha=DISTILL_ALPHA),
         OptimConfig(lr=1e-3, warmup_epochs=1, scheduler="cosine"),
-        TrainingConfig(epochs=30, batch_size=8, gan=False), name=name,
+        TrainingConfig(epochs=30, batch_size=8, gan=False),
+        name=name,
     )
 
 

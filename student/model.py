@@ -44,8 +44,9 @@ class StudentConfig:
 
 
 def conv_bn_act(cin: int, cout: int, k: int = 3, groups: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, k, 1, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout),
-                         nn.Hardswish())
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, 1, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout), nn.Hardswish()
+    )
 
 
 class ChannelLayerNorm(nn.Module):
@@ -109,7 +110,9 @@ class ViTFusion(nn.Module):
         self.proj = nn.Conv2d(cin, cfg.dim, 1)
         self.pos = nn.Parameter(torch.zeros(1, cfg.dim, grid, grid))
         nn.init.trunc_normal_(self.pos, std=0.02)
-        self.blocks = nn.Sequential(*[ANEViTBlock(cfg.dim, cfg.vit_heads, cfg.vit_mlp_ratio) for _ in range(cfg.vit_depth)])
+        self.blocks = nn.Sequential(
+            *[ANEViTBlock(cfg.dim, cfg.vit_heads, cfg.vit_mlp_ratio) for _ in range(cfg.vit_depth)]
+        )
         self.norm = ChannelLayerNorm(cfg.dim)
 
     def forward(self, x: torch.Tensor, views: int) -> torch.Tensor:
@@ -133,16 +136,22 @@ class PLKBlock(nn.Module):
         self.pw = nn.Conv2d(dim, dim, 1)
         self.dyn = nn.Linear(dim, split * 9)  # per-sample depthwise 3x3 weights from pooled features
         self.agg = nn.Conv2d(dim, dim, 1)
-        self.ffn = nn.Sequential(nn.BatchNorm2d(dim), nn.Conv2d(dim, dim * 2, 1), nn.GELU(), nn.Conv2d(dim * 2, dim, 1))
+        self.ffn = nn.Sequential(
+            nn.BatchNorm2d(dim), nn.Conv2d(dim, dim * 2, 1), nn.GELU(), nn.Conv2d(dim * 2, dim, 1)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         y = self.pw(self.norm(x))
-        a, rest = y[:, : self.split], y[:, self.split:]
+        a, rest = y[:, : self.split], y[:, self.split :]
         k = self.kernel.shape[-1]
-        a = F.conv2d(a, self.kernel, padding=k // 2, groups=self.split)  # large receptive field, linear in pixels
+        a = F.conv2d(
+            a, self.kernel, padding=k // 2, groups=self.split
+        )  # large receptive field, linear in pixels
         dyn = torch.tanh(self.dyn(y.mean(dim=(2, 3)))).reshape(b * self.split, 1, 3, 3)
-        a = F.conv2d(a.reshape(1, b * self.split, h, w), dyn, padding=1, groups=b * self.split).reshape(b, self.split, h, w)
+        a = F.conv2d(a.reshape(1, b * self.split, h, w), dyn, padding=1, groups=b * self.split).reshape(
+            b, self.split, h, w
+        )
         x = x + self.agg(torch.cat([a, rest], dim=1))
         return x + self.ffn(x)
 
@@ -153,8 +162,10 @@ class PLKFusion(nn.Module):
     def __init__(self, cfg: StudentConfig, cin: int):
         super().__init__()
         if cfg.plk_kernel > ANE_MAX_KERNEL or cfg.plk_kernel % 2 == 0:
-            raise ValueError(f"plk_kernel must be odd and <= {ANE_MAX_KERNEL} (the Neural Engine's limit), "
-                             f"got {cfg.plk_kernel}")
+            raise ValueError(
+                f"plk_kernel must be odd and <= {ANE_MAX_KERNEL} (the Neural Engine's limit), "
+                f"got {cfg.plk_kernel}"
+            )
         split = max(1, int(cfg.dim * cfg.plk_split))
         self.proj = nn.Conv2d(2 * cin, cfg.dim, 1)
         self.kernel = nn.Parameter(torch.randn(split, 1, cfg.plk_kernel, cfg.plk_kernel) / cfg.plk_kernel)
@@ -179,7 +190,9 @@ class SkipFusion(nn.Module):
 class UpBlock(nn.Module):
     def __init__(self, cin: int, cskip: int, cout: int):
         super().__init__()
-        self.body = nn.Sequential(conv_bn_act(cin + cskip, cout), conv_bn_act(cout, cout, groups=cout))  # then depthwise 3x3
+        self.body = nn.Sequential(
+            conv_bn_act(cin + cskip, cout), conv_bn_act(cout, cout, groups=cout)
+        )  # then depthwise 3x3
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, scale_factor=2.0, mode="nearest")
@@ -196,8 +209,13 @@ class SRHead(nn.Module):
         self.to_full = nn.Sequential(nn.Conv2d(cin, c * 4, 3, padding=1), nn.PixelShuffle(2), nn.Hardswish())
         self.stem = conv_bn_act(3, c)  # full-resolution detail from the mean view
         self.fuse = conv_bn_act(2 * c, c)
-        self.sr = (nn.Sequential(nn.Conv2d(c, c * scale * scale, 3, padding=1), nn.PixelShuffle(scale), nn.Hardswish())
-                   if scale > 1 else nn.Identity())
+        self.sr = (
+            nn.Sequential(
+                nn.Conv2d(c, c * scale * scale, 3, padding=1), nn.PixelShuffle(scale), nn.Hardswish()
+            )
+            if scale > 1
+            else nn.Identity()
+        )
         self.out = nn.Conv2d(c, NUM_CHANNELS, 3, padding=1)
 
     def forward(self, x: torch.Tensor, mean_view: torch.Tensor, use_sr: bool = True) -> torch.Tensor:
@@ -215,7 +233,9 @@ class PBRStudent(nn.Module):
         if cfg.image_size % 32:
             raise ValueError(f"student image_size must be a multiple of 32, got {cfg.image_size}")
         self.cfg = cfg
-        self.encoder = timm.create_model(cfg.encoder, features_only=True, pretrained=False, out_indices=(0, 1, 2, 3, 4))
+        self.encoder = timm.create_model(
+            cfg.encoder, features_only=True, pretrained=False, out_indices=(0, 1, 2, 3, 4)
+        )
         chans = self.encoder.feature_info.channels()
         fusion = {"vit": ViTFusion, "plk": PLKFusion}
         if cfg.bottleneck not in fusion:
@@ -225,7 +245,9 @@ class PBRStudent(nn.Module):
         dec = list(cfg.decoder_channels)
         if len(dec) != 4:
             raise ValueError("decoder_channels needs 4 widths (strides 16, 8, 4, 2)")
-        self.up = nn.ModuleList(UpBlock(i, s, o) for i, s, o in zip([cfg.dim] + dec[:-1], chans[-2::-1], dec, strict=True))
+        self.up = nn.ModuleList(
+            UpBlock(i, s, o) for i, s, o in zip([cfg.dim] + dec[:-1], chans[-2::-1], dec, strict=True)
+        )
         self.head = SRHead(dec[-1], cfg.sr_channels, cfg.sr_scale)
 
     def forward_features(self, flat: torch.Tensor, views: int = NUM_VIEWS) -> torch.Tensor:

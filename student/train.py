@@ -32,42 +32,94 @@ def student_sizes(cfg: TrainConfig, image_size: int | None) -> TrainConfig:
 
 
 @click.command("student-train", epilog=examples_epilog(__doc__))
-@click.option("--config", "config_name", required=True,
-              help=f"Student preset ({', '.join(n for n in list_configs() if n.startswith('student'))}) or a .py file.")
-@click.option("--shards-dir", type=click.Path(path_type=Path), required=True, help="Written by teacher_infer.py.")
-@click.option("--input-dir", type=click.Path(path_type=Path), required=True, help="The data set the shards came from.")
+@click.option(
+    "--config",
+    "config_name",
+    required=True,
+    help=f"Student preset ({', '.join(n for n in list_configs() if n.startswith('student'))}) or a .py file.",
+)
+@click.option(
+    "--shards-dir", type=click.Path(path_type=Path), required=True, help="Written by teacher_infer.py."
+)
+@click.option(
+    "--input-dir", type=click.Path(path_type=Path), required=True, help="The data set the shards came from."
+)
 @click.option("--image-size", type=int, default=None, help="Override the preset's input size (tests, demos).")
 @click.option("--render-curriculum", type=click.IntRange(0, 2), default=None)
 @common_options
 @user_errors
-def main(config_name: str, shards_dir: Path, input_dir: Path, image_size: int | None, render_curriculum: int | None,
-         output_dir: Path, checkpoint_dir: Path | None, resume: Path | None, device: str, batch_size: int | None,
-         epochs: int | None, max_steps_per_epoch: int | None, extra: tuple[str, ...], quiet: bool) -> None:
+def main(
+    config_name: str,
+    shards_dir: Path,
+    input_dir: Path,
+    image_size: int | None,
+    render_curriculum: int | None,
+    output_dir: Path,
+    checkpoint_dir: Path | None,
+    resume: Path | None,
+    device: str,
+    batch_size: int | None,
+    epochs: int | None,
+    max_steps_per_epoch: int | None,
+    extra: tuple[str, ...],
+    quiet: bool,
+) -> None:
     """Train a student on teacher shards and true maps: loss = a * L(teacher) + (1 - a) * L(truth)."""
     cfg = load_config(config_name)
     if cfg.family != "student":
         raise ConfigError(f"config {config_name!r} is a {cfg.family} config; use teacher/train.py for it")
-    cfg = student_sizes(apply_cli_overrides(cfg, batch_size, epochs, render_curriculum, max_steps_per_epoch, extra),
-                        image_size)
+    cfg = student_sizes(
+        apply_cli_overrides(cfg, batch_size, epochs, render_curriculum, max_steps_per_epoch, extra),
+        image_size,
+    )
     dev = resolve_device(device)
     info = init_distributed(dev)
     d = cfg.data
-    train_set = DistillDataset(input_dir, shards_dir, d.image_size, d.output_size, d.curriculum, "train",
-                               d.val_fraction, d.split_seed)
-    val_set = DistillDataset(input_dir, shards_dir, d.image_size, d.output_size, d.curriculum, "val",
-                             d.val_fraction, d.split_seed, check_hashes=False)
+    train_set = DistillDataset(
+        input_dir,
+        shards_dir,
+        d.image_size,
+        d.output_size,
+        d.curriculum,
+        "train",
+        d.val_fraction,
+        d.split_seed,
+    )
+    val_set = DistillDataset(
+        input_dir,
+        shards_dir,
+        d.image_size,
+        d.output_size,
+        d.curriculum,
+        "val",
+        d.val_fraction,
+        d.split_seed,
+        check_hashes=False,
+    )
     sampler = ShardSampler(train_set, cfg.training.seed, info.world, info.rank)
     teacher = train_set.manifest["teacher"]
-    trainer = Trainer(cfg, train_set, val_set, output_dir, checkpoint_dir or output_dir / "checkpoints", dev,
-                      sampler=sampler, progress=not quiet,
-                      extra_checkpoint={"distilled_from": {"sha256": teacher["sha256"], "checkpoint": teacher["checkpoint"]}})
+    trainer = Trainer(
+        cfg,
+        train_set,
+        val_set,
+        output_dir,
+        checkpoint_dir or output_dir / "checkpoints",
+        dev,
+        sampler=sampler,
+        progress=not quiet,
+        extra_checkpoint={
+            "distilled_from": {"sha256": teacher["sha256"], "checkpoint": teacher["checkpoint"]}
+        },
+    )
     if resume:
         trainer.resume(resume)
     final = trainer.fit()
     if info.main:
-        click.echo(f"done: {cfg.name} {d.image_size}->{d.output_size} on {dev}, {len(train_set)} train / "
-                   f"{len(val_set)} val; last val loss {final.get('val/loss', float('nan')):.4f}; "
-                   f"checkpoints in {trainer.checkpoint_dir}")
+        click.echo(
+            f"done: {cfg.name} {d.image_size}->{d.output_size} on {dev}, {len(train_set)} train / "
+            f"{len(val_set)} val; last val loss {final.get('val/loss', float('nan')):.4f}; "
+            f"checkpoints in {trainer.checkpoint_dir}"
+        )
 
 
 if __name__ == "__main__":

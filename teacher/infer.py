@@ -30,15 +30,28 @@ def predict(model: torch.nn.Module, views01: torch.Tensor, device: torch.device)
 
 @click.command("teacher-infer", epilog=examples_epilog(__doc__))
 @click.option("--checkpoint", type=click.Path(path_type=Path), required=True)
-@click.option("--input-dir", type=click.Path(path_type=Path), default=None, help="A folder with three photos.")
+@click.option(
+    "--input-dir", type=click.Path(path_type=Path), default=None, help="A folder with three photos."
+)
 @click.option("--data-root", type=click.Path(path_type=Path), default=None, help="A generated data set ...")
-@click.option("--sample-idx", type=int, default=None, help="... and the index of a sample in it (all splits).")
+@click.option(
+    "--sample-idx", type=int, default=None, help="... and the index of a sample in it (all splits)."
+)
 @click.option("--source", type=click.Choice(["clean", "dirty"]), default="clean", show_default=True)
 @click.option("--out-dir", type=click.Path(path_type=Path), required=True)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True)
+@click.option(
+    "--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True
+)
 @user_errors
-def main(checkpoint: Path, input_dir: Path | None, data_root: Path | None, sample_idx: int | None, source: str,
-         out_dir: Path, device: str) -> None:
+def main(
+    checkpoint: Path,
+    input_dir: Path | None,
+    data_root: Path | None,
+    sample_idx: int | None,
+    source: str,
+    out_dir: Path,
+    device: str,
+) -> None:
     """Predict albedo, roughness, metallic and normal maps with a teacher checkpoint."""
     if (input_dir is None) == (data_root is None) or (data_root is not None and sample_idx is None):
         raise DataError("give either --input-dir, or --data-root with --sample-idx")
@@ -49,7 +62,9 @@ def main(checkpoint: Path, input_dir: Path | None, data_root: Path | None, sampl
     if input_dir is not None:
         views, _ = read_view_folder(input_dir, size)
     else:
-        ds = PBRDataset(data_root, "all", size, cfg.data.output_size, curriculum={"clean": 0, "dirty": 2}[source])
+        ds = PBRDataset(
+            data_root, "all", size, cfg.data.output_size, curriculum={"clean": 0, "dirty": 2}[source]
+        )
         if not 0 <= sample_idx < len(ds):
             raise DataError(f"--sample-idx {sample_idx} is outside 0..{len(ds) - 1}")
         views = ds.load_views(*ds.entries[sample_idx])
@@ -59,7 +74,9 @@ def main(checkpoint: Path, input_dir: Path | None, data_root: Path | None, sampl
 
     for i, v in enumerate(views):
         with atomic_path(out_dir / f"view_{i}.png") as tmp:
-            Image.fromarray((v.permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(tmp, format="PNG")
+            Image.fromarray((v.permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(
+                tmp, format="PNG"
+            )
     click.echo(f"wrote albedo, roughness, metallic, normal and 3 views to {out_dir}")
 
 

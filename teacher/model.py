@@ -34,7 +34,9 @@ class TeacherConfig:
 
 
 def conv_bn_relu(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+    )
 
 
 class PlainEncoder(nn.Module):
@@ -70,13 +72,16 @@ def build_encoder(name: str, unet_channels: tuple[int, ...]) -> tuple[nn.Module,
 class CrossViewFusion(nn.Module):
     """Self-attention over the bottleneck tokens of all views, then a mean over views."""
 
-    def __init__(self, cin: int, dim: int, heads: int, depth: int, mlp_ratio: float, grid: int, dropout: float):
+    def __init__(
+        self, cin: int, dim: int, heads: int, depth: int, mlp_ratio: float, grid: int, dropout: float
+    ):
         super().__init__()
         self.proj_in = nn.Conv2d(cin, dim, 1)
         self.pos = nn.Parameter(torch.zeros(1, dim, grid, grid))
         nn.init.trunc_normal_(self.pos, std=0.02)
-        layer = nn.TransformerEncoderLayer(dim, heads, int(dim * mlp_ratio), dropout, activation="gelu",
-                                           batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            dim, heads, int(dim * mlp_ratio), dropout, activation="gelu", batch_first=True, norm_first=True
+        )
         self.blocks = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
 
@@ -85,7 +90,9 @@ class CrossViewFusion(nn.Module):
         bv, d, h, w = x.shape
         pos = self.pos if self.pos.shape[-2:] == (h, w) else F.interpolate(self.pos, (h, w), mode="bilinear")
         x = x + pos
-        tokens = x.reshape(bv // views, views, d, h * w).permute(0, 1, 3, 2).reshape(bv // views, views * h * w, d)
+        tokens = (
+            x.reshape(bv // views, views, d, h * w).permute(0, 1, 3, 2).reshape(bv // views, views * h * w, d)
+        )
         tokens = self.norm(self.blocks(tokens))  # (B, V*h*w, D)
         tokens = tokens.reshape(bv // views, views, h * w, d).mean(1)  # (B, h*w, D), order-free
         return tokens.transpose(1, 2).reshape(bv // views, d, h, w)
@@ -121,26 +128,39 @@ class MultiViewPBRGenerator(nn.Module):
             raise ValueError(f"teacher image_size must be a multiple of 32, got {cfg.image_size}")
         self.cfg = cfg
         self.encoder, chans = build_encoder(cfg.encoder, cfg.unet_channels)
-        self.fusion = CrossViewFusion(chans[-1], cfg.vit_dim, cfg.vit_heads, cfg.vit_depth, cfg.vit_mlp_ratio,
-                                      cfg.image_size // 32, cfg.dropout)
+        self.fusion = CrossViewFusion(
+            chans[-1],
+            cfg.vit_dim,
+            cfg.vit_heads,
+            cfg.vit_depth,
+            cfg.vit_mlp_ratio,
+            cfg.image_size // 32,
+            cfg.dropout,
+        )
         self.skip_fusion = nn.ModuleList(SkipFusion(c) for c in chans[:-1])
         dec = list(cfg.decoder_channels)
         if len(dec) != 4:
             raise ValueError("decoder_channels needs 4 widths (strides 16, 8, 4, 2)")
         ins = [cfg.vit_dim] + dec[:-1]
         self.up = nn.ModuleList(UpBlock(i, s, o) for i, s, o in zip(ins, chans[-2::-1], dec, strict=True))
-        self.final = nn.Sequential(conv_bn_relu(dec[-1], dec[-1]), nn.Conv2d(dec[-1], NUM_CHANNELS, 3, padding=1))
+        self.final = nn.Sequential(
+            conv_bn_relu(dec[-1], dec[-1]), nn.Conv2d(dec[-1], NUM_CHANNELS, 3, padding=1)
+        )
 
     def forward_features(self, flat: torch.Tensor, views: int = NUM_VIEWS) -> torch.Tensor:
         feats = self.encoder(flat)  # 5 levels of (B*V, C_i, H_i, W_i)
         x = self.fusion(feats[-1], views)  # (B, D, H/32, W/32)
-        skips = [f(x_, views) for f, x_ in zip(self.skip_fusion, feats[:-1], strict=True)]  # (B, C_i, H_i, W_i)
+        skips = [
+            f(x_, views) for f, x_ in zip(self.skip_fusion, feats[:-1], strict=True)
+        ]  # (B, C_i, H_i, W_i)
         for up, skip in zip(self.up, skips[::-1], strict=True):
             x = up(x, skip)
         return x  # (B, dec[-1], H/2, W/2)
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(x, size=(self.cfg.output_size, self.cfg.output_size), mode="bilinear", align_corners=False)
+        x = F.interpolate(
+            x, size=(self.cfg.output_size, self.cfg.output_size), mode="bilinear", align_corners=False
+        )
         return activate(self.final(x))
 
     def forward(self, views: torch.Tensor) -> torch.Tensor:
@@ -166,12 +186,17 @@ class PatchDiscriminator(nn.Module):
         for n in range(1, n_layers + 1):
             prev, mult = mult, min(2**n, 8)
             stride = 2 if n < n_layers else 1
-            layers += [nn.Conv2d(ndf * prev, ndf * mult, 4, stride, 1, bias=False), nn.BatchNorm2d(ndf * mult),
-                       nn.LeakyReLU(0.2, inplace=True)]
+            layers += [
+                nn.Conv2d(ndf * prev, ndf * mult, 4, stride, 1, bias=False),
+                nn.BatchNorm2d(ndf * mult),
+                nn.LeakyReLU(0.2, inplace=True),
+            ]
         layers.append(nn.Conv2d(ndf * mult, 1, 4, 1, 1))
         self.net = nn.Sequential(*layers)
 
     def forward(self, maps: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
         b, v, c, h, w = views.shape
-        cond = F.interpolate(views.reshape(b, v * c, h, w), size=maps.shape[-2:], mode="bilinear", align_corners=False)
+        cond = F.interpolate(
+            views.reshape(b, v * c, h, w), size=maps.shape[-2:], mode="bilinear", align_corners=False
+        )
         return self.net(torch.cat([maps, cond], dim=1))

@@ -42,7 +42,9 @@ def tiny_shards(tiny_data, tiny_teacher_ckpt, tmp_path_factory) -> Path:
     from pbrforge.shards import write_shards
 
     out = tmp_path_factory.mktemp("shards") / "s32"
-    write_shards(tiny_teacher_ckpt, tiny_data, out, shard_output_size=32, shard_size=4, curriculum=1, progress=False)
+    write_shards(
+        tiny_teacher_ckpt, tiny_data, out, shard_output_size=32, shard_size=4, curriculum=1, progress=False
+    )
     return out
 
 
@@ -54,10 +56,33 @@ def tiny_student_ckpt(tiny_data, tiny_shards, tmp_path_factory) -> Path:
     from pbrforge.cli import main
 
     out = tmp_path_factory.mktemp("student")
-    r = CliRunner().invoke(main, [
-        "student-train", "--config", "student_mnv3_plk_512", "--image-size", "32", "--shards-dir", str(tiny_shards),
-        "--input-dir", str(tiny_data), "--output-dir", str(out), "--epochs", "1", "--batch-size", "2",
-        "--max-steps-per-epoch", "2", "--quiet", "--set", "model.sr_scale=1", "--set", "data.val_fraction=0.3"])
+    r = CliRunner().invoke(
+        main,
+        [
+            "student-train",
+            "--config",
+            "student_mnv3_plk_512",
+            "--image-size",
+            "32",
+            "--shards-dir",
+            str(tiny_shards),
+            "--input-dir",
+            str(tiny_data),
+            "--output-dir",
+            str(out),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "2",
+            "--max-steps-per-epoch",
+            "2",
+            "--quiet",
+            "--set",
+            "model.sr_scale=1",
+            "--set",
+            "data.val_fraction=0.3",
+        ],
+    )
     assert r.exit_code == 0, r.output
     return out / "checkpoints" / "latest.pt"
 

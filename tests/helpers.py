@@ -5,15 +5,29 @@ from __future__ import annotations
 from pbrforge.config import TrainConfig, load_config
 
 TINY_TEACHER = {
-    "encoder": "unet", "image_size": 64, "output_size": 64, "vit_dim": 32, "vit_heads": 2, "vit_depth": 1,
-    "decoder_channels": [32, 16, 16, 16], "unet_channels": [8, 16, 16, 32, 32],
+    "encoder": "unet",
+    "image_size": 64,
+    "output_size": 64,
+    "vit_dim": 32,
+    "vit_heads": 2,
+    "vit_depth": 1,
+    "decoder_channels": [32, 16, 16, 16],
+    "unet_channels": [8, 16, 16, 32, 32],
 }
 
 
 def tiny_teacher_config(**training) -> TrainConfig:
     over = {f"model.{k}": v for k, v in TINY_TEACHER.items()}
-    over |= {"data.image_size": 64, "data.output_size": 64, "data.val_fraction": 0.3, "training.batch_size": 2,
-             "training.epochs": 2, "training.max_steps_per_epoch": 2, "training.disc_ndf": 8, "training.disc_layers": 2}
+    over |= {
+        "data.image_size": 64,
+        "data.output_size": 64,
+        "data.val_fraction": 0.3,
+        "training.batch_size": 2,
+        "training.epochs": 2,
+        "training.max_steps_per_epoch": 2,
+        "training.disc_ndf": 8,
+        "training.disc_layers": 2,
+    }
     over |= {f"training.{k}": v for k, v in training.items()}
     return load_config("quick_test").override(over)
 
@@ -27,5 +41,6 @@ def set_args(cfg_over: dict) -> list[str]:
     return out
 
 
-TINY_TEACHER_ARGS = set_args({f"model.{k}": v for k, v in TINY_TEACHER.items()}
-                             | {"training.disc_ndf": 8, "data.val_fraction": 0.3})
+TINY_TEACHER_ARGS = set_args(
+    {f"model.{k}": v for k, v in TINY_TEACHER.items()} | {"training.disc_ndf": 8, "data.val_fraction": 0.3}
+)

@@ -13,15 +13,33 @@ def random_maps(h=16, w=16, seed=0):
 
 
 def test_channel_order_is_fixed():
-    assert contract.CHANNEL_NAMES == ("albedo_r", "albedo_g", "albedo_b", "roughness", "metallic",
-                                      "normal_x", "normal_y", "normal_z")
-    assert [contract.MAPS[n].slice for n in contract.MAP_NAMES] == [slice(0, 3), slice(3, 4), slice(4, 5), slice(5, 8)]
+    assert contract.CHANNEL_NAMES == (
+        "albedo_r",
+        "albedo_g",
+        "albedo_b",
+        "roughness",
+        "metallic",
+        "normal_x",
+        "normal_y",
+        "normal_z",
+    )
+    assert [contract.MAPS[n].slice for n in contract.MAP_NAMES] == [
+        slice(0, 3),
+        slice(3, 4),
+        slice(4, 5),
+        slice(5, 8),
+    ]
 
 
 def test_pack_unpack_round_trip():
     x = random_maps()
     parts = contract.unpack(x)
-    assert {k: v.shape[0] for k, v in parts.items()} == {"albedo": 3, "roughness": 1, "metallic": 1, "normal": 3}
+    assert {k: v.shape[0] for k, v in parts.items()} == {
+        "albedo": 3,
+        "roughness": 1,
+        "metallic": 1,
+        "normal": 3,
+    }
     torch.testing.assert_close(contract.pack(parts), x)
 
 

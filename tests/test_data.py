@@ -36,7 +36,11 @@ def test_layout(tiny_data):
     assert len(meta["samples"]) == 14
     for sid, s in meta["samples"].items():
         for src in s["sources"]:
-            assert sorted(p.name for p in (tiny_data / "input" / src / sid).iterdir()) == ["0.png", "1.png", "2.png"]
+            assert sorted(p.name for p in (tiny_data / "input" / src / sid).iterdir()) == [
+                "0.png",
+                "1.png",
+                "2.png",
+            ]
         assert (tiny_data / "output" / s["material"] / "normal.png").is_file()
     by_mat = {}
     for sid, s in meta["samples"].items():
@@ -95,7 +99,9 @@ def test_check_data_ok(tiny_data):
 
 def test_contact_sheet(tiny_data, tmp_path):
     out = tmp_path / "sheet.png"
-    r = CliRunner().invoke(cli, ["contact-sheet", str(tiny_data), "--out", str(out), "--count", "2", "--tile", "16"])
+    r = CliRunner().invoke(
+        cli, ["contact-sheet", str(tiny_data), "--out", str(out), "--count", "2", "--tile", "16"]
+    )
     assert r.exit_code == 0, r.output
     from PIL import Image
 
@@ -115,6 +121,7 @@ def _meta_edit(fn):
         meta = json.loads(p.read_text())
         fn(meta)
         p.write_text(json.dumps(meta))
+
     return mutate
 
 
@@ -126,13 +133,22 @@ BAD_CASES = {
     "missing metadata": (lambda r: (r / "input" / "render_metadata.json").unlink(), "missing"),
     "unknown metadata key": (_meta_edit(lambda m: m.update(colour="blue")), "unknown metadata keys"),
     "sample absent from metadata": (_meta_edit(lambda m: m["samples"].pop("sample_0001")), "absent from"),
-    "missing material folder": (lambda r: shutil.rmtree(next((r / "output").iterdir())), "missing material folder"),
+    "missing material folder": (
+        lambda r: shutil.rmtree(next((r / "output").iterdir())),
+        "missing material folder",
+    ),
     "missing view": (lambda r: _first_view(r).unlink(), "expected exactly 3"),
-    "extra view": (lambda r: shutil.copy(_first_view(r), _first_view(r).with_name("3.png")), "expected exactly 3"),
+    "extra view": (
+        lambda r: shutil.copy(_first_view(r), _first_view(r).with_name("3.png")),
+        "expected exactly 3",
+    ),
     "corrupt png": (lambda r: _first_view(r).write_bytes(b"\x89PNG\r\n\x1a\n garbage"), "corrupt"),
-    "wrong size": (lambda r: __import__("PIL.Image").Image.new("RGB", (8, 8)).save(_first_view(r)), "expected 32x32"),
+    "wrong size": (
+        lambda r: __import__("PIL.Image").Image.new("RGB", (8, 8)).save(_first_view(r)),
+        "expected 32x32",
+    ),
     "wrong mode": (lambda r: __import__("PIL.Image").Image.new("L", (32, 32)).save(_first_view(r)), "mode L"),
-    "empty": (_meta_edit(lambda m: (m["samples"].clear())), None),
+    "empty": (_meta_edit(lambda m: m["samples"].clear()), None),
 }
 
 

@@ -63,7 +63,11 @@ def test_fold_batchnorm_is_exact_and_skips_shared_convs(tiny_student_ckpt):
     with torch.no_grad():
         for a, b in zip(wrapper(*example), folded(*example), strict=True):
             assert psnr(a.numpy(), b.numpy()) > 70
-    identity = [m for m in folded.modules() if isinstance(m, torch.nn.BatchNorm2d) and float(m.running_mean.abs().sum()) == 0]
+    identity = [
+        m
+        for m in folded.modules()
+        if isinstance(m, torch.nn.BatchNorm2d) and float(m.running_mean.abs().sum()) == 0
+    ]
     assert len(identity) > 10  # most BNs were folded away
     # folding that BN into the conv would change the residual too, so it must have been left alone
     assert float(folded.model.fusion.blocks[0].norm.running_mean.mean()) == pytest.approx(0.5)
@@ -79,7 +83,10 @@ def test_coreml_fp16_spec_and_palettization(tiny_student_ckpt, tmp_path):
     spec = ct.models.MLModel(str(pkg), skip_model_load=True).get_spec()
     assert spec.WhichOneof("Type") == "mlProgram"
     assert [i.name for i in spec.description.input] == list(INPUT_NAMES)
-    assert all(i.type.WhichOneof("Type") == "imageType" and i.type.imageType.width == 32 for i in spec.description.input)
+    assert all(
+        i.type.WhichOneof("Type") == "imageType" and i.type.imageType.width == 32
+        for i in spec.description.input
+    )
     assert [o.name for o in spec.description.output] == list(OUTPUT_NAMES)
     meta = dict(spec.description.metadata.userDefined)
     assert json.loads(meta["pbrforge.contract"])["output_names"] == list(OUTPUT_NAMES)
@@ -90,23 +97,44 @@ def test_coreml_fp16_spec_and_palettization(tiny_student_ckpt, tmp_path):
     from pbrforge.export.coreml_export import load_program
 
     program, _ = load_program(pkg)
-    assert {dtype_name(o) for op in program.functions["main"].operations if op.op_type == "conv" for o in op.outputs} == {"fp16"}
+    assert {
+        dtype_name(o)
+        for op in program.functions["main"].operations
+        if op.op_type == "conv"
+        for o in op.outputs
+    } == {"fp16"}
     parity = json.loads(pkg.with_name(pkg.name + ".parity.json").read_text())
-    assert parity["passed"] and parity["readback"]["matched_to_pytorch"] == parity["readback"]["lut_weights"] > 0
+    assert (
+        parity["passed"] and parity["readback"]["matched_to_pytorch"] == parity["readback"]["lut_weights"] > 0
+    )
     for key in ("fp16_pytorch", "palettized_readback"):
         assert all(r["psnr_db"] >= 35 for r in parity[key].values())
 
 
 def test_four_bit_needs_ios18(tiny_student_ckpt, tmp_path):
-    r = CliRunner().invoke(cli, ["export", str(tiny_student_ckpt), "--output", str(tmp_path / "s"), "--format", "coreml",
-                                 "--palettization", "--nbits", "4"])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "export",
+            str(tiny_student_ckpt),
+            "--output",
+            str(tmp_path / "s"),
+            "--format",
+            "coreml",
+            "--palettization",
+            "--nbits",
+            "4",
+        ],
+    )
     assert r.exit_code == 2 and "need iOS18" in r.output and not (tmp_path / "s.mlpackage").exists()
 
 
 @pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed here")
 def test_tensorrt_absence_is_one_sentence(tiny_student_ckpt, tiny_onnx, tmp_path):
     out = tiny_onnx.with_suffix("")
-    r = CliRunner().invoke(cli, ["export", str(tiny_student_ckpt), "--output", str(out), "--format", "tensorrt"])
+    r = CliRunner().invoke(
+        cli, ["export", str(tiny_student_ckpt), "--output", str(out), "--format", "tensorrt"]
+    )
     assert r.exit_code == 2
     assert r.output.strip().splitlines()[-1].startswith("error: TensorRT is not installed")
     assert not out.with_suffix(".plan").exists()

@@ -11,12 +11,14 @@ NORMAL_INCIDENCE_RTOL = 1e-4
 
 def flat_maps(albedo=(0.5, 0.5, 0.5), roughness=0.5, metallic=0.0, size=9, batch=1):
     h = w = size
-    return pack({
-        "albedo": torch.tensor(albedo).view(3, 1, 1).expand(batch, 3, h, w),
-        "roughness": torch.full((batch, 1, h, w), roughness),
-        "metallic": torch.full((batch, 1, h, w), metallic),
-        "normal": torch.tensor([0.0, 0.0, 1.0]).view(3, 1, 1).expand(batch, 3, h, w),
-    })
+    return pack(
+        {
+            "albedo": torch.tensor(albedo).view(3, 1, 1).expand(batch, 3, h, w),
+            "roughness": torch.full((batch, 1, h, w), roughness),
+            "metallic": torch.full((batch, 1, h, w), metallic),
+            "normal": torch.tensor([0.0, 0.0, 1.0]).view(3, 1, 1).expand(batch, 3, h, w),
+        }
+    )
 
 
 def test_normal_incidence_matches_closed_form():
@@ -34,13 +36,17 @@ def test_normal_incidence_matches_closed_form():
     g = (1 / (1 - k + k)) ** 2
     f = 0.04
     expected = (rho / math.pi + dterm * g * f / 4) / d**2
-    torch.testing.assert_close(out[0, 0, :, c, c], torch.full((3,), expected), rtol=NORMAL_INCIDENCE_RTOL, atol=0)
+    torch.testing.assert_close(
+        out[0, 0, :, c, c], torch.full((3,), expected), rtol=NORMAL_INCIDENCE_RTOL, atol=0
+    )
 
 
 def test_no_negative_energy_and_dark_below_horizon():
     g = torch.Generator().manual_seed(0)
     maps = flat_maps(size=8, batch=2)
-    maps[:, 5:] = torch.nn.functional.normalize(torch.randn(2, 3, 8, 8, generator=g) + torch.tensor([0, 0, 1.5]).view(1, 3, 1, 1), dim=1)
+    maps[:, 5:] = torch.nn.functional.normalize(
+        torch.randn(2, 3, 8, 8, generator=g) + torch.tensor([0, 0, 1.5]).view(1, 3, 1, 1), dim=1
+    )
     lights = render.random_lights(2, 4, generator=g)
     out = render.render(maps, lights)
     assert (out >= 0).all() and torch.isfinite(out).all()

@@ -30,8 +30,21 @@ def _run(*args):
 def test_backends_write_maps_and_reports(which, tiny_onnx, tiny_student_ckpt, views_dir, tmp_path):
     artifact = tiny_onnx if which == "onnx" else tiny_student_ckpt
     out = tmp_path / "out"
-    r = _run(artifact, "--input", views_dir, "--output", out, "--reference", tiny_student_ckpt, "--runs", "3",
-             "--warmup", "1", "--final-size", "96")
+    r = _run(
+        artifact,
+        "--input",
+        views_dir,
+        "--output",
+        out,
+        "--reference",
+        tiny_student_ckpt,
+        "--runs",
+        "3",
+        "--warmup",
+        "1",
+        "--final-size",
+        "96",
+    )
     assert r.exit_code == 0, r.output
     maps = read_material(out)
     assert maps.shape == (8, 96, 96)
@@ -78,7 +91,7 @@ def test_modes_and_sizes_are_converted(tiny_onnx, views_dir, tmp_path):
     rgb = np.asarray(Image.open(views_dir / "0.png"))
     Image.fromarray(rgb).convert("RGBA").save(views_dir / "0.png")
     Image.fromarray(rgb).convert("L").resize((40, 30)).save(views_dir / "1.png")
-    gray16 = (np.asarray(Image.fromarray(rgb).convert("L"), dtype=np.uint16) * 257)
+    gray16 = np.asarray(Image.fromarray(rgb).convert("L"), dtype=np.uint16) * 257
     Image.fromarray(gray16).save(views_dir / "2.png")
     x = image_to_float(views_dir / "2.png")
     assert x.shape[0] == 3 and float(x.min()) >= 0 and float(x.max()) <= 1 and float(x.max()) > 0.1
@@ -95,8 +108,15 @@ def test_palette_and_jpeg(tiny_onnx, views_dir, tmp_path):
     assert r.exit_code == 0, r.output
 
 
-@pytest.mark.parametrize("name, message", [("model.mlpackage", "needs macOS"), ("model.plan", "TensorRT"),
-                                           ("model.bin", "cannot tell the backend"), ("missing.onnx", "does not exist")])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("model.mlpackage", "needs macOS"),
+        ("model.plan", "TensorRT"),
+        ("model.bin", "cannot tell the backend"),
+        ("missing.onnx", "does not exist"),
+    ],
+)
 def test_unavailable_backends_are_one_sentence(name, message, views_dir, tmp_path):
     import platform
 
@@ -111,7 +131,9 @@ def test_unavailable_backends_are_one_sentence(name, message, views_dir, tmp_pat
 
 
 def test_contract_round_trip_and_mobile_contract(tmp_path):
-    c = DeployContract(image_size=512, output_size=1024, sr_scale=2, family="student", model_name="student_mnv3_plk_512")
+    c = DeployContract(
+        image_size=512, output_size=1024, sr_scale=2, family="student", model_name="student_mnv3_plk_512"
+    )
     c.save(tmp_path / "c.json")
     assert DeployContract.load(tmp_path / "c.json") == c
     mobile = DeployContract.load(ROOT / "mobile_app" / "contract.json")

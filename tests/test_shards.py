@@ -25,7 +25,9 @@ def test_round_trip(tiny_data, tiny_teacher_ckpt, tiny_shards):
     assert m["teacher"]["sha256"] == sha256_file(tiny_teacher_ckpt)
     assert set(m["shards"]) == {e["shard"] for e in m["entries"]}
     model, _, _ = model_from_checkpoint(tiny_teacher_ckpt)
-    ds = shards.DistillDataset(tiny_data, tiny_shards, image_size=64, output_size=32, curriculum=1, split="all")
+    ds = shards.DistillDataset(
+        tiny_data, tiny_shards, image_size=64, output_size=32, curriculum=1, split="all"
+    )
     for idx in (0, len(ds) - 1):
         item = ds[idx]
         assert item["teacher"].shape == (8, 32, 32) and item["target"].shape == (8, 32, 32)
@@ -35,8 +37,9 @@ def test_round_trip(tiny_data, tiny_teacher_ckpt, tiny_shards):
         torch.testing.assert_close(item["teacher"], expected, atol=FP16_ATOL, rtol=0)
     # rows are found by (sample id, source), not by position
     sid, src = ds.base.entries[3]
-    assert ds.index[(sid, src)] == next((e["shard"], e["row"]) for e in m["entries"]
-                                        if e["sample_id"] == sid and e["source"] == src)
+    assert ds.index[(sid, src)] == next(
+        (e["shard"], e["row"]) for e in m["entries"] if e["sample_id"] == sid and e["source"] == src
+    )
 
 
 def test_resume_after_kill(tiny_data, tiny_teacher_ckpt, tiny_shards, tmp_path, monkeypatch):
@@ -64,8 +67,12 @@ def test_resume_after_kill(tiny_data, tiny_teacher_ckpt, tiny_shards, tmp_path, 
     from safetensors.torch import load_file
 
     for name in ref["shards"]:  # same values as an uninterrupted run (fp16 rounding may differ by one ulp)
-        torch.testing.assert_close(load_file(out / name)["maps"].float(), load_file(tiny_shards / name)["maps"].float(),
-                                   atol=FP16_ATOL, rtol=0)
+        torch.testing.assert_close(
+            load_file(out / name)["maps"].float(),
+            load_file(tiny_shards / name)["maps"].float(),
+            atol=FP16_ATOL,
+            rtol=0,
+        )
     assert len({(e["sample_id"], e["source"]) for e in m["entries"]}) == total  # nothing duplicated
     assert shards.write_shards(tiny_teacher_ckpt, tiny_data, out, 32, 4, 1, progress=False)["computed"] == 0
 
@@ -94,11 +101,14 @@ def _mutated_manifest(tiny_shards, tmp_path, fn):
     return out
 
 
-@pytest.mark.parametrize("case, kwargs, message", [
-    ("size", {"output_size": 64}, "rewrite them with --shard-output-size 64"),
-    ("curriculum", {"curriculum": 0}, "render curriculum 1"),
-    ("teacher", {"teacher_sha256": "0" * 64}, "another teacher checkpoint"),
-])
+@pytest.mark.parametrize(
+    "case, kwargs, message",
+    [
+        ("size", {"output_size": 64}, "rewrite them with --shard-output-size 64"),
+        ("curriculum", {"curriculum": 0}, "render curriculum 1"),
+        ("teacher", {"teacher_sha256": "0" * 64}, "another teacher checkpoint"),
+    ],
+)
 def test_mismatch_errors(tiny_data, tiny_shards, case, kwargs, message):
     args = {"image_size": 64, "output_size": 32, "curriculum": 1, "split": "all"} | kwargs
     with pytest.raises(DataError, match=message):
@@ -109,8 +119,9 @@ def test_missing_sample_and_bad_hash(tiny_data, tiny_shards, tmp_path):
     out = _mutated_manifest(tiny_shards, tmp_path, lambda m: m["entries"].pop(0))
     with pytest.raises(DataError, match="lack sample"):
         shards.DistillDataset(tiny_data, out, 64, 32, 1, "all")
-    out2 = _mutated_manifest(tiny_shards, tmp_path / "b", lambda m: m["shards"]["shard_00000.safetensors"].update(
-        sha256="f" * 64))
+    out2 = _mutated_manifest(
+        tiny_shards, tmp_path / "b", lambda m: m["shards"]["shard_00000.safetensors"].update(sha256="f" * 64)
+    )
     with pytest.raises(DataError, match="damaged: shard_00000"):
         shards.DistillDataset(tiny_data, out2, 64, 32, 1, "all")
 
@@ -152,10 +163,31 @@ def test_torchrun_ranks_split_and_rank0_merges(tiny_data, tiny_teacher_ckpt, tin
 
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(root / "teacher_infer.py"), "--checkpoint", str(tiny_teacher_ckpt), "--data-root", str(tiny_data),
-           "--shards-dir", str(out), "--shard-output-size", "32", "--shard-size", "4", "--device", "cpu", "--quiet"]
-    r = subprocess.run(cmd, env=os.environ | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(root / "teacher_infer.py"),
+        "--checkpoint",
+        str(tiny_teacher_ckpt),
+        "--data-root",
+        str(tiny_data),
+        "--shards-dir",
+        str(out),
+        "--shard-output-size",
+        "32",
+        "--shard-size",
+        "4",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
+    r = subprocess.run(
+        cmd, env=os.environ | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     m = shards.load_manifest(out)
     ref = shards.load_manifest(tiny_shards)

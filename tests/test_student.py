@@ -21,7 +21,12 @@ def test_presets_build_and_run_small(name):
 
 
 def test_preset_registry():
-    assert {"student_mnv3_vit_512", "student_mnv3_plk_512", "student_mnv3_plk_1024", "student_mnv3_vit_2048"} <= set(STUDENTS)
+    assert {
+        "student_mnv3_vit_512",
+        "student_mnv3_plk_512",
+        "student_mnv3_plk_1024",
+        "student_mnv3_vit_2048",
+    } <= set(STUDENTS)
     assert student_config("student_mnv3_vit_512").output_size == 1024
     assert student_config("student_mnv3_plk_1024").output_size == 1024
     with pytest.raises(KeyError, match="known: student_mnv3_plk_1024"):
@@ -58,7 +63,9 @@ def test_vit_is_four_dimensional():
     """The ANE-style ViT never builds a 5-D tensor inside its blocks."""
     model = create_student("student_mnv3_vit_512", image_size=SMALL).eval()
     ranks = []
-    hooks = [m.register_forward_hook(lambda m, i, o: ranks.append(o.ndim)) for m in model.fusion.blocks.modules()]
+    hooks = [
+        m.register_forward_hook(lambda m, i, o: ranks.append(o.ndim)) for m in model.fusion.blocks.modules()
+    ]
     model(torch.randn(1, 3, 3, SMALL, SMALL))
     for h in hooks:
         h.remove()
@@ -66,10 +73,34 @@ def test_vit_is_four_dimensional():
 
 
 def _train(tiny_data, tiny_shards, tmp_path, *extra):
-    return CliRunner().invoke(cli, [
-        "student-train", "--config", "student_mnv3_plk_512", "--image-size", "32", "--shards-dir", str(tiny_shards),
-        "--input-dir", str(tiny_data), "--output-dir", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "2",
-        "--max-steps-per-epoch", "2", "--quiet", "--set", "data.val_fraction=0.3", "--set", "model.sr_scale=1", *extra])
+    return CliRunner().invoke(
+        cli,
+        [
+            "student-train",
+            "--config",
+            "student_mnv3_plk_512",
+            "--image-size",
+            "32",
+            "--shards-dir",
+            str(tiny_shards),
+            "--input-dir",
+            str(tiny_data),
+            "--output-dir",
+            str(tmp_path / "run"),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "2",
+            "--max-steps-per-epoch",
+            "2",
+            "--quiet",
+            "--set",
+            "data.val_fraction=0.3",
+            "--set",
+            "model.sr_scale=1",
+            *extra,
+        ],
+    )
 
 
 def test_distill_train_and_checkpoint_round_trip(tiny_data, tiny_shards, tmp_path):
@@ -81,8 +112,15 @@ def test_distill_train_and_checkpoint_round_trip(tiny_data, tiny_shards, tmp_pat
     again, _, _ = model_from_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt")
     x = torch.randn(1, 3, 3, 32, 32)
     torch.testing.assert_close(model(x), again(x))
-    r = _train(tiny_data, tiny_shards, tmp_path, "--resume", str(tmp_path / "run" / "checkpoints" / "latest.pt"),
-               "--epochs", "2")
+    r = _train(
+        tiny_data,
+        tiny_shards,
+        tmp_path,
+        "--resume",
+        str(tmp_path / "run" / "checkpoints" / "latest.pt"),
+        "--epochs",
+        "2",
+    )
     assert r.exit_code == 0, r.output
 
 
@@ -93,6 +131,18 @@ def test_shard_size_mismatch_is_one_sentence(tiny_data, tiny_shards, tmp_path):
 
 
 def test_teacher_config_refused(tiny_data, tiny_shards, tmp_path):
-    r = CliRunner().invoke(cli, ["student-train", "--config", "quick_test", "--shards-dir", str(tiny_shards),
-                                 "--input-dir", str(tiny_data), "--output-dir", str(tmp_path)])
+    r = CliRunner().invoke(
+        cli,
+        [
+            "student-train",
+            "--config",
+            "quick_test",
+            "--shards-dir",
+            str(tiny_shards),
+            "--input-dir",
+            str(tiny_data),
+            "--output-dir",
+            str(tmp_path),
+        ],
+    )
     assert r.exit_code == 2 and "teacher config" in r.output

@@ -68,8 +68,16 @@ def test_losses_zero_on_identical_and_positive_otherwise():
     same = map_losses(a, a, cfg, torch.Generator().manual_seed(0))
     assert all(v.abs().item() < 1e-5 for v in same.values()), same
     diff = map_losses(a, b, cfg, torch.Generator().manual_seed(0))
-    assert set(diff) == {"l1_albedo", "l1_roughness", "l1_metallic", "l1_normal", "ssim_albedo", "normal_angular",
-                         "render", "total"}
+    assert set(diff) == {
+        "l1_albedo",
+        "l1_roughness",
+        "l1_metallic",
+        "l1_normal",
+        "ssim_albedo",
+        "normal_angular",
+        "render",
+        "total",
+    }
     assert all(v.item() > 0 for v in diff.values())
     torch.testing.assert_close(diff["total"], sum(v for k, v in diff.items() if k != "total"))
 
@@ -95,10 +103,21 @@ def test_known_loss_values():
 
 def test_presets_build():
     names = list_configs()
-    for required in ("default", "quick_test", "lightweight", "high_quality", "fast_iteration", "normal_focused"):
+    for required in (
+        "default",
+        "quick_test",
+        "lightweight",
+        "high_quality",
+        "fast_iteration",
+        "normal_focused",
+    ):
         assert required in names
     cfg = load_config("default")
-    assert cfg.model["encoder"] == "resnet50" and cfg.model["vit_depth"] == 4 and cfg.training.gan_start_epoch == 5
+    assert (
+        cfg.model["encoder"] == "resnet50"
+        and cfg.model["vit_depth"] == 4
+        and cfg.training.gan_start_epoch == 5
+    )
     assert not load_config("lightweight").training.gan
 
 
@@ -114,8 +133,10 @@ def test_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="depth_of_field"):
         build_model(TrainConfig.from_dict(bad))
     f = tmp_path / "my_config.py"
-    f.write_text("from pbrforge.config import load_config\n\ndef get_config():\n"
-                 "    return load_config('quick_test').override({'training.epochs': 7})\n")
+    f.write_text(
+        "from pbrforge.config import load_config\n\ndef get_config():\n"
+        "    return load_config('quick_test').override({'training.epochs': 7})\n"
+    )
     assert load_config(str(f)).training.epochs == 7
 
 
@@ -176,34 +197,95 @@ def _cli(args):
 
 
 def test_train_cli_and_infer(tiny_data, tmp_path):
-    r = _cli(["teacher-train", "--input-dir", str(tiny_data), "--output-dir", str(tmp_path / "run"), "--epochs", "1",
-              "--max-steps-per-epoch", "1", "--batch-size", "2", "--quiet", "--device", "cpu", *TINY_TEACHER_ARGS])
+    r = _cli(
+        [
+            "teacher-train",
+            "--input-dir",
+            str(tiny_data),
+            "--output-dir",
+            str(tmp_path / "run"),
+            "--epochs",
+            "1",
+            "--max-steps-per-epoch",
+            "1",
+            "--batch-size",
+            "2",
+            "--quiet",
+            "--device",
+            "cpu",
+            *TINY_TEACHER_ARGS,
+        ]
+    )
     assert r.exit_code == 0, r.output
     ckpt = tmp_path / "run" / "checkpoints" / "best.pt"
-    r = _cli(["teacher-infer", "--checkpoint", str(ckpt), "--data-root", str(tiny_data), "--sample-idx", "1",
-              "--out-dir", str(tmp_path / "pred")])
+    r = _cli(
+        [
+            "teacher-infer",
+            "--checkpoint",
+            str(ckpt),
+            "--data-root",
+            str(tiny_data),
+            "--sample-idx",
+            "1",
+            "--out-dir",
+            str(tmp_path / "pred"),
+        ]
+    )
     assert r.exit_code == 0, r.output
     from pbrforge.contract import read_material
 
     maps = read_material(tmp_path / "pred")
     assert maps.shape == (8, 64, 64)
-    r = _cli(["teacher-infer", "--checkpoint", str(ckpt), "--input-dir", str(tiny_data / "input" / "clean" / "sample_0000"),
-              "--out-dir", str(tmp_path / "pred2")])
+    r = _cli(
+        [
+            "teacher-infer",
+            "--checkpoint",
+            str(ckpt),
+            "--input-dir",
+            str(tiny_data / "input" / "clean" / "sample_0000"),
+            "--out-dir",
+            str(tmp_path / "pred2"),
+        ]
+    )
     assert r.exit_code == 0, r.output
-    r = _cli(["teacher-infer", "--checkpoint", str(ckpt), "--data-root", str(tiny_data), "--sample-idx", "999",
-              "--out-dir", str(tmp_path / "pred3")])
+    r = _cli(
+        [
+            "teacher-infer",
+            "--checkpoint",
+            str(ckpt),
+            "--data-root",
+            str(tiny_data),
+            "--sample-idx",
+            "999",
+            "--out-dir",
+            str(tmp_path / "pred3"),
+        ]
+    )
     assert r.exit_code == 2 and "outside" in r.output
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--config", "nope"], "unknown config preset"),
-    (["--device", "cuda"], "no usable CUDA GPU"),
-    (["--set", "training.nope=1"], "unknown config key"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--config", "nope"], "unknown config preset"),
+        (["--device", "cuda"], "no usable CUDA GPU"),
+        (["--set", "training.nope=1"], "unknown config key"),
+    ],
+)
 def test_train_cli_errors(tiny_data, tmp_path, args, message):
     if "cuda" in args and torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    r = _cli(["teacher-train", "--input-dir", str(tiny_data), "--output-dir", str(tmp_path / "run"), "--quiet", *args])
+    r = _cli(
+        [
+            "teacher-train",
+            "--input-dir",
+            str(tiny_data),
+            "--output-dir",
+            str(tmp_path / "run"),
+            "--quiet",
+            *args,
+        ]
+    )
     assert r.exit_code == 2, r.output
     assert message in r.output
 
@@ -211,10 +293,33 @@ def test_train_cli_errors(tiny_data, tmp_path, args, message):
 @pytest.mark.slow
 def test_ddp_two_processes_gloo(tiny_data, tmp_path):
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(ROOT / "teacher" / "train.py"), "--input-dir", str(tiny_data), "--output-dir", str(tmp_path / "ddp"),
-           "--epochs", "2", "--batch-size", "2", "--max-steps-per-epoch", "2", "--device", "cpu", "--quiet",
-           *TINY_TEACHER_ARGS, "--set", "training.gan=true", "--set", "training.gan_start_epoch=1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(ROOT / "teacher" / "train.py"),
+        "--input-dir",
+        str(tiny_data),
+        "--output-dir",
+        str(tmp_path / "ddp"),
+        "--epochs",
+        "2",
+        "--batch-size",
+        "2",
+        "--max-steps-per-epoch",
+        "2",
+        "--device",
+        "cpu",
+        "--quiet",
+        *TINY_TEACHER_ARGS,
+        "--set",
+        "training.gan=true",
+        "--set",
+        "training.gan_start_epoch=1",
+    ]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     ckpt = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "latest.pt")
