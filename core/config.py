@@ -147,8 +147,23 @@ def list_configs() -> list[str]:
     return sorted(CONFIGS)
 
 
-def load_config(name_or_path: str) -> TrainConfig:
-    """A preset by name, or a ``.py`` file whose ``get_config()`` returns a TrainConfig."""
+TRAIN_SCRIPTS = {"teacher": "teacher/train.py", "student": "student/train.py"}
+
+
+def load_config(name_or_path: str, family: str | None = None) -> TrainConfig:
+    """A preset by name, or a ``.py`` file whose ``get_config()`` returns a TrainConfig.
+
+    With ``family`` ("teacher" or "student"), a config of the other family is an error naming its script.
+    """
+    cfg = _load_config(name_or_path)
+    if family is not None and cfg.family != family:
+        raise ConfigError(
+            f"config {name_or_path!r} is a {cfg.family} config; use {TRAIN_SCRIPTS[cfg.family]} for it"
+        )
+    return cfg
+
+
+def _load_config(name_or_path: str) -> TrainConfig:
     if name_or_path.endswith(".py"):
         path = Path(name_or_path)
         if not path.is_file():

@@ -17,7 +17,7 @@ import click
 
 from pbrforge.cli import examples_epilog
 from pbrforge.config import TrainConfig, list_configs, load_config
-from pbrforge.errors import ConfigError, user_errors
+from pbrforge.errors import user_errors
 from pbrforge.shards import DistillDataset, ShardSampler
 from pbrforge.teacher.train import apply_cli_overrides, common_options
 from pbrforge.trainer import Trainer, init_distributed, resolve_device
@@ -65,9 +65,7 @@ def main(
     quiet: bool,
 ) -> None:
     """Train a student on teacher shards and true maps: loss = a * L(teacher) + (1 - a) * L(truth)."""
-    cfg = load_config(config_name)
-    if cfg.family != "student":
-        raise ConfigError(f"config {config_name!r} is a {cfg.family} config; use teacher/train.py for it")
+    cfg = load_config(config_name, family="student")
     cfg = student_sizes(
         apply_cli_overrides(cfg, batch_size, epochs, render_curriculum, max_steps_per_epoch, extra),
         image_size,

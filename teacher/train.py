@@ -127,11 +127,7 @@ def main(
     quiet: bool,
 ) -> None:
     """Train the multi-view teacher (DDP under torchrun)."""
-    cfg = load_config(config_name)
-    if cfg.family != "teacher":
-        from pbrforge.errors import ConfigError
-
-        raise ConfigError(f"config {config_name!r} is a {cfg.family} config; use student/train.py for it")
+    cfg = load_config(config_name, family="teacher")
     cfg = sync_sizes(
         apply_cli_overrides(cfg, batch_size, epochs, render_curriculum, max_steps_per_epoch, extra)
     )

@@ -268,6 +268,7 @@ def test_train_cli_and_infer(tiny_data, tmp_path):
     "args, message",
     [
         (["--config", "nope"], "unknown config preset"),
+        (["--config", "student_mnv3_plk_512"], "use student/train.py"),
         (["--device", "cuda"], "no usable CUDA GPU"),
         (["--set", "training.nope=1"], "unknown config key"),
     ],
