@@ -299,15 +299,3 @@ def normalize_views(views: torch.Tensor) -> torch.Tensor:
     mean = torch.tensor(INPUT_MEAN, dtype=views.dtype, device=views.device).view(3, 1, 1)
     std = torch.tensor(INPUT_STD, dtype=views.dtype, device=views.device).view(3, 1, 1)
     return (views - mean) / std
-
-
-def load_view(path: Path, size: int | None = None) -> torch.Tensor:
-    """Read one RGB view PNG/JPG into (3, H, W) float in [0, 1], resized with antialiasing if asked."""
-    img = open_image(path)
-    arr = np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
-    x = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
-    if size is not None and x.shape[-2:] != (size, size):
-        x = torch.nn.functional.interpolate(
-            x[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False
-        )[0].clamp(0, 1)
-    return x

@@ -8,10 +8,11 @@ import click
 import numpy as np
 from PIL import Image
 
-from pbrforge.contract import load_view, read_material, to_preview
+from pbrforge.contract import read_material, resize_maps, to_preview
 from pbrforge.dataset import scan_dataset, view_paths
 from pbrforge.errors import user_errors
 from pbrforge.fileio import atomic_path
+from pbrforge.views import load_view
 
 
 @click.command("check-data")
@@ -37,10 +38,7 @@ def contact_sheet_image(root: Path, count: int = 6, source: str = "clean", tile:
     rows = []
     for sid in ids:
         views = [load_view(p, tile).permute(1, 2, 0).numpy() for p in view_paths(root, source, sid)]
-        maps = read_material(Path(root) / "output" / meta["samples"][sid]["material"])
-        import torch.nn.functional as F
-
-        maps = F.interpolate(maps[None], size=(tile, tile), mode="bilinear", antialias=True)[0]
+        maps = resize_maps(read_material(Path(root) / "output" / meta["samples"][sid]["material"]), tile)
         rows.append(np.concatenate(views + to_preview(maps), axis=1))
     sheet = np.concatenate(rows, axis=0)
     return Image.fromarray(np.round(sheet * 255).astype(np.uint8), "RGB")

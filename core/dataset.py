@@ -25,13 +25,13 @@ from pbrforge.contract import (
     MAPS,
     NUM_VIEWS,
     decode_map,
-    load_view,
     normalize_views,
     open_image,
     read_material,
     resize_maps,
 )
 from pbrforge.errors import DataError
+from pbrforge.views import load_view
 
 METADATA_FILE = "render_metadata.json"
 SOURCES = ("clean", "dirty")

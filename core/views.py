@@ -57,6 +57,19 @@ def find_views(folder: Path) -> list[Path]:
     return files[:NUM_VIEWS]
 
 
+def resize_view(x: torch.Tensor, size: int) -> torch.Tensor:
+    """(3, H, W) in [0, 1] -> (3, size, size) with antialiasing (a no-op at the right size)."""
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]
+    return x.clamp(0, 1)
+
+
+def load_view(path: Path, size: int | None = None) -> torch.Tensor:
+    """One view file -> (3, H, W) float in [0, 1], resized to ``size`` when given (data sets, contact sheets)."""
+    x = image_to_float(path)
+    return x if size is None else resize_view(x, size)
+
+
 def read_view_folder(folder: Path, size: int) -> tuple[torch.Tensor, list[Path]]:
     """(3, 3, size, size) views in [0, 1] and the files used."""
     paths = find_views(folder)
@@ -70,9 +83,5 @@ def read_view_folder(folder: Path, size: int) -> tuple[torch.Tensor, list[Path]]
                 ViewWarning,
                 stacklevel=2,
             )
-        if (h, w) != (size, size):
-            x = F.interpolate(
-                x[None], size=(size, size), mode="bilinear", antialias=True, align_corners=False
-            )[0]
-        views.append(x.clamp(0, 1))
+        views.append(resize_view(x, size))
     return torch.stack(views), paths

@@ -21,7 +21,7 @@ import click
 import torch
 
 from pbrforge.cli import examples_epilog
-from pbrforge.deploy import DeployContract, contract_path
+from pbrforge.deploy import OUTPUT_NAMES, DeployContract, contract_path
 from pbrforge.errors import ConfigError, ParityError, UnavailableError, fail, user_errors
 from pbrforge.export.parity import compare, gate_psnr, table
 from pbrforge.export.wrappers import PBRExportWrapper, example_inputs, fold_batchnorm
@@ -87,10 +87,7 @@ def prepare(checkpoint: Path, test_resolution: int | None, use_sr: bool):
     example = example_inputs(size)
     folded = fold_batchnorm(wrapper, example)
     with torch.no_grad():
-        reference = {
-            n: o.numpy()
-            for n, o in zip(("albedo", "roughness", "metallic", "normal"), wrapper(*example), strict=True)
-        }
+        reference = {n: o.numpy() for n, o in zip(OUTPUT_NAMES, wrapper(*example), strict=True)}
         folded_out = folded(*example)
     folding = compare(reference, {n: o.numpy() for n, o in zip(reference, folded_out, strict=True)})
     failure = gate_psnr(folding, FOLDING_MIN_PSNR, "BatchNorm folding")

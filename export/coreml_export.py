@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import platform
-import time
 from pathlib import Path
 
 import numpy as np
@@ -240,9 +239,3 @@ def coreml_parity(
         result["note"] = "FP32 mlprogram: nothing to emulate here; predict on macOS to measure it"
     result["outputs"] = result.get("palettized_readback", result.get("fp16_pytorch", {}))
     return finish(result, failure)
-
-
-def convert_seconds(fn, *args, **kwargs):
-    t0 = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - t0

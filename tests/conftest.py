@@ -52,37 +52,12 @@ def tiny_shards(tiny_data, tiny_teacher_ckpt, tmp_path_factory) -> Path:
 def tiny_student_ckpt(tiny_data, tiny_shards, tmp_path_factory) -> Path:
     """A student (PLK, SR x1, 32 px) distilled for two steps from the tiny shards."""
     from click.testing import CliRunner
+    from helpers import tiny_student_args
 
     from pbrforge.cli import main
 
     out = tmp_path_factory.mktemp("student")
-    r = CliRunner().invoke(
-        main,
-        [
-            "student-train",
-            "--config",
-            "student_mnv3_plk_512",
-            "--image-size",
-            "32",
-            "--shards-dir",
-            str(tiny_shards),
-            "--input-dir",
-            str(tiny_data),
-            "--output-dir",
-            str(out),
-            "--epochs",
-            "1",
-            "--batch-size",
-            "2",
-            "--max-steps-per-epoch",
-            "2",
-            "--quiet",
-            "--set",
-            "model.sr_scale=1",
-            "--set",
-            "data.val_fraction=0.3",
-        ],
-    )
+    r = CliRunner().invoke(main, tiny_student_args(tiny_data, tiny_shards, out))
     assert r.exit_code == 0, r.output
     return out / "checkpoints" / "latest.pt"
 

@@ -44,3 +44,31 @@ def set_args(cfg_over: dict) -> list[str]:
 TINY_TEACHER_ARGS = set_args(
     {f"model.{k}": v for k, v in TINY_TEACHER.items()} | {"training.disc_ndf": 8, "data.val_fraction": 0.3}
 )
+
+
+def tiny_student_args(data, shards, output_dir) -> list[str]:
+    """`pbrforge student-train` arguments for a PLK student at 32 px, SR x1, two steps (matches the tiny shards)."""
+    return [
+        "student-train",
+        "--config",
+        "student_mnv3_plk_512",
+        "--image-size",
+        "32",
+        "--shards-dir",
+        str(shards),
+        "--input-dir",
+        str(data),
+        "--output-dir",
+        str(output_dir),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "2",
+        "--max-steps-per-epoch",
+        "2",
+        "--quiet",
+        "--set",
+        "data.val_fraction=0.3",
+        "--set",
+        "model.sr_scale=1",
+    ]

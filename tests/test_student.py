@@ -1,6 +1,7 @@
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import tiny_student_args
 
 from pbrforge.cli import main as cli
 from pbrforge.contract import validate
@@ -73,34 +74,7 @@ def test_vit_is_four_dimensional():
 
 
 def _train(tiny_data, tiny_shards, tmp_path, *extra):
-    return CliRunner().invoke(
-        cli,
-        [
-            "student-train",
-            "--config",
-            "student_mnv3_plk_512",
-            "--image-size",
-            "32",
-            "--shards-dir",
-            str(tiny_shards),
-            "--input-dir",
-            str(tiny_data),
-            "--output-dir",
-            str(tmp_path / "run"),
-            "--epochs",
-            "1",
-            "--batch-size",
-            "2",
-            "--max-steps-per-epoch",
-            "2",
-            "--quiet",
-            "--set",
-            "data.val_fraction=0.3",
-            "--set",
-            "model.sr_scale=1",
-            *extra,
-        ],
-    )
+    return CliRunner().invoke(cli, [*tiny_student_args(tiny_data, tiny_shards, tmp_path / "run"), *extra])
 
 
 def test_distill_train_and_checkpoint_round_trip(tiny_data, tiny_shards, tmp_path):
