@@ -10,6 +10,7 @@ Examples:
     python runtime/run_inference.py artifacts/student.onnx --input photos/ --output out/ \\
         --reference runs/student/checkpoints/best.pt --runs 20 --warmup 3
     python runtime/run_inference.py runs/student/checkpoints/best.pt --input photos/ --output out/ --final-size 1024
+    python runtime/run_inference.py runs/student/checkpoints/best.pt --input photos/ --output out/ --retain-heap
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pbrforge.allocator import retain_freed_memory
 from pbrforge.cli import examples_epilog
 from pbrforge.contract import MAP_NAMES, pack, resize_maps, to_preview, validate, write_material
 from pbrforge.deploy import OUTPUT_NAMES, DeployContract
@@ -204,6 +206,12 @@ def run_inference(
     "--final-size", type=int, default=None, help="Upscale maps to this side [default: the contract's, 2048]."
 )
 @click.option("--threads", type=int, default=0, help="CPU threads for every backend [default: torch's].")
+@click.option(
+    "--retain-heap",
+    is_flag=True,
+    help="Keep freed memory in the process (glibc) so large activations are not page-faulted on every "
+    "call: faster at high resolution, more resident memory (benchmarks/scaling.py measures both).",
+)
 @user_errors
 def main(
     artifact: Path,
@@ -215,10 +223,13 @@ def main(
     warmup: int,
     final_size: int | None,
     threads: int,
+    retain_heap: bool,
 ) -> None:
     """Predict PBR maps with an artifact; optionally compare it with PyTorch."""
     if runs < 1 or warmup < 0:
         raise DataError("--runs must be at least 1 and --warmup at least 0")
+    if retain_heap and not retain_freed_memory():
+        click.echo("warning: --retain-heap does nothing here: the C library is not glibc", err=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         run_inference(artifact, input_dir, output, backend, reference, runs, warmup, final_size, threads)

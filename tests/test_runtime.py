@@ -1,5 +1,9 @@
 import json
+import platform
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +16,7 @@ from pbrforge.deploy import DeployContract, contract_path
 from pbrforge.runtime.run_inference import upscale
 from pbrforge.views import image_to_float
 
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture()
@@ -145,3 +149,60 @@ def test_contract_round_trip_and_mobile_contract(tmp_path):
 
     with pytest.raises(DataError, match="not a pbrforge deployment contract"):
         DeployContract.load(tmp_path / "bad.json")
+
+
+FAULTS_AFTER_FREE = """
+import resource, sys, torch
+from pbrforge.allocator import retain_freed_memory
+applied = retain_freed_memory() if sys.argv[1] == "retain" else None
+torch.empty(16 * 2**20).fill_(1.0)  # 64 MiB touched, then freed
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+torch.empty(16 * 2**20).fill_(1.0)  # the same size again
+print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_retained_heap_reuses_large_tensors_without_page_faults():
+    """glibc's default unmaps a freed 64 MiB tensor, so the next one faults all 16384 pages in again."""
+
+    def faults(mode: str) -> tuple[str, int]:
+        r = subprocess.run(
+            [sys.executable, "-c", FAULTS_AFTER_FREE, mode], capture_output=True, text=True, timeout=120
+        )
+        assert r.returncode == 0, r.stderr
+        applied, n = r.stdout.split()
+        return applied, int(n)
+
+    default_applied, default_faults = faults("default")
+    retained_applied, retained_faults = faults("retain")
+    assert retained_applied == "True"
+    assert default_faults > 10_000  # 64 MiB / 4 KiB pages = 16384
+    assert retained_faults < 1_000
+
+
+def test_run_with_retained_heap(tiny_student_ckpt, views_dir, tmp_path):
+    """The flag changes the allocator only: same maps as without it, in a process of its own."""
+    outs = {}
+    for flag in ([], ["--retain-heap"]):
+        out = tmp_path / ("retained" if flag else "default")
+        r = subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "runtime/run_inference.py"),
+                str(tiny_student_ckpt),
+                "--input",
+                str(views_dir),
+                "--output",
+                str(out),
+                "--final-size",
+                "64",
+                *flag,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert r.returncode == 0, r.stderr
+        outs[bool(flag)] = read_material(out)
+    np.testing.assert_array_equal(outs[True], outs[False])
