@@ -5,7 +5,8 @@ a student for a wall-clock budget, then reports per-map PSNR / SSIM / MAE, norma
 RMSE for all three. Goal: the student within 1 dB PSNR of the teacher on every map.
 
 Examples:
-    python benchmarks/distill.py --minutes 10
+    python benchmarks/distill.py
+    python benchmarks/distill.py --set model.decoder_padding=zeros
     python benchmarks/distill.py --student student_mnv3_vit_512 --image-size 64 --minutes 10
 """
 
@@ -55,9 +56,14 @@ def evaluate(models: dict, val_for: dict, baseline: torch.Tensor) -> dict[str, d
 )
 @click.option("--student", default="student_mnv3_plk_1024", show_default=True, help="Student preset.")
 @click.option("--image-size", type=int, default=128, show_default=True, help="Student input size.")
-@click.option("--minutes", type=float, default=10.0, show_default=True, help="Student training budget.")
+@click.option(
+    "--minutes", type=float, default=22.0, show_default=True, help="Student budget (teacher_quality's: 22)."
+)
+@click.option("--set", "extra", multiple=True, help="Override any student config field: section.key=value.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("benchmarks/results"), show_default=True)
-def main(work: Path, student: str, image_size: int, minutes: float, out: Path) -> None:
+def main(
+    work: Path, student: str, image_size: int, minutes: float, extra: tuple[str, ...], out: Path
+) -> None:
     """Distil a student from the teacher_quality teacher and compare the three on held-out materials."""
     data, teacher_ckpt = work / "data", work / "ckpt" / "latest.pt"
     if not teacher_ckpt.exists():
@@ -75,6 +81,7 @@ def main(work: Path, student: str, image_size: int, minutes: float, out: Path) -
             'optim.scheduler="plateau"',
             "optim.plateau_patience=1",
             "training.grid_every=0",
+            *extra,
         ),
     )
     out_size = image_size * cfg.model["sr_scale"]
@@ -106,7 +113,7 @@ def main(work: Path, student: str, image_size: int, minutes: float, out: Path) -
         sampler=ShardSampler(train, cfg.training.seed),
     )
     trainer.fit(max_seconds=minutes * 60)
-    student_model = trainer.model.eval()
+    student_model = trainer.eval_model.eval()
     val_student = PBRDataset(
         data, "val", d.image_size, d.output_size, d.curriculum, d.val_fraction, d.split_seed
     )
@@ -128,7 +135,7 @@ def main(work: Path, student: str, image_size: int, minutes: float, out: Path) -
     keys = sorted(res["teacher"])
     print(
         f"\ndistillation: {student} at {image_size}->{out_size}px, {trainer.epoch} epochs in {minutes:.0f} min; "
-        f"{len(val_student)} held-out samples"
+        f"{len(val_student)} held-out samples{'; ' + ', '.join(extra) if extra else ''}"
     )
     print(f"{'metric':<24} {'teacher':>9} {'student':>9} {'baseline':>9} {'student-teacher':>16}")
     for k in keys:
@@ -150,6 +157,7 @@ def main(work: Path, student: str, image_size: int, minutes: float, out: Path) -
                 "output_size": out_size,
                 "epochs": trainer.epoch,
                 "minutes": minutes,
+                "overrides": list(extra),
                 "metrics": res,
                 "psnr_gap_db": gaps,
                 "goal_met": met,

@@ -92,7 +92,7 @@ def main(teacher_config: str, count: int, student_size: int, out: Path) -> None:
     loader = DataLoader(ds, batch_size=4, sampler=ShardSampler(ds))
     torch.manual_seed(0)
     student = build_model(scfg)
-    teacher = trainer.model.eval()
+    teacher = trainer.eval_model.eval()
     shard_epoch = student_epoch(student, scfg, loader)
     online_epoch = student_epoch(student, scfg, loader, teacher, tsize)
     rows = {

@@ -81,7 +81,7 @@ def main(minutes: float, count: int, size: int, out: Path) -> None:
     trainer.fit(max_seconds=minutes * 60)
     epochs = trainer.epoch
     train_s = time.perf_counter() - start
-    teacher, base, first = evaluate(trainer.model, val, mean_map_baseline(train))
+    teacher, base, first = evaluate(trainer.eval_model, val, mean_map_baseline(train))
     rows = []
     for key in sorted(teacher):
         metric = key.split("/")[-1]

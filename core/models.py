@@ -83,11 +83,11 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: 
 def model_from_checkpoint(
     path: Path, family: str | None = None, map_location: str | torch.device = "cpu"
 ) -> tuple[nn.Module, TrainConfig, dict]:
-    """Rebuild the model a checkpoint describes, load its weights, return it in eval mode."""
+    """Rebuild the model a checkpoint describes, load its weights (the EMA if trained with one), in eval mode."""
     ckpt = load_checkpoint(path, map_location)
     cfg = TrainConfig.from_dict(ckpt["config"])
     if family is not None and cfg.family != family:
         raise ConfigError(f"{path} is a {cfg.family} checkpoint, expected a {family}")
     model = build_model(cfg)
-    load_state_strict(model, ckpt["model"], str(path))
+    load_state_strict(model, ckpt.get("ema") or ckpt["model"], str(path))
     return model.eval(), cfg, ckpt

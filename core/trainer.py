@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from PIL import Image
+from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
@@ -188,6 +189,8 @@ class Trainer:
         t = cfg.training
         torch.manual_seed(t.seed)
         self.model = build_model(cfg).to(device)
+        # the averaged weights are what validation sees and what checkpoints ship; the raw ones resume training
+        self.ema = ModelEmaV3(self.model, decay=t.ema_decay, use_warmup=True) if t.ema_decay > 0 else None
         self.disc: nn.Module | None = None
         if t.gan:
             from pbrforge.teacher.model import PatchDiscriminator
@@ -243,6 +246,11 @@ class Trainer:
 
             self.writer = SummaryWriter(str(self.output_dir / "tb"))
 
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights to judge and ship: the EMA when ``training.ema_decay`` > 0, else the trained ones."""
+        return self.ema.module if self.ema is not None else unwrap(self.model)
+
     # ------------------------------------------------------------------ checkpoints
     def state(self) -> dict[str, Any]:
         return {
@@ -257,6 +265,7 @@ class Trainer:
                 "curriculum": self.cfg.data.curriculum,
             },
             "model": unwrap(self.model).state_dict(),
+            "ema": self.ema.module.state_dict() if self.ema is not None else {},
             "disc": unwrap(self.disc).state_dict() if self.disc else {},
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict() if self.opt_d else {},
@@ -291,6 +300,8 @@ class Trainer:
                 f"this run builds a {self.cfg.family} {self.cfg.model} model"
             )
         load_state_strict(unwrap(self.model), ckpt["model"], str(path))
+        if self.ema is not None:  # a checkpoint saved without EMA starts the average at its weights
+            load_state_strict(self.ema.module, ckpt.get("ema") or ckpt["model"], str(path))
         if self.disc is not None and ckpt["disc"]:
             load_state_strict(unwrap(self.disc), ckpt["disc"], str(path))
         self.opt_g.load_state_dict(ckpt["opt_g"])
@@ -368,13 +379,15 @@ class Trainer:
         self._check_finite(terms["total"], "the training loss")
         self._backward_step(terms["total"], self.opt_g, self.scaler_g, self.model.parameters())
         self.sched_g.step()
+        if self.ema is not None:
+            self.ema.update(unwrap(self.model), step=self.global_step + 1)
         logs.update({k: v.item() for k, v in terms.items()})
         return logs
 
     @torch.no_grad()
     def validate(self) -> tuple[dict[str, float], dict[str, Any] | None]:
         """Metrics and mean loss over the whole validation split (rank 0 only), plus a batch for the grid."""
-        model = unwrap(self.model).eval()
+        model = self.eval_model.eval()
         metrics, losses, first = MapMetrics(), [], None
         gen = torch.Generator().manual_seed(12345)  # fixed lights: val loss comparable across epochs
         loader = DataLoader(self.val_set, batch_size=self.cfg.training.batch_size, shuffle=False)
@@ -385,7 +398,7 @@ class Trainer:
             losses.append(map_losses(pred, target, self.cfg.loss, gen)["total"].item() * len(views))
             if first is None:
                 first = {"views": views.cpu(), "pred": pred.cpu(), "target": target.cpu()}
-        model.train()
+        self.model.train()
         out = metrics.compute()
         out["loss"] = sum(losses) / max(1, len(self.val_set))
         return out, first

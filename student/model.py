@@ -37,15 +37,23 @@ class StudentConfig:
     plk_split: float = 0.25  # fraction of channels that see the large kernel
     decoder_channels: tuple[int, ...] = (128, 64, 32, 24)
     sr_channels: int = 24
+    # padding of the decoder's and SR head's 3x3 convs: "replicate" continues the image past its edge,
+    # where zeros leave a seam the maps must learn to undo (zeros is kept for checkpoints saved before)
+    decoder_padding: str = "zeros"
 
     @property
     def output_size(self) -> int:
         return self.image_size * self.sr_scale
 
 
-def conv_bn_act(cin: int, cout: int, k: int = 3, groups: int = 1) -> nn.Sequential:
+PADDING_MODES = ("zeros", "replicate")
+
+
+def conv_bn_act(cin: int, cout: int, k: int = 3, groups: int = 1, padding: str = "zeros") -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cout, k, 1, k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout), nn.Hardswish()
+        nn.Conv2d(cin, cout, k, 1, k // 2, groups=groups, bias=False, padding_mode=padding),
+        nn.BatchNorm2d(cout),
+        nn.Hardswish(),
     )
 
 
@@ -188,10 +196,11 @@ class SkipFusion(nn.Module):
 
 
 class UpBlock(nn.Module):
-    def __init__(self, cin: int, cskip: int, cout: int):
+    def __init__(self, cin: int, cskip: int, cout: int, padding: str = "zeros"):
         super().__init__()
         self.body = nn.Sequential(
-            conv_bn_act(cin + cskip, cout), conv_bn_act(cout, cout, groups=cout)
+            conv_bn_act(cin + cskip, cout, padding=padding),
+            conv_bn_act(cout, cout, groups=cout, padding=padding),
         )  # then depthwise 3x3
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
@@ -202,21 +211,20 @@ class UpBlock(nn.Module):
 class SRHead(nn.Module):
     """From stride-2 decoder features to maps at image_size * sr_scale with learned PixelShuffle upsampling."""
 
-    def __init__(self, cin: int, c: int, scale: int):
+    def __init__(self, cin: int, c: int, scale: int, padding: str = "zeros"):
         super().__init__()
         if scale not in (1, 2, 4):
             raise ValueError(f"sr_scale must be 1, 2 or 4, got {scale}")
-        self.to_full = nn.Sequential(nn.Conv2d(cin, c * 4, 3, padding=1), nn.PixelShuffle(2), nn.Hardswish())
-        self.stem = conv_bn_act(3, c)  # full-resolution detail from the mean view
-        self.fuse = conv_bn_act(2 * c, c)
+        pad = {"padding": 1, "padding_mode": padding}
+        self.to_full = nn.Sequential(nn.Conv2d(cin, c * 4, 3, **pad), nn.PixelShuffle(2), nn.Hardswish())
+        self.stem = conv_bn_act(3, c, padding=padding)  # full-resolution detail from the mean view
+        self.fuse = conv_bn_act(2 * c, c, padding=padding)
         self.sr = (
-            nn.Sequential(
-                nn.Conv2d(c, c * scale * scale, 3, padding=1), nn.PixelShuffle(scale), nn.Hardswish()
-            )
+            nn.Sequential(nn.Conv2d(c, c * scale * scale, 3, **pad), nn.PixelShuffle(scale), nn.Hardswish())
             if scale > 1
             else nn.Identity()
         )
-        self.out = nn.Conv2d(c, NUM_CHANNELS, 3, padding=1)
+        self.out = nn.Conv2d(c, NUM_CHANNELS, 3, **pad)
 
     def forward(self, x: torch.Tensor, mean_view: torch.Tensor, use_sr: bool = True) -> torch.Tensor:
         x = self.fuse(torch.cat([self.to_full(x), self.stem(mean_view)], dim=1))  # (B, c, H, W)
@@ -237,6 +245,10 @@ class PBRStudent(nn.Module):
             cfg.encoder, features_only=True, pretrained=False, out_indices=(0, 1, 2, 3, 4)
         )
         chans = self.encoder.feature_info.channels()
+        if cfg.decoder_padding not in PADDING_MODES:
+            raise ValueError(
+                f"unknown decoder_padding {cfg.decoder_padding!r}; known: {', '.join(PADDING_MODES)}"
+            )
         fusion = {"vit": ViTFusion, "plk": PLKFusion}
         if cfg.bottleneck not in fusion:
             raise ValueError(f"unknown bottleneck {cfg.bottleneck!r}; known: {sorted(fusion)}")
@@ -246,9 +258,10 @@ class PBRStudent(nn.Module):
         if len(dec) != 4:
             raise ValueError("decoder_channels needs 4 widths (strides 16, 8, 4, 2)")
         self.up = nn.ModuleList(
-            UpBlock(i, s, o) for i, s, o in zip([cfg.dim] + dec[:-1], chans[-2::-1], dec, strict=True)
+            UpBlock(i, s, o, cfg.decoder_padding)
+            for i, s, o in zip([cfg.dim] + dec[:-1], chans[-2::-1], dec, strict=True)
         )
-        self.head = SRHead(dec[-1], cfg.sr_channels, cfg.sr_scale)
+        self.head = SRHead(dec[-1], cfg.sr_channels, cfg.sr_scale, cfg.decoder_padding)
 
     def forward_features(self, flat: torch.Tensor, views: int = NUM_VIEWS) -> torch.Tensor:
         feats = self.encoder(flat)  # 5 levels of (B*V, C_i, H_i, W_i)
@@ -280,22 +293,22 @@ def register_student(fn: Callable[[], StudentConfig]) -> Callable[[], StudentCon
 
 @register_student
 def student_mnv3_vit_512() -> StudentConfig:
-    return StudentConfig(bottleneck="vit", image_size=512, sr_scale=2)
+    return StudentConfig(bottleneck="vit", image_size=512, sr_scale=2, decoder_padding="replicate")
 
 
 @register_student
 def student_mnv3_plk_512() -> StudentConfig:
-    return StudentConfig(bottleneck="plk", image_size=512, sr_scale=2)
+    return StudentConfig(bottleneck="plk", image_size=512, sr_scale=2, decoder_padding="replicate")
 
 
 @register_student
 def student_mnv3_plk_1024() -> StudentConfig:
-    return StudentConfig(bottleneck="plk", image_size=1024, sr_scale=1)
+    return StudentConfig(bottleneck="plk", image_size=1024, sr_scale=1, decoder_padding="replicate")
 
 
 @register_student
 def student_mnv3_vit_2048() -> StudentConfig:
-    return StudentConfig(bottleneck="vit", image_size=2048, sr_scale=1)
+    return StudentConfig(bottleneck="vit", image_size=2048, sr_scale=1, decoder_padding="replicate")
 
 
 def student_config(name: str, **overrides) -> StudentConfig:

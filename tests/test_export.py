@@ -97,12 +97,15 @@ def test_coreml_fp16_spec_and_palettization(tiny_student_ckpt, tmp_path):
     from pbrforge.export.coreml_export import load_program
 
     program, _ = load_program(pkg)
-    assert {
-        dtype_name(o)
-        for op in program.functions["main"].operations
-        if op.op_type == "conv"
-        for o in op.outputs
-    } == {"fp16"}
+    ops = program.functions["main"].operations
+    assert {dtype_name(o) for op in ops if op.op_type == "conv" for o in op.outputs} == {"fp16"}
+    # the decoder's replicate padding survives conversion as MIL pad ops in that mode, one per 3x3 conv
+    pads = [op.inputs["mode"].val for op in ops if op.op_type == "pad"]
+    model, _, _ = model_from_checkpoint(tiny_student_ckpt)
+    replicated = [
+        m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.padding_mode == "replicate"
+    ]
+    assert len(pads) == len(replicated) > 0 and set(pads) == {"replicate"}
     parity = json.loads(pkg.with_name(pkg.name + ".parity.json").read_text())
     assert (
         parity["passed"] and parity["readback"]["matched_to_pytorch"] == parity["readback"]["lut_weights"] > 0

@@ -1,12 +1,15 @@
+from dataclasses import asdict
+
 import pytest
 import torch
 from click.testing import CliRunner
 from helpers import tiny_student_args
+from torch import nn
 
 from pbrforge.cli import main as cli
 from pbrforge.contract import validate
 from pbrforge.models import model_from_checkpoint
-from pbrforge.student.model import STUDENTS, PBRStudent, create_student, student_config
+from pbrforge.student.model import STUDENTS, PBRStudent, StudentConfig, create_student, student_config
 
 SMALL = 64
 ORDER_ATOL = 1e-4
@@ -32,6 +35,21 @@ def test_preset_registry():
     assert student_config("student_mnv3_plk_1024").output_size == 1024
     with pytest.raises(KeyError, match="known: student_mnv3_plk_1024"):
         create_student("student_tiny")
+
+
+def test_decoder_padding():
+    """Presets pad the decoder and SR head by replication; a config saved without the field keeps zeros."""
+    assert {student_config(n).decoder_padding for n in STUDENTS} == {"replicate"}
+    model = create_student("student_mnv3_plk_1024", image_size=SMALL)
+    modes = {m.padding_mode for m in [*model.up.modules(), *model.head.modules()] if isinstance(m, nn.Conv2d)}
+    assert modes == {"replicate"}
+    encoder = {m.padding_mode for m in model.encoder.modules() if isinstance(m, nn.Conv2d)}
+    assert encoder == {"zeros"}  # timm's encoder is left as built
+    old = asdict(student_config("student_mnv3_plk_1024"))
+    del old["decoder_padding"]
+    assert StudentConfig(**old).decoder_padding == "zeros"
+    with pytest.raises(ValueError, match="unknown decoder_padding 'reflect'; known: zeros, replicate"):
+        create_student("student_mnv3_plk_1024", image_size=SMALL, decoder_padding="reflect")
 
 
 @pytest.mark.parametrize("bottleneck", ["vit", "plk"])

@@ -148,7 +148,7 @@ def _trainer(tiny_data, tmp, cfg):
 
 
 def test_resume_gives_identical_weights(tiny_data, tmp_path):
-    cfg = tiny_teacher_config(epochs=3, gan=True, gan_start_epoch=1)
+    cfg = tiny_teacher_config(epochs=3, gan=True, gan_start_epoch=1, ema_decay=0.9)
     straight = _trainer(tiny_data, tmp_path / "a", cfg)
     straight.fit()
     first = _trainer(tiny_data, tmp_path / "b", cfg.override({"training.epochs": 1}))
@@ -161,9 +161,25 @@ def test_resume_gives_identical_weights(tiny_data, tmp_path):
         torch.testing.assert_close(a[k], c[k], atol=0, rtol=0, msg=f"{k} differs after resume")
     for k, v in straight.disc.state_dict().items():
         torch.testing.assert_close(v, resumed.disc.state_dict()[k], atol=0, rtol=0)
+    for k, v in straight.ema.module.state_dict().items():
+        torch.testing.assert_close(v, resumed.ema.module.state_dict()[k], atol=0, rtol=0, msg=f"EMA {k}")
     lines = (tmp_path / "a" / "out" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 3 and "val/albedo/psnr" in json.loads(lines[-1])
     assert (tmp_path / "a" / "out" / "grids" / "epoch_0003.png").is_file()
+
+
+def test_ema_weights_are_validated_and_shipped(tiny_data, tmp_path):
+    trainer = _trainer(tiny_data, tmp_path, tiny_teacher_config(epochs=2, ema_decay=0.5))
+    trainer.fit()
+    ckpt = load_checkpoint(tmp_path / "ckpt" / "latest.pt")
+    raw, ema = ckpt["model"], ckpt["ema"]
+    assert set(raw) == set(ema)
+    moved = [k for k in raw if raw[k].is_floating_point() and not torch.equal(raw[k], ema[k])]
+    assert moved, "the EMA should lag the trained weights"
+    shipped, _, _ = model_from_checkpoint(tmp_path / "ckpt" / "latest.pt")
+    for k, v in shipped.state_dict().items():
+        torch.testing.assert_close(v, ema[k], atol=0, rtol=0)
+    assert trainer.eval_model is trainer.ema.module
 
 
 def test_checkpoint_is_plain_data(tiny_data, tmp_path):
