@@ -18,9 +18,8 @@ import platform
 
 M_TRIM_THRESHOLD = -1  # from glibc's <malloc.h>
 M_MMAP_MAX = -4
-NEVER_TRIM = (
-    2**31 - 1
-)  # bytes of free heap top tolerated before returning it to the OS (mallopt takes an int)
+# bytes of free heap top tolerated before it is returned to the OS (mallopt takes an int)
+NEVER_TRIM = 2**31 - 1
 
 
 def retain_freed_memory() -> bool:

@@ -73,9 +73,8 @@ class TrainingConfig:
     checkpoint_every: int = 0  # also keep epoch_N checkpoints every N epochs (0 = off)
     grid_every: int = 1  # comparison grid PNG every N epochs
     max_steps_per_epoch: int = 0  # 0 = whole epoch; small values for tests and demos
-    ema_decay: float = (
-        0.0  # > 0: also keep an EMA of the weights (timm ModelEmaV3, warm-up on); it is validated and shipped
-    )
+    # > 0: also keep an EMA of the weights (timm ModelEmaV3, warm-up on); it is what is validated and shipped
+    ema_decay: float = 0.0
 
 
 @dataclass
