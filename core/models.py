@@ -80,6 +80,11 @@ def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: 
     model.load_state_dict(state)
 
 
+def shipped_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The weights a checkpoint ships: its EMA when it was trained with one, else the trained weights."""
+    return ckpt.get("ema") or ckpt["model"]
+
+
 def model_from_checkpoint(
     path: Path, family: str | None = None, map_location: str | torch.device = "cpu"
 ) -> tuple[nn.Module, TrainConfig, dict]:
@@ -89,5 +94,5 @@ def model_from_checkpoint(
     if family is not None and cfg.family != family:
         raise ConfigError(f"{path} is a {cfg.family} checkpoint, expected a {family}")
     model = build_model(cfg)
-    load_state_strict(model, ckpt.get("ema") or ckpt["model"], str(path))
+    load_state_strict(model, shipped_state(ckpt), str(path))
     return model.eval(), cfg, ckpt

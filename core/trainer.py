@@ -31,7 +31,7 @@ from pbrforge.errors import ConfigError, PBRForgeError, UnavailableError
 from pbrforge.fileio import atomic_path
 from pbrforge.losses import gan_d_loss, gan_g_loss, map_losses
 from pbrforge.metrics import MapMetrics
-from pbrforge.models import CHECKPOINT_FORMAT, build_model, load_checkpoint, load_state_strict
+from pbrforge.models import CHECKPOINT_FORMAT, build_model, load_checkpoint, load_state_strict, shipped_state
 
 
 class TrainingError(PBRForgeError):
@@ -301,7 +301,7 @@ class Trainer:
             )
         load_state_strict(unwrap(self.model), ckpt["model"], str(path))
         if self.ema is not None:  # a checkpoint saved without EMA starts the average at its weights
-            load_state_strict(self.ema.module, ckpt.get("ema") or ckpt["model"], str(path))
+            load_state_strict(self.ema.module, shipped_state(ckpt), str(path))
         if self.disc is not None and ckpt["disc"]:
             load_state_strict(unwrap(self.disc), ckpt["disc"], str(path))
         self.opt_g.load_state_dict(ckpt["opt_g"])
