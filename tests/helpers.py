@@ -2,7 +2,34 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 from pbrforge.config import TrainConfig, load_config
+
+ROOT = Path(__file__).resolve().parents[1]  # the repository: stage scripts are run from here as a user would
+
+
+def run_script(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python <script> args`` in a fresh process (for what must not touch the test process, or runs as a file)."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *args], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def run_torchrun(script: str, *args: str, nproc: int = 2) -> subprocess.CompletedProcess:
+    """``torchrun --standalone`` of a stage script on the CPU (gloo), one OpenMP thread per rank."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+    return subprocess.run(
+        [*cmd, str(ROOT / script), *args],
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
 
 TINY_TEACHER = {
     "encoder": "unet",

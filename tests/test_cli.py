@@ -1,14 +1,10 @@
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 from click.testing import CliRunner
+from helpers import run_script
 
 from pbrforge.cli import COMMANDS
 from pbrforge.cli import main as cli
 
-ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = [
     "datagen/generate.py",
     "teacher/train.py",
@@ -30,8 +26,6 @@ def test_every_subcommand_has_help_with_examples(name):
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_stage_scripts_run_as_files(script):
     """`python <stage>/<script>.py --help` works (absolute imports, no shadowed libraries)."""
-    r = subprocess.run(
-        [sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True, timeout=120
-    )
+    r = run_script(script, "--help", timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "Usage:" in r.stdout

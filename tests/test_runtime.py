@@ -3,11 +3,11 @@ import platform
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import ROOT, run_script
 from PIL import Image
 
 from pbrforge.cli import main as cli
@@ -15,8 +15,6 @@ from pbrforge.contract import read_material
 from pbrforge.deploy import DeployContract, contract_path
 from pbrforge.runtime.run_inference import upscale
 from pbrforge.views import image_to_float
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture()
@@ -193,22 +191,16 @@ def test_run_with_retained_heap(tiny_student_ckpt, views_dir, tmp_path):
     outs = {}
     for flag in ([], ["--retain-heap"]):
         out = tmp_path / ("retained" if flag else "default")
-        r = subprocess.run(
-            [
-                sys.executable,
-                str(ROOT / "runtime/run_inference.py"),
-                str(tiny_student_ckpt),
-                "--input",
-                str(views_dir),
-                "--output",
-                str(out),
-                "--final-size",
-                "64",
-                *flag,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
+        r = run_script(
+            "runtime/run_inference.py",
+            str(tiny_student_ckpt),
+            "--input",
+            str(views_dir),
+            "--output",
+            str(out),
+            "--final-size",
+            "64",
+            *flag,
         )
         assert r.returncode == 0, r.stderr
         outs[bool(flag)] = read_material(out)

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import run_torchrun
 
 import pbrforge.shards as shards
 from pbrforge.cli import main as cli
@@ -157,20 +158,9 @@ def test_shard_sampler_reads_each_shard_once(tiny_data, tiny_shards):
 
 @pytest.mark.slow
 def test_torchrun_ranks_split_and_rank0_merges(tiny_data, tiny_teacher_ckpt, tiny_shards, tmp_path):
-    import os
-    import subprocess
-    import sys
-
-    root = Path(__file__).resolve().parents[1]
     out = tmp_path / "ddp"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        str(root / "teacher_infer.py"),
+    r = run_torchrun(
+        "teacher_infer.py",
         "--checkpoint",
         str(tiny_teacher_ckpt),
         "--data-root",
@@ -184,9 +174,6 @@ def test_torchrun_ranks_split_and_rank0_merges(tiny_data, tiny_teacher_ckpt, tin
         "--device",
         "cpu",
         "--quiet",
-    ]
-    r = subprocess.run(
-        cmd, env=os.environ | {"OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300
     )
     assert r.returncode == 0, r.stderr[-3000:]
     m = shards.load_manifest(out)

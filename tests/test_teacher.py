@@ -1,13 +1,9 @@
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import TINY_TEACHER, TINY_TEACHER_ARGS, tiny_teacher_config
+from helpers import TINY_TEACHER, TINY_TEACHER_ARGS, run_torchrun, tiny_teacher_config
 
 from pbrforge.config import TrainConfig, list_configs, load_config
 from pbrforge.contract import validate
@@ -19,7 +15,6 @@ from pbrforge.render import random_lights
 from pbrforge.teacher.model import MultiViewPBRGenerator, PatchDiscriminator, TeacherConfig
 from pbrforge.trainer import Trainer, TrainingError
 
-ROOT = Path(__file__).resolve().parents[1]
 ORDER_ATOL = 1e-5
 
 
@@ -309,15 +304,8 @@ def test_train_cli_errors(tiny_data, tmp_path, args, message):
 
 @pytest.mark.slow
 def test_ddp_two_processes_gloo(tiny_data, tmp_path):
-    env = os.environ | {"OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        str(ROOT / "teacher" / "train.py"),
+    r = run_torchrun(
+        "teacher/train.py",
         "--input-dir",
         str(tiny_data),
         "--output-dir",
@@ -336,8 +324,7 @@ def test_ddp_two_processes_gloo(tiny_data, tmp_path):
         "training.gan=true",
         "--set",
         "training.gan_start_epoch=1",
-    ]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     ckpt = load_checkpoint(tmp_path / "ddp" / "checkpoints" / "latest.pt")
     assert ckpt["epoch"] == 1 and ckpt["global_step"] == 4
