@@ -1,8 +1,12 @@
-"""Order-free reductions over the views, kept 4-D so every exporter and the Neural Engine take them as is."""
+"""Layers both model families share: order-free reductions over the views (kept 4-D so every exporter and the
+Neural Engine take them as is), the conv-BN-activation block, and the skip fusion built from them."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+from torch import nn
 
 
 def view_mean_max(x: torch.Tensor, views: int) -> torch.Tensor:
@@ -16,3 +20,31 @@ def view_mean(x: torch.Tensor, views: int) -> torch.Tensor:
     """(B*V, C, H, W) -> (B, C, H, W) mean over views, 4-D throughout."""
     bv, c, h, w = x.shape
     return x.reshape(bv // views, views, c * h, w).mean(1).reshape(bv // views, c, h, w)
+
+
+def conv_bn_act(
+    cin: int,
+    cout: int,
+    k: int = 3,
+    stride: int = 1,
+    groups: int = 1,
+    act: Callable[[], nn.Module] = nn.Hardswish,
+    padding: str = "zeros",
+) -> nn.Sequential:
+    """Conv (no bias) -> BatchNorm -> activation: the pair the exporters fold into one conv."""
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False, padding_mode=padding),
+        nn.BatchNorm2d(cout),
+        act(),
+    )
+
+
+class SkipFusion(nn.Module):
+    """Fuse one skip level across views from its mean and max (both order-free)."""
+
+    def __init__(self, channels: int, act: Callable[[], nn.Module] = nn.Hardswish):
+        super().__init__()
+        self.mix = conv_bn_act(2 * channels, channels, k=1, act=act)
+
+    def forward(self, x: torch.Tensor, views: int) -> torch.Tensor:
+        return self.mix(view_mean_max(x, views))

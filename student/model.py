@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pbrforge.contract import NUM_CHANNELS, NUM_VIEWS, activate
-from pbrforge.layers import view_mean, view_mean_max
+from pbrforge.layers import SkipFusion, conv_bn_act, view_mean, view_mean_max
 
 ANE_MAX_KERNEL = 13
 
@@ -47,14 +47,6 @@ class StudentConfig:
 
 
 PADDING_MODES = ("zeros", "replicate")
-
-
-def conv_bn_act(cin: int, cout: int, k: int = 3, groups: int = 1, padding: str = "zeros") -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, k, 1, k // 2, groups=groups, bias=False, padding_mode=padding),
-        nn.BatchNorm2d(cout),
-        nn.Hardswish(),
-    )
 
 
 class ChannelLayerNorm(nn.Module):
@@ -184,15 +176,6 @@ class PLKFusion(nn.Module):
         for block in self.blocks:
             x = block(x)
         return x
-
-
-class SkipFusion(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.mix = conv_bn_act(2 * channels, channels, k=1)
-
-    def forward(self, x: torch.Tensor, views: int) -> torch.Tensor:
-        return self.mix(view_mean_max(x, views))
 
 
 class UpBlock(nn.Module):

@@ -7,6 +7,7 @@ every cross-view reduction is a mean/max, so permuting the views leaves the outp
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import timm
 import torch
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pbrforge.contract import NUM_CHANNELS, NUM_VIEWS, activate
-from pbrforge.layers import view_mean_max
+from pbrforge.layers import SkipFusion, conv_bn_act
 
 TIMM_ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
@@ -33,10 +34,11 @@ class TeacherConfig:
     dropout: float = 0.0
 
 
+RELU = partial(nn.ReLU, inplace=True)
+
+
 def conv_bn_relu(cin: int, cout: int, k: int = 3, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
-    )
+    return conv_bn_act(cin, cout, k, stride, act=RELU)
 
 
 class PlainEncoder(nn.Module):
@@ -98,17 +100,6 @@ class CrossViewFusion(nn.Module):
         return tokens.transpose(1, 2).reshape(bv // views, d, h, w)
 
 
-class SkipFusion(nn.Module):
-    """Fuse one skip level across views from its mean and max (both order-free)."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.mix = conv_bn_relu(2 * channels, channels, k=1)
-
-    def forward(self, x: torch.Tensor, views: int) -> torch.Tensor:
-        return self.mix(view_mean_max(x, views))
-
-
 class UpBlock(nn.Module):
     def __init__(self, cin: int, cskip: int, cout: int):
         super().__init__()
@@ -137,7 +128,7 @@ class MultiViewPBRGenerator(nn.Module):
             cfg.image_size // 32,
             cfg.dropout,
         )
-        self.skip_fusion = nn.ModuleList(SkipFusion(c) for c in chans[:-1])
+        self.skip_fusion = nn.ModuleList(SkipFusion(c, act=RELU) for c in chans[:-1])
         dec = list(cfg.decoder_channels)
         if len(dec) != 4:
             raise ValueError("decoder_channels needs 4 widths (strides 16, 8, 4, 2)")
