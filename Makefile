@@ -32,11 +32,11 @@ lint: install
 	$(PY) -m ruff format --check .
 
 # Order matters: distill reuses teacher_quality's teacher; export and runtime use the demo student.
-BENCHES := teacher_quality distill shards scaling export runtime
+BENCHES := teacher_quality distill edge_error shards scaling export runtime
 bench: install
 	@test -f $(DEMO_DIR)/student/checkpoints/best.pt || $(PY) -m pbrforge.demo --out $(DEMO_DIR)
 	@set -e; for b in $(BENCHES); do echo "== benchmarks/$$b.py"; \
-	  $(PY) benchmarks/$$b.py $$(case $$b in export|runtime) echo --checkpoint $(DEMO_DIR)/student/checkpoints/best.pt;; esac); done
+	  $(PY) benchmarks/$$b.py $$(case $$b in export|runtime) echo --checkpoint $(DEMO_DIR)/student/checkpoints/best.pt;; edge_error) echo benchmarks/results/distill_ckpt/latest.pt;; esac); done
 
 clean:
 	rm -rf $(DEMO_DIR) runs .pytest_cache .ruff_cache
