@@ -9,7 +9,7 @@ TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.pbrforge-installed
 DEMO_DIR ?= demo_out
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-fast lint bench clean
 
 install: $(STAMP)
 
@@ -21,20 +21,26 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: install
-	$(PY) -m pbrforge.demo --out $(DEMO_DIR)
+	$(PY) demo.py --out $(DEMO_DIR)
 
-test: install
-	$(PY) -m ruff check .
+# Everything CI runs: lint, format, types, then every test (slow ones included: training, export,
+# torchrun, the wheel in a fresh venv).
+test: lint
 	$(PY) -m pytest -q
+
+# The same minus tests marked slow: under a minute on 2 cores.
+test-fast: lint
+	$(PY) -m pytest -q -m "not slow"
 
 lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
 # Order matters: distill reuses teacher_quality's teacher; export and runtime use the demo student.
 BENCHES := teacher_quality distill edge_error shards scaling export runtime
 bench: install
-	@test -f $(DEMO_DIR)/student/checkpoints/best.pt || $(PY) -m pbrforge.demo --out $(DEMO_DIR)
+	@test -f $(DEMO_DIR)/student/checkpoints/best.pt || $(PY) demo.py --out $(DEMO_DIR)
 	@set -e; for b in $(BENCHES); do echo "== benchmarks/$$b.py"; \
 	  $(PY) benchmarks/$$b.py $$(case $$b in export|runtime) echo --checkpoint $(DEMO_DIR)/student/checkpoints/best.pt;; edge_error) echo benchmarks/results/distill_ckpt/latest.pt;; esac); done
 

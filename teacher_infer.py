@@ -1,4 +1,4 @@
-"""Run the teacher once over a data set and write float16 distillation shards (see pbrforge.shards).
+"""Run the teacher once over a data set and write float16 distillation shards (``pbrforge.teacher.shards``).
 
 Examples:
     python teacher_infer.py --checkpoint runs/teacher/checkpoints/best.pt --data-root data/demo --shards-dir shards/
@@ -6,7 +6,7 @@ Examples:
     python teacher_infer.py --verify shards/
 """
 
-from pbrforge.shards import main
+from pbrforge.teacher.shards import main
 
 if __name__ == "__main__":
     main()

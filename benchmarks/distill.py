@@ -12,20 +12,20 @@ Examples:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 import torch
 from torch.utils.data import DataLoader
 
-from pbrforge.cli import examples_epilog
 from pbrforge.config import load_config
 from pbrforge.dataset import PBRDataset
 from pbrforge.metrics import MapMetrics, mean_map_baseline
-from pbrforge.models import model_from_checkpoint
-from pbrforge.shards import DistillDataset, ShardSampler, write_shards
-from pbrforge.teacher.train import apply_cli_overrides
+from pbrforge.models import model_config, model_from_checkpoint
+from pbrforge.options import apply_train_options, examples_epilog
+from pbrforge.provenance import write_result
+from pbrforge.shards import DistillDataset, ShardSampler
+from pbrforge.teacher.shards import write_shards
 from pbrforge.trainer import Trainer
 
 GOAL_DB = 1.0
@@ -70,7 +70,7 @@ def main(
         raise click.ClickException(f"{teacher_ckpt} is missing: run benchmarks/teacher_quality.py first")
     teacher, tcfg, _ = model_from_checkpoint(teacher_ckpt)
     cfg = load_config(student)
-    cfg = apply_cli_overrides(
+    cfg = apply_train_options(
         cfg,
         None,
         10_000,
@@ -84,25 +84,16 @@ def main(
             *extra,
         ),
     )
-    out_size = image_size * cfg.model["sr_scale"]
-    cfg = cfg.override(
-        {
-            "data.image_size": image_size,
-            "data.output_size": out_size,
-            "data.val_fraction": tcfg.data.val_fraction,
-            "data.split_seed": tcfg.data.split_seed,
-        }
-    )
-    if out_size > tcfg.data.output_size:
+    cfg = cfg.override({"data.val_fraction": tcfg.data.val_fraction, "data.split_seed": tcfg.data.split_seed})
+    out_size, teacher_sizes = model_config(cfg).output_size, model_config(tcfg)
+    if out_size > teacher_sizes.output_size:
         raise click.ClickException(
-            f"student output {out_size}px exceeds the teacher's {tcfg.data.output_size}px"
+            f"student output {out_size}px exceeds the teacher's {teacher_sizes.output_size}px"
         )
     shards_dir = out / f"distill_shards_{out_size}"
     write_shards(teacher_ckpt, data, shards_dir, out_size, 8, tcfg.data.curriculum, batch_size=4)
     d = cfg.data
-    train = DistillDataset(
-        data, shards_dir, d.image_size, d.output_size, d.curriculum, "train", d.val_fraction, d.split_seed
-    )
+    train = DistillDataset.for_config(data, shards_dir, "train", cfg)
     trainer = Trainer(
         cfg,
         train,
@@ -114,11 +105,9 @@ def main(
     )
     trainer.fit(max_seconds=minutes * 60)
     student_model = trainer.eval_model.eval()
-    val_student = PBRDataset(
-        data, "val", d.image_size, d.output_size, d.curriculum, d.val_fraction, d.split_seed
-    )
+    val_student = PBRDataset.for_config(data, "val", cfg)
     val_teacher = PBRDataset(
-        data, "val", tcfg.data.image_size, d.output_size, d.curriculum, d.val_fraction, d.split_seed
+        data, "val", teacher_sizes.image_size, out_size, d.curriculum, d.val_fraction, d.split_seed
     )
 
     class Resized(torch.nn.Module):  # the teacher judged at the student's output size
@@ -149,21 +138,19 @@ def main(
         f"goal: student within {GOAL_DB} dB PSNR of the teacher on every map: {'met' if met else 'NOT met'} "
         f"(gaps: {', '.join(f'{k} {v:+.2f} dB' for k, v in gaps.items())})"
     )
-    (out / "distill.json").write_text(
-        json.dumps(
-            {
-                "student": student,
-                "image_size": image_size,
-                "output_size": out_size,
-                "epochs": trainer.epoch,
-                "minutes": minutes,
-                "overrides": list(extra),
-                "metrics": res,
-                "psnr_gap_db": gaps,
-                "goal_met": met,
-            },
-            indent=2,
-        )
+    write_result(
+        out / "distill.json",
+        {
+            "student": student,
+            "image_size": image_size,
+            "output_size": out_size,
+            "epochs": trainer.epoch,
+            "minutes": minutes,
+            "overrides": list(extra),
+            "metrics": res,
+            "psnr_gap_db": gaps,
+            "goal_met": met,
+        },
     )
     print(f"wrote {out / 'distill.json'}")
 

@@ -11,17 +11,17 @@ Examples:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
 import torch
 from torch.utils.data import DataLoader
 
-from pbrforge.cli import examples_epilog
 from pbrforge.contract import MAP_NAMES, unpack
 from pbrforge.dataset import PBRDataset
-from pbrforge.models import model_from_checkpoint
+from pbrforge.models import model_config, model_from_checkpoint
+from pbrforge.options import examples_epilog
+from pbrforge.provenance import write_result
 
 RINGS = ((0, 1), (1, 2), (2, 4), (4, 8), (8, 16), (16, 1 << 30))  # [lo, hi) pixels from the nearest edge
 EDGE = 4  # the "edge" of the squared-error share
@@ -50,14 +50,14 @@ def edge_distance(size: int) -> torch.Tensor:
 def main(checkpoint: Path, data: Path, out: Path | None) -> None:
     """Mean absolute error per map by distance from the edge, on held-out materials."""
     model, cfg, _ = model_from_checkpoint(checkpoint)
-    d = cfg.data
-    val = PBRDataset(data, "val", d.image_size, d.output_size, d.curriculum, d.val_fraction, d.split_seed)
+    val = PBRDataset.for_config(data, "val", cfg)
+    side = model_config(cfg).output_size
     preds, trues = [], []
     for batch in DataLoader(val, batch_size=8):
         preds.append(model(batch["views"]).float())
         trues.append(batch["target"].float())
     p, t = unpack(torch.cat(preds)), unpack(torch.cat(trues))
-    dist = edge_distance(d.output_size)
+    dist = edge_distance(side)
     err = {n: (p[n] - t[n]).abs().mean(1) for n in MAP_NAMES}  # (N, H, W) per map
     non_metal = t["metallic"].flatten(1).amax(1) == 0
     err["metallic on non-metals"] = p["metallic"][non_metal, 0]
@@ -69,7 +69,7 @@ def main(checkpoint: Path, data: Path, out: Path | None) -> None:
         }
     m = err["metallic on non-metals"]
     share = float((m[:, dist < EDGE] ** 2).sum() / (m**2).sum().clamp_min(1e-12))
-    print(f"{checkpoint}: {len(val)} held-out samples ({int(non_metal.sum())} non-metals), {d.output_size}px")
+    print(f"{checkpoint}: {len(val)} held-out samples ({int(non_metal.sum())} non-metals), {side}px")
     cols = list(err)
     print(f"{'px from edge':<14}" + "".join(f"{c:>24}" for c in cols))
     for name, r in rows.items():
@@ -79,9 +79,7 @@ def main(checkpoint: Path, data: Path, out: Path | None) -> None:
         f"({float((dist < EDGE).float().mean()):.1%} of the pixels)"
     )
     if out is not None:
-        out.write_text(
-            json.dumps({"checkpoint": str(checkpoint), "rings": rows, "edge_share": share}, indent=2)
-        )
+        write_result(out, {"checkpoint": str(checkpoint), "rings": rows, "edge_share": share})
 
 
 if __name__ == "__main__":

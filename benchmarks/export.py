@@ -15,8 +15,9 @@ from pathlib import Path
 
 import click
 
-from pbrforge.cli import examples_epilog
 from pbrforge.export.converter import export_artifacts
+from pbrforge.options import examples_epilog
+from pbrforge.provenance import write_result
 
 GOALS = {"coreml fp16": 55.0, "coreml 8-bit": 45.0, "coreml 6-bit": 35.0}
 VARIANTS = [  # (label, format, kwargs)
@@ -44,20 +45,18 @@ def main(checkpoint: Path, out: Path) -> None:
     rows = []
     for label, fmt, kw in VARIANTS:
         base = out / "export_work" / label.replace(" ", "_")
-        res = export_artifacts(checkpoint, base, (fmt,), echo=lambda *a: None, **kw)
-        r = res.rows[0]
-        artifact = Path(r["path"])
-        parity = json.loads(artifact.with_name(artifact.name + ".parity.json").read_text())
-        report = parity.get("palettized_readback") or parity.get("fp16_pytorch") or parity["outputs"]
-        psnrs = {k: v["psnr_db"] for k, v in report.items()}
+        r = export_artifacts(checkpoint, base, (fmt,), **kw).rows[0]
+        if r.parity is None:
+            raise click.ClickException(f"{label}: {r.status} {r.detail}")
+        psnrs = {k: v["psnr_db"] for k, v in r.parity.outputs.items()}
         ane = json.loads(base.with_suffix(".ane.json").read_text())["flag_counts"] if fmt == "coreml" else {}
         goal = GOALS.get(label)
         rows.append(
             {
                 "variant": label,
-                "bytes": r["bytes"],
-                "seconds": r["seconds"],
-                "status": r["status"],
+                "bytes": r.bytes,
+                "seconds": r.seconds,
+                "status": r.status,
                 "min_psnr_db": min(psnrs.values()),
                 "psnr_db": psnrs,
                 "ane_flags": sum(ane.values()) if ane else None,
@@ -78,7 +77,7 @@ def main(checkpoint: Path, out: Path) -> None:
             f"{r['variant']:<14} {r['bytes'] / 2**20:7.2f} {r['seconds']:9.1f} {r['min_psnr_db']:11.1f} {goal:>6} "
             f"{flags!s:>9}  {maps}"
         )
-    (out / "export.json").write_text(json.dumps({"checkpoint": str(checkpoint), "rows": rows}, indent=2))
+    write_result(out / "export.json", {"checkpoint": str(checkpoint), "rows": rows})
     print(f"wrote {out / 'export.json'}")
 
 

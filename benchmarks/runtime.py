@@ -11,7 +11,6 @@ Examples:
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -20,11 +19,12 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from pbrforge.cli import examples_epilog
 from pbrforge.export.converter import export_artifacts
 from pbrforge.export.onnx_export import onnx_session, run_onnx
 from pbrforge.export.wrappers import PBRExportWrapper, example_inputs
 from pbrforge.models import model_from_checkpoint
+from pbrforge.options import examples_epilog
+from pbrforge.provenance import write_result
 
 GOAL_AT_512 = 2.0
 LEVELS = ("disable", "basic", "extended", "all")
@@ -75,7 +75,7 @@ def main(checkpoint: Path, sizes: tuple[int, ...], runs: int, out: Path) -> None
         with torch.inference_mode():
             eager = timed(lambda x=x: wrapper(*x), runs)
         base = out / "runtime_work" / f"student_{size}"
-        export_artifacts(checkpoint, base, ("onnx",), test_resolution=size, use_sr=True, echo=lambda *a: None)
+        export_artifacts(checkpoint, base, ("onnx",), test_resolution=size, use_sr=True)
         tries = {}
         for level in LEVELS:
             for t in sorted({1, threads}):
@@ -113,9 +113,7 @@ def main(checkpoint: Path, sizes: tuple[int, ...], runs: int, out: Path) -> None
             f"goal ORT >= {GOAL_AT_512}x eager at 512: {'met' if at512['speedup'] >= GOAL_AT_512 else 'NOT met'} "
             f"({at512['speedup']:.2f}x)"
         )
-    (out / "runtime.json").write_text(
-        json.dumps({"peak_gflops": peak / 1e9, "threads": threads, "rows": rows}, indent=2)
-    )
+    write_result(out / "runtime.json", {"peak_gflops": peak / 1e9, "threads": threads, "rows": rows})
     import matplotlib
 
     matplotlib.use("Agg")

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import click
 
-from pbrforge.cli import examples_epilog
+from pbrforge.options import examples_epilog
+from pbrforge.provenance import write_result
 
 MODELS = {"vit": "student_mnv3_vit_512", "plk": "student_mnv3_plk_512"}
 SETTINGS = ("default", "retained", "retained+cl")
@@ -132,9 +133,7 @@ def main(
                 f"{setting:<12} {ratios[setting]['plk']:6.2f} {ratios[setting]['vit']:6.2f}  {met:<8}  {speedup}"
             )
     out.mkdir(parents=True, exist_ok=True)
-    (out / "scaling.json").write_text(
-        json.dumps({"rows": rows, "ratio_1024_512": ratios, "goal": GOAL_PLK_RATIO}, indent=2)
-    )
+    write_result(out / "scaling.json", {"rows": rows, "ratio_1024_512": ratios, "goal": GOAL_PLK_RATIO})
     import matplotlib
 
     matplotlib.use("Agg")

@@ -8,7 +8,6 @@ Examples:
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -17,14 +16,17 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from pbrforge.cli import examples_epilog
 from pbrforge.config import load_config
 from pbrforge.contract import resize_maps
-from pbrforge.datagen.generate import generate_dataset
+from pbrforge.datagen.writer import generate_dataset
 from pbrforge.dataset import PBRDataset
 from pbrforge.losses import map_losses
-from pbrforge.models import build_model
-from pbrforge.shards import DistillDataset, ShardSampler, shard_bytes_per_sample, write_shards
+from pbrforge.models import build_model, model_config
+from pbrforge.options import examples_epilog
+from pbrforge.provenance import write_result
+from pbrforge.shards import DistillDataset, ShardSampler, shard_bytes_per_sample
+from pbrforge.teacher.model import discriminator_factory
+from pbrforge.teacher.shards import write_shards
 from pbrforge.trainer import Trainer
 
 GOAL_RATIO = 5.0
@@ -45,13 +47,14 @@ def student_epoch(student, cfg, loader, teacher=None, teacher_size: int | None =
                     mode="bilinear",
                     align_corners=False,
                 ).reshape(b, v, c, teacher_size, teacher_size)
-                target_t = resize_maps(teacher(big), cfg.data.output_size)
+                target_t = resize_maps(teacher(big), model_config(cfg).output_size)
         else:
             target_t = batch["teacher"]
         pred = student(batch["views"])
+        alpha = cfg.loss.distill_alpha
         loss = (
-            0.7 * map_losses(pred, target_t, cfg.loss)["total"]
-            + 0.3 * map_losses(pred, batch["target"], cfg.loss)["total"]
+            alpha * map_losses(pred, target_t, cfg.loss)["total"]
+            + (1 - alpha) * map_losses(pred, batch["target"], cfg.loss)["total"]
         )
         opt.zero_grad()
         loss.backward()
@@ -70,25 +73,29 @@ def main(teacher_config: str, count: int, student_size: int, out: Path) -> None:
     """Measure shard storage, write throughput and the shard-fed vs online-teacher epoch time."""
     work = out / "shards_work"
     tcfg = load_config(teacher_config)
-    tsize = tcfg.data.image_size
+    tsize = model_config(tcfg).image_size
     data = work / "data"
     generate_dataset(data, count=count, size=tsize, seed=5, dirty_ratio=0.0, overwrite=True, progress=False)
-    train_set = PBRDataset(data, "all", tsize, tsize, curriculum=0)
-    trainer = Trainer(tcfg, train_set, None, work / "t", work / "tc", torch.device("cpu"), progress=False)
-    ckpt = trainer.save("teacher.pt")  # random weights: throughput does not depend on them
-    scfg = load_config("student_mnv3_plk_512").override(
-        {
-            "model.image_size": student_size,
-            "data.image_size": student_size,
-            "data.output_size": student_size * 2,
-        }
+    train_set = PBRDataset(data, "all", tsize, model_config(tcfg).output_size, curriculum=0)
+    trainer = Trainer(
+        tcfg,
+        train_set,
+        None,
+        work / "t",
+        work / "tc",
+        torch.device("cpu"),
+        progress=False,
+        make_discriminator=discriminator_factory(tcfg),
     )
+    ckpt = trainer.save("teacher.pt")  # random weights: throughput does not depend on them
+    scfg = load_config("student_mnv3_plk_512").override({"model.image_size": student_size})
+    s_out = model_config(scfg).output_size
     t0 = time.perf_counter()
-    m = write_shards(ckpt, data, work / "shards", scfg.data.output_size, 8, 0, batch_size=2, overwrite=True)
+    m = write_shards(ckpt, data, work / "shards", s_out, 8, 0, batch_size=2, overwrite=True)
     write_s = time.perf_counter() - t0
     shard_files = list((work / "shards").glob("shard_*.safetensors"))
     measured = sum(p.stat().st_size for p in shard_files) / len(m["entries"])
-    ds = DistillDataset(data, work / "shards", student_size, scfg.data.output_size, 0, "all")
+    ds = DistillDataset(data, work / "shards", student_size, s_out, 0, "all")
     loader = DataLoader(ds, batch_size=4, sampler=ShardSampler(ds))
     torch.manual_seed(0)
     student = build_model(scfg)
@@ -100,7 +107,7 @@ def main(teacher_config: str, count: int, student_size: int, out: Path) -> None:
         "bytes/sample fp16 @2048": shard_bytes_per_sample(2048, torch.float16),
         "bytes/sample fp32 @1024": shard_bytes_per_sample(1024, torch.float32),
         "bytes/sample fp32 @2048": shard_bytes_per_sample(2048, torch.float32),
-        f"measured bytes/sample fp16 @{scfg.data.output_size} (with headers)": measured,
+        f"measured bytes/sample fp16 @{s_out} (with headers)": measured,
         "write throughput (samples/s)": len(m["entries"]) / write_s,
         "student epoch, shards (s)": shard_epoch,
         f"student epoch, online {teacher_config} teacher (s)": online_epoch,
@@ -109,7 +116,7 @@ def main(teacher_config: str, count: int, student_size: int, out: Path) -> None:
     width = max(len(k) for k in rows)
     print(
         f"\nshards benchmark: teacher {teacher_config} ({tsize}px, random weights), student {student_size}px -> "
-        f"{scfg.data.output_size}px, {len(ds)} samples, {torch.get_num_threads()} threads"
+        f"{s_out}px, {len(ds)} samples, {torch.get_num_threads()} threads"
     )
     for k, v in rows.items():
         print(f"{k:<{width}}  {v / 2**20:10.2f} MiB" if "bytes" in k else f"{k:<{width}}  {v:10.2f}")
@@ -125,7 +132,7 @@ def main(teacher_config: str, count: int, student_size: int, out: Path) -> None:
         "goal_met": ratio >= GOAL_RATIO,
     }
     path = out / f"shards_{teacher_config}.json"
-    path.write_text(json.dumps(result, indent=2))
+    write_result(path, result)
     print(f"wrote {path}")
 
 

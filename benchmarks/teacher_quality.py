@@ -11,7 +11,6 @@ Examples:
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -20,11 +19,12 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from pbrforge.cli import examples_epilog
 from pbrforge.config import load_config
-from pbrforge.datagen.generate import generate_dataset
+from pbrforge.datagen.writer import generate_dataset
 from pbrforge.dataset import PBRDataset
 from pbrforge.metrics import MapMetrics, mean_map_baseline
+from pbrforge.options import examples_epilog
+from pbrforge.provenance import write_result
 from pbrforge.trainer import Trainer, comparison_grid
 
 # metric -> True when higher is better
@@ -63,16 +63,13 @@ def main(minutes: float, count: int, size: int, out: Path) -> None:
     cfg = load_config("quick_test")
     cfg = cfg.override(
         {
-            "data.image_size": size,
-            "data.output_size": size,
             "model.image_size": size,
             "model.output_size": size,
             "training.grid_every": 0,
         }
     )
-    d = cfg.data
-    train = PBRDataset(data, "train", d.image_size, d.output_size, d.curriculum, d.val_fraction, d.split_seed)
-    val = PBRDataset(data, "val", d.image_size, d.output_size, d.curriculum, d.val_fraction, d.split_seed)
+    train = PBRDataset.for_config(data, "train", cfg)
+    val = PBRDataset.for_config(data, "val", cfg)
     device = torch.device("cpu")
     # The budget, not an epoch count, ends training: LR drops on plateaus of the training loss.
     cfg = cfg.override({"training.epochs": 10_000, "optim.scheduler": "plateau", "optim.plateau_patience": 1})
@@ -117,7 +114,7 @@ def main(minutes: float, count: int, size: int, out: Path) -> None:
         "rows": rows,
         "teacher_beats_baseline_everywhere": all(r["teacher_better"] for r in rows),
     }
-    (out / "teacher_quality.json").write_text(json.dumps(result, indent=2))
+    write_result(out / "teacher_quality.json", result)
     Image.fromarray(comparison_grid(first["views"], first["pred"], first["target"], rows=6)).save(
         out / "grid.png"
     )

@@ -11,6 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+
+from pbrforge.contract import pack
 
 FamilyFn = Callable[[np.random.Generator, int], "Material"]
 FAMILIES: dict[str, FamilyFn] = {}
@@ -35,14 +38,15 @@ class Material:
 
     def maps(self) -> np.ndarray:
         """The (8, H, W) contract array."""
-        return np.concatenate(
-            [
-                np.clip(self.albedo, 0, 1),
-                np.clip(self.roughness, 0, 1)[None],
-                np.clip(self.metallic, 0, 1)[None],
-                self.normal(),
-            ]
-        ).astype(np.float32)
+        maps = {
+            "albedo": np.clip(self.albedo, 0, 1),
+            "roughness": np.clip(self.roughness, 0, 1)[None],
+            "metallic": np.clip(self.metallic, 0, 1)[None],
+            "normal": self.normal(),
+        }
+        return pack(
+            {k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in maps.items()}
+        ).numpy()
 
 
 def register_family(fn: FamilyFn) -> FamilyFn:

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-ANE_MAX_KERNEL = 13
+from pbrforge.deploy import ANE_MAX_KERNEL
+
 ANE_MAX_DIM = 16384
 MAX_LAYOUT_FRACTION = 0.25  # reshapes + transposes beyond this share of compute ops is flagged
 WEIGHTS_LIMIT_BYTES = 1 << 30

@@ -1,7 +1,10 @@
 """Export a pbrforge checkpoint (student or teacher) to Core ML, ONNX and TensorRT, each gated by parity.
 
-Every artifact is written atomically and followed by ``<artifact>.parity.json``; Core ML also gets
-``<name>.ane.json``, and every run writes ``<output>.contract.json`` (the deployment contract).
+Each artifact is written under a staging name and checked against PyTorch there: only an artifact whose
+gate passed replaces ``OUTPUT.<ext>``; one that failed is kept beside it as ``OUTPUT.failed.<ext>`` with its
+report, and the artifact from an earlier run stays untouched. Every kept artifact gets
+``<artifact>.parity.json``; Core ML also gets ``<name>.ane.json``, and ``<output>.contract.json`` (the
+deployment contract) is written once an artifact passed.
 
 Examples:
     python export/converter.py runs/student/checkpoints/best.pt --output artifacts/student --format all
@@ -13,57 +16,67 @@ Examples:
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import torch
 
-from pbrforge.cli import examples_epilog
-from pbrforge.deploy import OUTPUT_NAMES, DeployContract, contract_path
 from pbrforge.errors import ConfigError, ParityError, UnavailableError, fail, user_errors
-from pbrforge.export.parity import compare, gate_psnr, table
-from pbrforge.export.wrappers import PBRExportWrapper, example_inputs, fold_batchnorm
-from pbrforge.fileio import write_json
-from pbrforge.models import model_from_checkpoint
+from pbrforge.options import MAX_SIDE, examples_epilog
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from pbrforge.deploy import DeployContract
+    from pbrforge.export.parity import ParityReport
+
+_logger = logging.getLogger(__name__)
 
 FORMATS = ("coreml", "onnx", "tensorrt")
+SUFFIXES = {"coreml": ".mlpackage", "onnx": ".onnx", "tensorrt": ".plan"}
 FOLDING_MIN_PSNR = 70.0  # dB: folding is exact algebra, so only float rounding may differ
+
+
+@dataclass
+class ExportRow:
+    """One format's outcome: where it went, whether its gate passed, how long it took."""
+
+    format: str
+    path: str
+    status: str  # ok | FAILED | built | skipped
+    seconds: float = 0.0
+    bytes: int = 0
+    detail: str = ""
+    parity: ParityReport | None = None
 
 
 @dataclass
 class ExportResult:
     """What one export run produced: per format a row for the summary table."""
 
-    rows: list[dict] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
+    rows: list[ExportRow] = field(default_factory=list)
 
-    def add(self, fmt: str, path: Path | None, status: str, seconds: float = 0.0, detail: str = "") -> None:
-        size = _size(path) if path is not None and path.exists() else 0
-        self.rows.append(
-            {
-                "format": fmt,
-                "path": str(path) if path else "",
-                "status": status,
-                "seconds": seconds,
-                "bytes": size,
-                "detail": detail,
-            }
-        )
+    @property
+    def failures(self) -> list[str]:
+        return [r.detail for r in self.rows if r.status == "FAILED"]
 
     def table(self) -> str:
         lines = [f"{'format':<10} {'status':<8} {'size MiB':>9} {'seconds':>8}  path / detail"]
         for r in self.rows:
             lines.append(
-                f"{r['format']:<10} {r['status']:<8} {r['bytes'] / 2**20:9.2f} {r['seconds']:8.1f}  "
-                f"{r['path'] or ''} {r['detail']}".rstrip()
+                f"{r.format:<10} {r.status:<8} {r.bytes / 2**20:9.2f} {r.seconds:8.1f}  {r.path} {r.detail}".rstrip()
             )
         return "\n".join(lines)
 
 
-def _size(path: Path) -> int:
+def artifact_bytes(path: Path) -> int:
     path = Path(path)
+    if not path.exists():
+        return 0
     return (
         sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
         if path.is_dir()
@@ -71,35 +84,46 @@ def _size(path: Path) -> int:
     )
 
 
-def prepare(checkpoint: Path, test_resolution: int | None, use_sr: bool):
+def failed_path(path: Path) -> Path:
+    """``student.onnx`` -> ``student.failed.onnx``: where an artifact that failed its gate is kept."""
+    return path.with_name(f"{path.stem}.failed{path.suffix}")
+
+
+def prepare(
+    checkpoint: Path, test_resolution: int | None, use_sr: bool
+) -> tuple[torch.nn.Module, torch.nn.Module, tuple[torch.Tensor, ...], dict[str, np.ndarray], DeployContract]:
     """Export wrapper, its BN-folded copy, example inputs, fp32 reference outputs and the deployment contract.
 
     ONNX exports the wrapper as trained (ONNX Runtime folds BatchNorm itself); Core ML exports the folded
     copy, whose conv weights are then the ones stored in the package, so palettized weights can be read back.
     """
+    import torch
+
+    from pbrforge.deploy import OUTPUT_NAMES, build_contract
+    from pbrforge.export.parity import Comparison, compare
+    from pbrforge.export.wrappers import PBRExportWrapper, example_inputs, fold_batchnorm
+    from pbrforge.models import model_from_checkpoint
+
     model, cfg, _ = model_from_checkpoint(checkpoint)
-    size = test_resolution or cfg.data.image_size
-    if size % 32:
-        raise ConfigError(f"--test-resolution {size} must be a multiple of 32")
     sr = use_sr or test_resolution is None
-    scale = cfg.model.get("sr_scale", 1) if sr else 1
+    contract = build_contract(cfg, test_resolution, sr)
+    if contract.image_size % 32:
+        raise ConfigError(f"--test-resolution {contract.image_size} must be a multiple of 32")
     wrapper = PBRExportWrapper(model, use_sr=sr).eval()
-    example = example_inputs(size)
+    example = example_inputs(contract.image_size)
     folded = fold_batchnorm(wrapper, example)
     with torch.no_grad():
         reference = {n: o.numpy() for n, o in zip(OUTPUT_NAMES, wrapper(*example), strict=True)}
         folded_out = folded(*example)
-    folding = compare(reference, {n: o.numpy() for n, o in zip(reference, folded_out, strict=True)})
-    failure = gate_psnr(folding, FOLDING_MIN_PSNR, "BatchNorm folding")
-    if failure:
-        raise ParityError(f"{failure}; refusing to export")
-    contract = DeployContract(
-        image_size=size,
-        output_size=int(reference["albedo"].shape[-1]),
-        sr_scale=scale,
-        family=cfg.family,
-        model_name=cfg.name,
-    )
+    side = int(reference["albedo"].shape[-1])
+    if side != contract.output_size:
+        raise ConfigError(f"the model returns {side}px maps, but its config says {contract.output_size}px")
+    folded_np = {n: o.numpy() for n, o in zip(reference, folded_out, strict=True)}
+    folding = Comparison("BatchNorm folding", compare(reference, folded_np), "psnr_db", FOLDING_MIN_PSNR)
+    if folding.failure:
+        raise ParityError(
+            f"{folding.failure}; refusing to export (the checkpoint's weights may hold NaN or inf)"
+        )
     return wrapper, folded, example, reference, contract
 
 
@@ -114,87 +138,103 @@ def export_artifacts(
     min_target: str = "iOS17",
     contract_out: Path | None = None,
     ane: bool = True,
-    echo=click.echo,
 ) -> ExportResult:
     """Export to each format in order; unavailable formats are recorded as skipped, parity failures as failed."""
+    from pbrforge.deploy import contract_path
     from pbrforge.export import coreml_export
+    from pbrforge.fileio import check_output_path, remove, remove_stale_temps, temp_name
 
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise ConfigError(f"unknown format {unknown[0]!r}; known: {', '.join(FORMATS)}")
     if "coreml" in formats:
         coreml_export.check_target(min_target, nbits)
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    check_output_path(output.with_suffix(".onnx"), "--output")
+    if contract_out is not None:
+        check_output_path(contract_out, "--contract-out")
     wrapper, folded, example, reference, contract = prepare(checkpoint, test_resolution, use_sr)
-    contract.save(contract_path(output.with_suffix(".x")))
-    if contract_out:
-        contract.save(contract_out)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(output.parent)
     result = ExportResult()
     onnx_path = output.with_suffix(".onnx")
     for fmt in formats:
+        final = output.with_suffix(SUFFIXES[fmt])
+        staged = temp_name(final, "staged")
         try:
             if fmt == "onnx":
                 from pbrforge.export.onnx_export import export_onnx, onnx_parity
 
-                seconds = export_onnx(wrapper, example, onnx_path)
-                parity = onnx_parity(onnx_path, reference, example)
-                _finish(result, fmt, onnx_path, parity, seconds, echo)
+                seconds = export_onnx(wrapper, example, staged)
+                parity = onnx_parity(staged, reference, example)
+                _keep(result, fmt, staged, final, parity, seconds)
             elif fmt == "coreml":
-                path = output.with_suffix(".mlpackage")
                 t0 = time.perf_counter()
                 mlmodel = coreml_export.convert_coreml(folded, example, fp16, min_target, contract)
                 if nbits:
                     mlmodel = coreml_export.palettize(mlmodel, nbits)
-                coreml_export.save_mlpackage(mlmodel, path)
+                coreml_export.save_mlpackage(mlmodel, staged)
                 seconds = time.perf_counter() - t0
-                parity = coreml_export.coreml_parity(path, folded, reference, example, fp16, bool(nbits))
-                parity |= {"fp16": fp16, "nbits": nbits, "min_target": min_target}
+                parity = coreml_export.coreml_parity(staged, folded, reference, example, fp16, bool(nbits))
+                parity.info |= {"fp16": fp16, "nbits": nbits, "min_target": min_target}
+                kept = _keep(result, fmt, staged, final, parity, seconds)
                 if ane:
                     from pbrforge.export.ane_report import ane_report, report_table
+                    from pbrforge.fileio import write_json
 
-                    report = ane_report(path)
-                    write_json(output.with_suffix(".ane.json"), report)
-                    echo(report_table(report))
-                _finish(result, fmt, path, parity, seconds, echo)
+                    report = ane_report(kept)
+                    write_json(kept.with_suffix(".ane.json"), report)
+                    _logger.info(report_table(report))
             elif fmt == "tensorrt":
                 from pbrforge.export.trt_export import build_engine
 
-                if not onnx_path.exists():
+                onnx_rows = [r for r in result.rows if r.format == "onnx"]
+                if not onnx_path.exists() or (onnx_rows and onnx_rows[0].status != "ok"):
                     raise ConfigError(
-                        "the TensorRT engine is built from the ONNX file: export onnx first "
-                        "(--format all does)"
+                        "the TensorRT engine is built from the ONNX file: export onnx first (--format all does)"
                     )
-                plan = output.with_suffix(".plan")
-                seconds = build_engine(onnx_path, plan, contract.image_size, fp16)
-                result.add(fmt, plan, "built", seconds, "(parity: run runtime/run_inference.py on a GPU)")
-            else:
-                raise ConfigError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
+                seconds = build_engine(onnx_path, final, contract.image_size, fp16)
+                result.rows.append(
+                    ExportRow(
+                        fmt,
+                        str(final),
+                        "built",
+                        seconds,
+                        artifact_bytes(final),
+                        "(unverified: no GPU parity here)",
+                    )
+                )
         except UnavailableError as e:
             if len(formats) == 1:
                 raise
-            result.add(fmt, None, "skipped", detail=str(e))
+            result.rows.append(ExportRow(fmt, "", "skipped", detail=str(e)))
+        finally:
+            remove(staged)
+    if any(r.status in ("ok", "built") for r in result.rows):
+        contract.save(contract_path(output.with_suffix(".x")))
+        if contract_out:
+            contract.save(contract_out)
     return result
 
 
-def _finish(result: ExportResult, fmt: str, path: Path, parity: dict, seconds: float, echo) -> None:
-    parity_path = path.with_name(path.name + ".parity.json")
-    write_json(parity_path, parity)
-    for key in ("fp16_pytorch", "palettized_readback"):
-        if key in parity:
-            echo(table(parity[key], f"{fmt} parity ({key}, vs PyTorch fp32)"))
-    if "fp16_pytorch" not in parity and "palettized_readback" not in parity and parity.get("outputs"):
-        echo(table(parity["outputs"], f"{fmt} parity ({parity['backend']}, vs PyTorch fp32)"))
-    result.add(
-        fmt,
-        path,
-        "ok" if parity["passed"] else "FAILED",
-        seconds,
-        "" if parity["passed"] else parity["failure"],
-    )
-    if not parity["passed"]:
-        result.failures.append(parity["failure"])
+def _keep(
+    result: ExportResult, fmt: str, staged: Path, final: Path, parity: ParityReport, seconds: float
+) -> Path:
+    """Move a checked artifact to its final name (or, failed, to its .failed name) with its parity report."""
+    from pbrforge.export.parity import tables
+    from pbrforge.fileio import replace_path, write_json
+
+    kept = final if parity.passed else failed_path(final)
+    replace_path(staged, kept)
+    write_json(kept.with_name(kept.name + ".parity.json"), parity.to_dict())
+    _logger.info(tables(parity))
+    status, detail = ("ok", "") if parity.passed else ("FAILED", parity.failure or "")
+    result.rows.append(ExportRow(fmt, str(kept), status, seconds, artifact_bytes(kept), detail, parity))
+    return kept
 
 
 @click.command("export", epilog=examples_epilog(__doc__))
-@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("checkpoint", type=click.Path(path_type=Path, dir_okay=False))
 @click.option(
     "--output",
     type=click.Path(path_type=Path),
@@ -213,15 +253,15 @@ def _finish(result: ExportResult, fmt: str, path: Path, parity: dict, seconds: f
 )
 @click.option(
     "--test-resolution",
-    type=int,
+    type=click.IntRange(32, MAX_SIDE),
     default=None,
-    help="Convert at another input size; bypasses the SR head unless --use-sr.",
+    help="Convert at another input size, a multiple of 32; bypasses the SR head unless --use-sr.",
 )
 @click.option("--use-sr", is_flag=True, help="Keep the SR head at --test-resolution.")
 @click.option("--min-target", type=click.Choice(["iOS17", "iOS18"]), default="iOS17", show_default=True)
 @click.option(
     "--contract-out",
-    type=click.Path(path_type=Path),
+    type=click.Path(path_type=Path, dir_okay=False),
     default=None,
     help="Also write the deployment contract here (e.g. mobile_app/contract.json).",
 )

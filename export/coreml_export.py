@@ -17,8 +17,8 @@ from torch import nn
 
 from pbrforge import __version__
 from pbrforge.deploy import INPUT_NAMES, OUTPUT_NAMES, DeployContract
-from pbrforge.errors import ConfigError, PBRForgeError, UnavailableError
-from pbrforge.export.parity import COREML_MIN_PSNR, compare, finish, gate_psnr
+from pbrforge.errors import ConfigError, ToolFailure, UnavailableError
+from pbrforge.export.parity import COREML_MIN_PSNR, Comparison, ParityReport, compare
 from pbrforge.fileio import atomic_path
 
 TARGETS = ("iOS17", "iOS18")
@@ -114,11 +114,11 @@ def palettize(mlmodel, nbits: int):
     try:
         out = palettize_weights(mlmodel, OptimizationConfig(global_config=op))
     except Exception as e:
-        raise PBRForgeError(
+        raise ToolFailure(
             f"{nbits}-bit palettization failed ({type(e).__name__}: {e}); no model was written"
         ) from e
     if count_lut_ops(out) == 0:
-        raise PBRForgeError(f"{nbits}-bit palettization changed no weight; no model was written")
+        raise ToolFailure(f"{nbits}-bit palettization changed no weight; no model was written")
     return out
 
 
@@ -196,7 +196,7 @@ def coreml_parity(
     example: tuple[torch.Tensor, ...],
     fp16: bool,
     palettized: bool,
-) -> dict:
+) -> ParityReport:
     """Predict on macOS; elsewhere measure FP16 and read-back palettized numerics in PyTorch. Gate: PSNR >= 35 dB."""
     if platform.system() == "Darwin":
         ct = _ct()
@@ -207,35 +207,27 @@ def coreml_parity(
             n: Image.fromarray(x[0].permute(1, 2, 0).numpy().astype(np.uint8), "RGB")
             for n, x in zip(INPUT_NAMES, example, strict=True)
         }
-        report = compare(reference, mlmodel.predict(feed))
-        result = {
-            "backend": "coreml predict (macOS)",
-            "gate": {"psnr_db": COREML_MIN_PSNR},
-            "outputs": report,
-        }
-        return finish(result, gate_psnr(report, COREML_MIN_PSNR, "Core ML"))
-    result: dict = {
-        "backend": "pytorch emulation (Core ML cannot predict on this OS)",
-        "gate": {"psnr_db": COREML_MIN_PSNR},
-    }
-    failure = None
+        outputs = compare(reference, mlmodel.predict(feed))
+        return ParityReport(
+            "coreml predict (macOS)", [Comparison("Core ML", outputs, "psnr_db", COREML_MIN_PSNR)]
+        )
+    report = ParityReport("pytorch emulation (Core ML cannot predict on this OS)", [])
     if fp16:
-        report = compare(reference, _run(folded, example, torch.float16))
-        result["fp16_pytorch"] = report
-        failure = gate_psnr(report, COREML_MIN_PSNR, "Core ML FP16 (emulated)")
+        outputs = compare(reference, _run(folded, example, torch.float16))
+        report.comparisons.append(Comparison("Core ML FP16 (emulated)", outputs, "psnr_db", COREML_MIN_PSNR))
     if palettized:
         dense = dense_lut_weights(path)
         model, matched = apply_readback(folded, dense)
-        report = compare(reference, _run(model, example, torch.float32))
-        result["palettized_readback"] = report
-        result["readback"] = {"lut_weights": len(dense), "matched_to_pytorch": matched}
+        outputs = compare(reference, _run(model, example, torch.float32))
+        report.comparisons.append(
+            Comparison("Core ML palettized (read back)", outputs, "psnr_db", COREML_MIN_PSNR)
+        )
+        report.info["readback"] = {"lut_weights": len(dense), "matched_to_pytorch": matched}
         if matched < len(dense):
-            failure = failure or (
+            report.problems.append(
                 f"only {matched} of {len(dense)} palettized weights could be matched to the "
                 "PyTorch model, so its numerics cannot be measured honestly"
             )
-        failure = failure or gate_psnr(report, COREML_MIN_PSNR, "Core ML palettized (read back)")
     if not (fp16 or palettized):
-        result["note"] = "FP32 mlprogram: nothing to emulate here; predict on macOS to measure it"
-    result["outputs"] = result.get("palettized_readback", result.get("fp16_pytorch", {}))
-    return finish(result, failure)
+        report.info["note"] = "FP32 mlprogram: nothing to emulate here; predict on macOS to measure it"
+    return report

@@ -10,7 +10,7 @@ import torch
 
 from pbrforge.deploy import INPUT_NAMES, OUTPUT_NAMES
 from pbrforge.errors import UnavailableError
-from pbrforge.export.parity import ONNX_MAX_ABS, compare, finish, gate_max_abs
+from pbrforge.export.parity import ONNX_MAX_ABS, Comparison, ParityReport, compare
 from pbrforge.fileio import atomic_path
 
 MIN_OPSET = 18
@@ -72,13 +72,9 @@ def run_onnx(session, inputs: tuple[torch.Tensor, ...]) -> dict[str, np.ndarray]
     return dict(zip(OUTPUT_NAMES, session.run(list(OUTPUT_NAMES), feed), strict=True))
 
 
-def onnx_parity(path: Path, reference: dict[str, np.ndarray], example: tuple[torch.Tensor, ...]) -> dict:
-    """ONNX Runtime vs PyTorch fp32, gated at ONNX_MAX_ABS (the verdict is in the result; ``enforce`` raises)."""
-    report = compare(reference, run_onnx(onnx_session(path), example))
-    result = {
-        "backend": "onnxruntime",
-        "reference": "pytorch fp32",
-        "gate": {"max_abs": ONNX_MAX_ABS},
-        "outputs": report,
-    }
-    return finish(result, gate_max_abs(report, ONNX_MAX_ABS, "ONNX"))
+def onnx_parity(
+    path: Path, reference: dict[str, np.ndarray], example: tuple[torch.Tensor, ...]
+) -> ParityReport:
+    """ONNX Runtime vs PyTorch fp32, gated at ONNX_MAX_ABS per output."""
+    outputs = compare(reference, run_onnx(onnx_session(path), example))
+    return ParityReport("onnxruntime", [Comparison("ONNX", outputs, "max_abs", ONNX_MAX_ABS)])

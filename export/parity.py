@@ -1,9 +1,15 @@
-"""Parity of an artifact's outputs against PyTorch: per-output max/mean abs error and PSNR, and the gates."""
+"""Parity of an artifact's outputs against PyTorch: per-output max/mean abs error and PSNR, and the gates.
+
+A gate fails on any non-finite figure: a NaN anywhere in an output is a failure that names the output,
+never a pass.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -14,10 +20,17 @@ ONNX_MAX_ABS = 1e-4  # ONNX Runtime fp32 vs PyTorch fp32 (timm's onnx_validate h
 COREML_MIN_PSNR = 35.0  # dB per output: ml-stable-diffusion's threshold
 PSNR_CAP = 200.0  # reported when outputs are bit-identical
 
+OutputFigures = dict[str, float]  # max_abs, mean_abs, psnr_db
 
-def psnr(ref: np.ndarray, test: np.ndarray) -> float:
-    """PSNR in dB with the reference's own peak-to-peak range as signal (ml-stable-diffusion's definition)."""
+
+def psnr(ref: Any, test: Any) -> float:
+    """PSNR in dB with the reference's own peak-to-peak range as signal (ml-stable-diffusion's definition).
+
+    NaN when either side holds a non-finite value, so no gate can pass it.
+    """
     ref, test = np.asarray(ref, np.float64), np.asarray(test, np.float64)
+    if not (np.isfinite(ref).all() and np.isfinite(test).all()):
+        return math.nan
     mse = float(np.mean((ref - test) ** 2))
     peak = float(ref.max() - ref.min()) or 1.0
     return PSNR_CAP if mse == 0 else min(PSNR_CAP, 10 * math.log10(peak**2 / mse))
@@ -25,8 +38,9 @@ def psnr(ref: np.ndarray, test: np.ndarray) -> float:
 
 def compare(
     reference: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]
-) -> dict[str, dict[str, float]]:
-    """Per output: max_abs, mean_abs, psnr_db. Missing or mis-shaped outputs are an error."""
+) -> dict[str, OutputFigures]:
+    """Per output: max_abs, mean_abs, psnr_db (NaN where an output is not finite). Missing or mis-shaped
+    outputs are an error."""
     report = {}
     for name in OUTPUT_NAMES:
         if name not in outputs:
@@ -34,39 +48,93 @@ def compare(
         ref, out = np.asarray(reference[name], np.float32), np.asarray(outputs[name], np.float32)
         if ref.shape != out.shape:
             raise ParityError(f"output {name!r} has shape {out.shape}, PyTorch gives {ref.shape}")
-        diff = np.abs(ref - out)
+        finite = bool(np.isfinite(ref).all() and np.isfinite(out).all())
+        diff = np.abs(ref.astype(np.float64) - out)
         report[name] = {
-            "max_abs": float(diff.max()),
-            "mean_abs": float(diff.mean()),
+            "max_abs": float(diff.max()) if finite else math.nan,
+            "mean_abs": float(diff.mean()) if finite else math.nan,
             "psnr_db": psnr(ref, out),
         }
     return report
 
 
-def gate_max_abs(report: Mapping[str, Mapping[str, float]], limit: float, what: str) -> str | None:
-    """The failure sentence, or None when every output is within ``limit``."""
-    for name, r in report.items():
-        if not r["max_abs"] <= limit:
-            return f"{what} parity failed: {name} max abs error {r['max_abs']:.3g} exceeds {limit:g}"
+@dataclass
+class Comparison:
+    """One run of an artifact, or of its emulation, against PyTorch fp32, judged by one gate.
+
+    ``gate`` names the figure (``max_abs`` must stay at or below ``limit``, ``psnr_db`` at or above it);
+    ``gate=None`` records the figures without judging them.
+    """
+
+    label: str
+    outputs: dict[str, OutputFigures]
+    gate: str | None = None
+    limit: float | None = None
+    failure: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.gate is not None and self.failure is None:
+            self.failure = _judge(self.outputs, self.gate, float(self.limit or 0.0), self.label)
+
+
+def _judge(outputs: Mapping[str, OutputFigures], gate: str, limit: float, label: str) -> str | None:
+    for name, r in outputs.items():
+        value = r[gate]
+        ok = value <= limit if gate == "max_abs" else value >= limit  # False for NaN: a NaN never passes
+        if not ok:
+            if not math.isfinite(value):
+                return f"{label} parity failed: output {name} holds NaN or inf values"
+            if gate == "max_abs":
+                return f"{label} parity failed: {name} max abs error {value:.3g} exceeds {limit:g}"
+            return f"{label} parity failed: {name} PSNR {value:.1f} dB is below {limit:g} dB"
     return None
 
 
-def gate_psnr(report: Mapping[str, Mapping[str, float]], limit: float, what: str) -> str | None:
-    for name, r in report.items():
-        if not r["psnr_db"] >= limit:
-            return f"{what} parity failed: {name} PSNR {r['psnr_db']:.1f} dB is below {limit:g} dB"
-    return None
+@dataclass
+class ParityReport:
+    """Every comparison made for one artifact, with the verdict; written as ``<artifact>.parity.json``."""
+
+    backend: str
+    comparisons: list[Comparison]
+    reference: str = "pytorch fp32"
+    info: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)  # failures that are not a gate (e.g. unmatched weights)
+
+    @property
+    def failure(self) -> str | None:
+        return next((c.failure for c in self.comparisons if c.failure), None) or next(
+            iter(self.problems), None
+        )
+
+    @property
+    def passed(self) -> bool:
+        return self.failure is None
+
+    @property
+    def outputs(self) -> dict[str, OutputFigures]:
+        """The figures that describe the artifact as shipped: those of the last comparison."""
+        return self.comparisons[-1].outputs if self.comparisons else {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "reference": self.reference,
+            "passed": self.passed,
+            "failure": self.failure,
+            "outputs": self.outputs,
+            "comparisons": [asdict(c) for c in self.comparisons],
+            "problems": self.problems,
+            **self.info,
+        }
 
 
-def finish(result: dict, failure: str | None) -> dict:
-    """Record the gate's verdict in the parity result."""
-    result["passed"] = failure is None
-    result["failure"] = failure
-    return result
-
-
-def table(report: Mapping[str, Mapping[str, float]], title: str) -> str:
+def table(report: Mapping[str, OutputFigures], title: str) -> str:
     lines = [title, f"{'output':<10} {'max abs':>10} {'mean abs':>10} {'PSNR dB':>8}"]
     for name, r in report.items():
         lines.append(f"{name:<10} {r['max_abs']:10.2e} {r['mean_abs']:10.2e} {r['psnr_db']:8.1f}")
     return "\n".join(lines)
+
+
+def tables(report: ParityReport) -> str:
+    """One table per comparison, titled by what was compared."""
+    return "\n".join(table(c.outputs, f"{c.label} vs {report.reference}") for c in report.comparisons)

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from pbrforge.deploy import INPUT_NAMES
-from pbrforge.errors import PBRForgeError, UnavailableError
+from pbrforge.errors import ToolFailure, UnavailableError
 from pbrforge.fileio import atomic_path
 
 WORKSPACE_BYTES = 2 << 30
@@ -39,7 +39,7 @@ def build_engine(
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise PBRForgeError(f"TensorRT could not parse {onnx_path}: {errors}")
+        raise ToolFailure(f"TensorRT could not parse {onnx_path}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
     if fp16:
@@ -54,7 +54,7 @@ def build_engine(
     config.set_timing_cache(cache, ignore_mismatch=False)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise PBRForgeError("TensorRT failed to build an engine (see its log above)")
+        raise ToolFailure("TensorRT failed to build an engine (see its log above)")
     with atomic_path(Path(plan_path)) as tmp:
         tmp.write_bytes(bytes(serialized))
     with atomic_path(cache_path) as tmp:

@@ -6,7 +6,6 @@ Kept out of the training models, as SAM's ``SamOnnxModel`` and ml-stable-diffusi
 from __future__ import annotations
 
 import copy
-import math
 
 import torch
 from torch import nn
@@ -14,6 +13,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
 from pbrforge.contract import INPUT_MEAN, INPUT_STD, MAP_NAMES, MAPS, NUM_VIEWS
+from pbrforge.export.parity import psnr
 
 
 class PBRExportWrapper(nn.Module):
@@ -77,7 +77,10 @@ def fold_batchnorm(model: nn.Module, example: tuple[torch.Tensor, ...]) -> nn.Mo
             _fold_pair(conv, bn)
             after = outputs()
             # A conv whose output also feeds something else (a residual, say) must not be folded: undo it.
-            if min(_psnr(a, b) for a, b in zip(before, after, strict=True)) < FOLD_STEP_MIN_PSNR:
+            if (
+                min(psnr(a.numpy(), b.numpy()) for a, b in zip(before, after, strict=True))
+                < FOLD_STEP_MIN_PSNR
+            ):
                 conv.bias = saved[2]
                 conv.load_state_dict(saved[0])
                 bn.load_state_dict(saved[1])
@@ -111,12 +114,6 @@ class _TensorUses(TorchFunctionMode):
 
 
 FOLD_STEP_MIN_PSNR = 90.0  # dB between outputs before and after one fold: only float rounding may differ
-
-
-def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = float(((a - b) ** 2).mean())
-    peak = float(a.max() - a.min()) or 1.0
-    return 200.0 if mse == 0 else 10 * math.log10(peak**2 / mse)
 
 
 def _fold_pair(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:

@@ -6,12 +6,17 @@ import platform
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
-
-from pbrforge.deploy import INPUT_NAMES, OUTPUT_NAMES, DeployContract, contract_path
 from pbrforge.errors import DataError, UnavailableError
+
+if (
+    TYPE_CHECKING
+):  # torch, numpy and the contract load with the runner, so `run_inference.py --help` stays fast
+    import numpy as np
+    import torch
+
+    from pbrforge.deploy import DeployContract
 
 SUFFIX_BACKEND = {
     ".pt": "torch",
@@ -23,7 +28,7 @@ SUFFIX_BACKEND = {
 }
 BACKENDS = ("torch", "onnx", "coreml", "tensorrt")
 
-Views = tuple[torch.Tensor, ...]  # three (1, 3, H, W) float tensors of whole numbers in 0..255
+Views = tuple["torch.Tensor", ...]  # three (1, 3, H, W) float tensors of whole numbers in 0..255
 
 
 @dataclass
@@ -48,17 +53,14 @@ def backend_for(artifact: Path, backend: str) -> str:
 
 def torch_runner(checkpoint: Path, threads: int, contract: DeployContract | None = None) -> Runner:
     """PyTorch eager from a checkpoint, through the same export wrapper (normalisation inside)."""
+    import torch
+
+    from pbrforge.deploy import OUTPUT_NAMES, build_contract
     from pbrforge.export.wrappers import PBRExportWrapper
     from pbrforge.models import model_from_checkpoint
 
     model, cfg, _ = model_from_checkpoint(checkpoint)
-    full = DeployContract(
-        image_size=cfg.data.image_size,
-        output_size=cfg.data.output_size,
-        sr_scale=cfg.model.get("sr_scale", 1),
-        family=cfg.family,
-        model_name=cfg.name,
-    )
+    full = build_contract(cfg)
     contract = contract or full
     use_sr = contract.sr_scale == full.sr_scale
     wrapper = PBRExportWrapper(model, use_sr=use_sr).eval()
@@ -71,6 +73,7 @@ def torch_runner(checkpoint: Path, threads: int, contract: DeployContract | None
 
 
 def onnx_runner(path: Path, threads: int, level: str = "all") -> Runner:
+    from pbrforge.deploy import DeployContract, contract_path
     from pbrforge.export.onnx_export import onnx_session, run_onnx
 
     session = onnx_session(path, threads=threads, level=level)
@@ -84,7 +87,10 @@ def coreml_runner(path: Path, threads: int) -> Runner:
             "(export/converter.py reports emulated numerics)"
         )
     import coremltools as ct
+    import numpy as np
     from PIL import Image
+
+    from pbrforge.deploy import INPUT_NAMES, OUTPUT_NAMES, DeployContract, contract_path
 
     mlmodel = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit.CPU_AND_NE)
 
@@ -100,6 +106,9 @@ def coreml_runner(path: Path, threads: int) -> Runner:
 
 
 def tensorrt_runner(path: Path, threads: int) -> Runner:
+    import torch
+
+    from pbrforge.deploy import INPUT_NAMES, OUTPUT_NAMES, DeployContract, contract_path
     from pbrforge.export.trt_export import run_engine, tensorrt_module
 
     tensorrt_module()  # one sentence when absent
@@ -116,6 +125,8 @@ def load_runner(artifact: Path, backend: str = "auto", threads: int = 0) -> Runn
     artifact = Path(artifact)
     if not artifact.exists():
         raise DataError(f"artifact {artifact} does not exist")
+    import torch
+
     threads = threads or torch.get_num_threads()
     kind = backend_for(artifact, backend)
     factories = {

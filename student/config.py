@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from pbrforge.config import DataConfig, LossConfig, OptimConfig, TrainConfig, TrainingConfig, register_config
-from pbrforge.student.model import STUDENTS, StudentConfig
+from pbrforge.families import ModelFamily
+from pbrforge.student.model import STUDENTS, PBRStudent, StudentConfig
+
+FAMILY = ModelFamily("student", StudentConfig, PBRStudent, train_command="student-train")
 
 DISTILL_ALPHA = 0.7
 
@@ -15,7 +18,7 @@ def student_train_config(model: StudentConfig, name: str) -> TrainConfig:
     return TrainConfig(
         "student",
         asdict(model),
-        DataConfig(image_size=model.image_size, output_size=model.output_size),
+        DataConfig(),
         LossConfig(distill_alpha=DISTILL_ALPHA),
         OptimConfig(lr=1e-3, warmup_epochs=1, scheduler="cosine"),
         TrainingConfig(epochs=30, batch_size=8, gan=False),

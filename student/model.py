@@ -17,9 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from pbrforge.contract import NUM_CHANNELS, NUM_VIEWS, activate
+from pbrforge.deploy import ANE_MAX_KERNEL
 from pbrforge.layers import SkipFusion, conv_bn_act, view_mean, view_mean_max
-
-ANE_MAX_KERNEL = 13
 
 
 @dataclass

@@ -15,20 +15,8 @@ from pathlib import Path
 
 import click
 
-from pbrforge.cli import examples_epilog
-from pbrforge.config import TrainConfig, list_configs, load_config
 from pbrforge.errors import user_errors
-from pbrforge.shards import DistillDataset, ShardSampler
-from pbrforge.teacher.train import apply_cli_overrides, common_options
-from pbrforge.trainer import Trainer, init_distributed, resolve_device
-
-
-def student_sizes(cfg: TrainConfig, image_size: int | None) -> TrainConfig:
-    """Apply an --image-size override and derive the data sizes from the model (output = input x sr_scale)."""
-    if image_size is not None:
-        cfg = cfg.override({"model.image_size": image_size})
-    side = cfg.model["image_size"]
-    return cfg.override({"data.image_size": side, "data.output_size": side * cfg.model["sr_scale"]})
+from pbrforge.options import MAX_SIDE, apply_train_options, examples_epilog, train_options
 
 
 @click.command("student-train", epilog=examples_epilog(__doc__))
@@ -36,17 +24,28 @@ def student_sizes(cfg: TrainConfig, image_size: int | None) -> TrainConfig:
     "--config",
     "config_name",
     required=True,
-    help=f"Student preset ({', '.join(n for n in list_configs() if n.startswith('student'))}) or a .py file.",
+    help="A student preset, or a .py file whose get_config() returns a TrainConfig; an unknown name lists the presets.",
 )
 @click.option(
-    "--shards-dir", type=click.Path(path_type=Path), required=True, help="Written by teacher_infer.py."
+    "--shards-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="Written by teacher_infer.py.",
 )
 @click.option(
-    "--input-dir", type=click.Path(path_type=Path), required=True, help="The data set the shards came from."
+    "--input-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="The data set the shards came from.",
 )
-@click.option("--image-size", type=int, default=None, help="Override the preset's input size (tests, demos).")
+@click.option(
+    "--image-size",
+    type=click.IntRange(32, MAX_SIDE),
+    default=None,
+    help="Override the preset's input size, a multiple of 32 (tests, demos).",
+)
 @click.option("--render-curriculum", type=click.IntRange(0, 2), default=None)
-@common_options
+@train_options
 @user_errors
 def main(
     config_name: str,
@@ -65,35 +64,20 @@ def main(
     quiet: bool,
 ) -> None:
     """Train a student on teacher shards and true maps: loss = a * L(teacher) + (1 - a) * L(truth)."""
+    from pbrforge.config import load_config
+    from pbrforge.distributed import init_distributed, resolve_device
+    from pbrforge.models import model_config
+    from pbrforge.shards import DistillDataset, ShardSampler
+    from pbrforge.trainer import Trainer
+
     cfg = load_config(config_name, family="student")
-    cfg = student_sizes(
-        apply_cli_overrides(cfg, batch_size, epochs, render_curriculum, max_steps_per_epoch, extra),
-        image_size,
-    )
+    if image_size is not None:
+        cfg = cfg.override({"model.image_size": image_size})
+    cfg = apply_train_options(cfg, batch_size, epochs, render_curriculum, max_steps_per_epoch, extra)
     dev = resolve_device(device)
     info = init_distributed(dev)
-    d = cfg.data
-    train_set = DistillDataset(
-        input_dir,
-        shards_dir,
-        d.image_size,
-        d.output_size,
-        d.curriculum,
-        "train",
-        d.val_fraction,
-        d.split_seed,
-    )
-    val_set = DistillDataset(
-        input_dir,
-        shards_dir,
-        d.image_size,
-        d.output_size,
-        d.curriculum,
-        "val",
-        d.val_fraction,
-        d.split_seed,
-        check_hashes=False,
-    )
+    train_set = DistillDataset.for_config(input_dir, shards_dir, "train", cfg)
+    val_set = DistillDataset.for_config(input_dir, shards_dir, "val", cfg, check_hashes=False)
     sampler = ShardSampler(train_set, cfg.training.seed, info.world, info.rank)
     teacher = train_set.manifest["teacher"]
     trainer = Trainer(
@@ -113,8 +97,9 @@ def main(
         trainer.resume(resume)
     final = trainer.fit()
     if info.main:
+        sizes = model_config(cfg)
         click.echo(
-            f"done: {cfg.name} {d.image_size}->{d.output_size} on {dev}, {len(train_set)} train / "
+            f"done: {cfg.name} {sizes.image_size}->{sizes.output_size} on {dev}, {len(train_set)} train / "
             f"{len(val_set)} val; last val loss {final.get('val/loss', float('nan')):.4f}; "
             f"checkpoints in {trainer.checkpoint_dir}"
         )

@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from pbrforge.config import DataConfig, LossConfig, OptimConfig, TrainConfig, TrainingConfig, register_config
-from pbrforge.teacher.model import TeacherConfig
+from pbrforge.families import ModelFamily
+from pbrforge.teacher.model import MultiViewPBRGenerator, TeacherConfig
+
+FAMILY = ModelFamily("teacher", TeacherConfig, MultiViewPBRGenerator, train_command="teacher-train")
 
 
 def _teacher(
@@ -15,11 +18,10 @@ def _teacher(
     optim: OptimConfig | None = None,
     training: TrainingConfig | None = None,
 ) -> TrainConfig:
-    data = data or DataConfig(image_size=model.image_size, output_size=model.output_size)
     return TrainConfig(
         "teacher",
         asdict(model),
-        data,
+        data or DataConfig(),
         loss or LossConfig(),
         optim or OptimConfig(),
         training or TrainingConfig(),

@@ -8,40 +8,50 @@ Examples:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import torch
 
-from pbrforge.cli import examples_epilog
-from pbrforge.contract import normalize_views, write_material
-from pbrforge.dataset import PBRDataset
 from pbrforge.errors import DataError, user_errors
-from pbrforge.fileio import atomic_path
-from pbrforge.models import model_from_checkpoint
-from pbrforge.trainer import resolve_device
-from pbrforge.views import read_view_folder
+from pbrforge.options import DEVICE_CHOICE, examples_epilog
+
+if TYPE_CHECKING:
+    import torch
 
 
 def predict(model: torch.nn.Module, views01: torch.Tensor, device: torch.device) -> torch.Tensor:
     """(3, 3, h, w) views in [0, 1] -> (8, S, S) maps, using the contract's normalisation."""
+    import torch
+
+    from pbrforge.contract import normalize_views
+
     with torch.no_grad():
         return model(normalize_views(views01)[None].to(device))[0].float().cpu()
 
 
 @click.command("teacher-infer", epilog=examples_epilog(__doc__))
-@click.option("--checkpoint", type=click.Path(path_type=Path), required=True)
+@click.option("--checkpoint", type=click.Path(path_type=Path, dir_okay=False), required=True)
 @click.option(
-    "--input-dir", type=click.Path(path_type=Path), default=None, help="A folder with three photos."
+    "--input-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="A folder with three photos.",
 )
-@click.option("--data-root", type=click.Path(path_type=Path), default=None, help="A generated data set ...")
 @click.option(
-    "--sample-idx", type=int, default=None, help="... and the index of a sample in it (all splits)."
+    "--data-root",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="A generated data set ...",
+)
+@click.option(
+    "--sample-idx",
+    type=click.IntRange(0, None),
+    default=None,
+    help="... and the index of a sample in it (all splits).",
 )
 @click.option("--source", type=click.Choice(["clean", "dirty"]), default="clean", show_default=True)
-@click.option("--out-dir", type=click.Path(path_type=Path), required=True)
-@click.option(
-    "--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True
-)
+@click.option("--out-dir", type=click.Path(path_type=Path, file_okay=False), required=True)
+@click.option("--device", type=DEVICE_CHOICE, default="auto", show_default=True)
 @user_errors
 def main(
     checkpoint: Path,
@@ -55,23 +65,30 @@ def main(
     """Predict albedo, roughness, metallic and normal maps with a teacher checkpoint."""
     if (input_dir is None) == (data_root is None) or (data_root is not None and sample_idx is None):
         raise DataError("give either --input-dir, or --data-root with --sample-idx")
+    from PIL import Image
+
+    from pbrforge.contract import write_material
+    from pbrforge.dataset import PBRDataset
+    from pbrforge.distributed import resolve_device
+    from pbrforge.fileio import atomic_path
+    from pbrforge.models import model_config, model_from_checkpoint
+    from pbrforge.views import read_view_folder
+
     dev = resolve_device(device)
-    model, cfg, ckpt = model_from_checkpoint(checkpoint, map_location=dev)
+    model, cfg, _ = model_from_checkpoint(checkpoint, map_location=dev)
     model.to(dev)
-    size = ckpt["preprocessing"]["image_size"]
-    if input_dir is not None:
-        views, _ = read_view_folder(input_dir, size)
+    sizes = model_config(cfg)
+    if data_root is None or sample_idx is None:
+        views, _ = read_view_folder(input_dir, sizes.image_size)
     else:
         ds = PBRDataset(
-            data_root, "all", size, cfg.data.output_size, curriculum={"clean": 0, "dirty": 2}[source]
+            data_root, "all", sizes.image_size, sizes.output_size, curriculum={"clean": 0, "dirty": 2}[source]
         )
         if not 0 <= sample_idx < len(ds):
             raise DataError(f"--sample-idx {sample_idx} is outside 0..{len(ds) - 1}")
         views = ds.load_views(*ds.entries[sample_idx])
     maps = predict(model, views, dev)
     write_material(out_dir, maps)
-    from PIL import Image
-
     for i, v in enumerate(views):
         with atomic_path(out_dir / f"view_{i}.png") as tmp:
             Image.fromarray((v.permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(

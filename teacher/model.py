@@ -6,8 +6,10 @@ every cross-view reduction is a mean/max, so permuting the views leaves the outp
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import TYPE_CHECKING
 
 import timm
 import torch
@@ -16,6 +18,9 @@ from torch import nn
 
 from pbrforge.contract import NUM_CHANNELS, NUM_VIEWS, activate
 from pbrforge.layers import SkipFusion, conv_bn_act
+
+if TYPE_CHECKING:
+    from pbrforge.config import TrainConfig
 
 TIMM_ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
@@ -191,3 +196,11 @@ class PatchDiscriminator(nn.Module):
             views.reshape(b, v * c, h, w), size=maps.shape[-2:], mode="bilinear", align_corners=False
         )
         return self.net(torch.cat([maps, cond], dim=1))
+
+
+def discriminator_factory(cfg: TrainConfig) -> Callable[[], PatchDiscriminator] | None:
+    """What builds the critic a teacher config asks for (``training.gan``); None without a GAN.
+
+    The trainer calls it right after seeding and building the generator, so both start from the seed."""
+    t = cfg.training
+    return partial(PatchDiscriminator, t.disc_layers, t.disc_ndf) if t.gan else None

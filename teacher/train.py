@@ -13,96 +13,23 @@ from pathlib import Path
 
 import click
 
-from pbrforge.cli import examples_epilog
-from pbrforge.config import TrainConfig, list_configs, load_config
-from pbrforge.dataset import PBRDataset
 from pbrforge.errors import user_errors
-from pbrforge.trainer import Trainer, resolve_device
-
-
-def apply_cli_overrides(
-    cfg: TrainConfig,
-    batch_size: int | None,
-    epochs: int | None,
-    curriculum: int | None,
-    max_steps: int | None,
-    extra: tuple[str, ...] = (),
-) -> TrainConfig:
-    """Command-line flags win over the preset; ``--set section.key=value`` reaches any other field."""
-    import json
-
-    overrides: dict = {}
-    if batch_size is not None:
-        overrides["training.batch_size"] = batch_size
-    if epochs is not None:
-        overrides["training.epochs"] = epochs
-    if curriculum is not None:
-        overrides["data.curriculum"] = curriculum
-    if max_steps is not None:
-        overrides["training.max_steps_per_epoch"] = max_steps
-    for item in extra:
-        key, _, value = item.partition("=")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
-    return cfg.override(overrides)
-
-
-def sync_sizes(cfg: TrainConfig) -> TrainConfig:
-    """The data sizes follow the model's, so one ``--set model.image_size=..`` is enough."""
-    return cfg.override(
-        {"data.image_size": cfg.model["image_size"], "data.output_size": cfg.model["output_size"]}
-    )
-
-
-def common_options(fn):
-    options = [
-        click.option(
-            "--output-dir",
-            type=click.Path(path_type=Path),
-            required=True,
-            help="Logs, metrics.jsonl, grids (and checkpoints unless --checkpoint-dir).",
-        ),
-        click.option(
-            "--checkpoint-dir",
-            type=click.Path(path_type=Path),
-            default=None,
-            help="Where latest.pt / best.pt go [default: OUTPUT_DIR/checkpoints].",
-        ),
-        click.option(
-            "--resume", type=click.Path(path_type=Path), default=None, help="Continue from a checkpoint."
-        ),
-        click.option(
-            "--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), default="auto", show_default=True
-        ),
-        click.option("--batch-size", type=int, default=None),
-        click.option("--epochs", type=int, default=None),
-        click.option(
-            "--max-steps-per-epoch", type=int, default=None, help="Cap steps per epoch (quick runs)."
-        ),
-        click.option(
-            "--set",
-            "extra",
-            multiple=True,
-            metavar="KEY=VALUE",
-            help="Override any config field, e.g. --set model.vit_depth=1 --set optim.lr=1e-3.",
-        ),
-        click.option("--quiet", is_flag=True, help="No progress bars."),
-    ]
-    for opt in reversed(options):
-        fn = opt(fn)
-    return fn
+from pbrforge.options import apply_train_options, examples_epilog, train_options
 
 
 @click.command("teacher-train", epilog=examples_epilog(__doc__))
-@click.option("--input-dir", type=click.Path(path_type=Path), required=True, help="Data root from datagen.")
+@click.option(
+    "--input-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    required=True,
+    help="Data root from datagen.",
+)
 @click.option(
     "--config",
     "config_name",
     default="quick_test",
     show_default=True,
-    help=f"Preset ({', '.join(list_configs())}) or a .py file with get_config().",
+    help="A teacher preset, or a .py file whose get_config() returns a TrainConfig; an unknown name lists the presets.",
 )
 @click.option(
     "--render-curriculum",
@@ -110,7 +37,7 @@ def common_options(fn):
     default=None,
     help="0 clean, 1 clean + dirty, 2 dirty [default: the preset's].",
 )
-@common_options
+@train_options
 @user_errors
 def main(
     input_dir: Path,
@@ -127,18 +54,17 @@ def main(
     quiet: bool,
 ) -> None:
     """Train the multi-view teacher (DDP under torchrun)."""
+    from pbrforge.config import load_config
+    from pbrforge.dataset import PBRDataset
+    from pbrforge.distributed import resolve_device
+    from pbrforge.teacher.model import discriminator_factory
+    from pbrforge.trainer import Trainer
+
     cfg = load_config(config_name, family="teacher")
-    cfg = sync_sizes(
-        apply_cli_overrides(cfg, batch_size, epochs, render_curriculum, max_steps_per_epoch, extra)
-    )
+    cfg = apply_train_options(cfg, batch_size, epochs, render_curriculum, max_steps_per_epoch, extra)
     dev = resolve_device(device)
-    d = cfg.data
-    train_set = PBRDataset(
-        input_dir, "train", d.image_size, d.output_size, d.curriculum, d.val_fraction, d.split_seed
-    )
-    val_set = PBRDataset(
-        input_dir, "val", d.image_size, d.output_size, d.curriculum, d.val_fraction, d.split_seed
-    )
+    train_set = PBRDataset.for_config(input_dir, "train", cfg)
+    val_set = PBRDataset.for_config(input_dir, "val", cfg)
     trainer = Trainer(
         cfg,
         train_set,
@@ -147,6 +73,7 @@ def main(
         checkpoint_dir or output_dir / "checkpoints",
         dev,
         progress=not quiet,
+        make_discriminator=discriminator_factory(cfg),
     )
     if resume:
         trainer.resume(resume)

@@ -14,7 +14,7 @@ torch.set_num_threads(2)
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
-    from pbrforge.datagen.generate import generate_dataset
+    from pbrforge.datagen.writer import generate_dataset
 
     root = tmp_path_factory.mktemp("data") / "tiny"
     generate_dataset(root, count=14, size=32, seed=3, dirty_ratio=0.5, progress=False)
@@ -30,16 +30,15 @@ def tiny_teacher_ckpt(tiny_data, tmp_path_factory) -> Path:
     from pbrforge.trainer import Trainer
 
     cfg = tiny_teacher_config(epochs=1)
-    d = cfg.data
     tmp = tmp_path_factory.mktemp("teacher")
-    train = PBRDataset(tiny_data, "train", d.image_size, d.output_size, d.curriculum, d.val_fraction)
+    train = PBRDataset.for_config(tiny_data, "train", cfg)
     Trainer(cfg, train, None, tmp / "out", tmp / "ckpt", torch.device("cpu"), progress=False).fit()
     return tmp / "ckpt" / "latest.pt"
 
 
 @pytest.fixture(scope="session")
 def tiny_shards(tiny_data, tiny_teacher_ckpt, tmp_path_factory) -> Path:
-    from pbrforge.shards import write_shards
+    from pbrforge.teacher.shards import write_shards
 
     out = tmp_path_factory.mktemp("shards") / "s32"
     write_shards(
@@ -67,6 +66,16 @@ def tiny_onnx(tiny_student_ckpt, tmp_path_factory) -> Path:
     from pbrforge.export.converter import export_artifacts
 
     out = tmp_path_factory.mktemp("onnx") / "student"
-    result = export_artifacts(tiny_student_ckpt, out, ("onnx",), echo=lambda *a: None)
+    result = export_artifacts(tiny_student_ckpt, out, ("onnx",))
     assert not result.failures, result.failures
     return out.with_suffix(".onnx")
+
+
+SLOW_FIXTURES = {"tiny_onnx"}  # an ONNX export and its parity run: ~15 s on 2 cores
+
+
+def pytest_collection_modifyitems(items):
+    """A test that needs an exported artifact is slow, whatever it checks."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

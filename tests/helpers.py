@@ -46,8 +46,6 @@ TINY_TEACHER = {
 def tiny_teacher_config(**training) -> TrainConfig:
     over = {f"model.{k}": v for k, v in TINY_TEACHER.items()}
     over |= {
-        "data.image_size": 64,
-        "data.output_size": 64,
         "data.val_fraction": 0.3,
         "training.batch_size": 2,
         "training.epochs": 2,

@@ -9,8 +9,8 @@ from click.testing import CliRunner
 
 from pbrforge.cli import main as cli
 from pbrforge.contract import NUM_CHANNELS, validate
-from pbrforge.datagen.generate import generate_dataset
 from pbrforge.datagen.materials import FAMILIES, make_material
+from pbrforge.datagen.writer import generate_dataset
 from pbrforge.dataset import PBRDataset, scan_dataset
 from pbrforge.errors import DataError
 

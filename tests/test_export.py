@@ -46,8 +46,8 @@ def test_onnx_gate_fails_on_perturbed_weights(tiny_student_ckpt, tiny_onnx, tmp_
     bad = tmp_path / "bad.onnx"
     onnx.save(model, str(bad))
     result = onnx_parity(bad, reference, example)
-    assert not result["passed"] and "ONNX parity failed" in result["failure"]
-    assert onnx_parity(tiny_onnx, reference, example)["passed"]
+    assert not result.passed and "ONNX parity failed" in result.failure
+    assert onnx_parity(tiny_onnx, reference, example).passed
 
 
 def test_fold_batchnorm_is_exact_and_skips_shared_convs(tiny_student_ckpt):
@@ -77,7 +77,7 @@ def test_fold_batchnorm_is_exact_and_skips_shared_convs(tiny_student_ckpt):
 def test_coreml_fp16_spec_and_palettization(tiny_student_ckpt, tmp_path):
     ct = pytest.importorskip("coremltools")
     out = tmp_path / "s"
-    result = export_artifacts(tiny_student_ckpt, out, ("coreml",), nbits=6, echo=lambda *a: None)
+    result = export_artifacts(tiny_student_ckpt, out, ("coreml",), nbits=6)
     assert not result.failures, result.failures
     pkg = out.with_suffix(".mlpackage")
     spec = ct.models.MLModel(str(pkg), skip_model_load=True).get_spec()
@@ -110,8 +110,10 @@ def test_coreml_fp16_spec_and_palettization(tiny_student_ckpt, tmp_path):
     assert (
         parity["passed"] and parity["readback"]["matched_to_pytorch"] == parity["readback"]["lut_weights"] > 0
     )
-    for key in ("fp16_pytorch", "palettized_readback"):
-        assert all(r["psnr_db"] >= 35 for r in parity[key].values())
+    labels = [c["label"] for c in parity["comparisons"]]
+    assert labels == ["Core ML FP16 (emulated)", "Core ML palettized (read back)"]
+    for c in parity["comparisons"]:
+        assert c["gate"] == "psnr_db" and all(r["psnr_db"] >= 35 for r in c["outputs"].values())
 
 
 def test_four_bit_needs_ios18(tiny_student_ckpt, tmp_path):
@@ -157,7 +159,7 @@ def test_bad_checkpoint_is_one_sentence(tmp_path):
 def test_ane_report_flags_fp32(tiny_student_ckpt, tmp_path):
     pytest.importorskip("coremltools")
     out = tmp_path / "fp32"
-    result = export_artifacts(tiny_student_ckpt, out, ("coreml",), fp16=False, echo=lambda *a: None)
+    result = export_artifacts(tiny_student_ckpt, out, ("coreml",), fp16=False)
     assert not result.failures
     ane = json.loads(out.with_suffix(".ane.json").read_text())
     assert ane["flag_counts"]["fp32_compute"] > 10

@@ -13,7 +13,7 @@ from PIL import Image
 from pbrforge.cli import main as cli
 from pbrforge.contract import read_material
 from pbrforge.deploy import DeployContract, contract_path
-from pbrforge.runtime.run_inference import upscale
+from pbrforge.runtime.inference import upscale
 from pbrforge.views import image_to_float
 
 
@@ -168,6 +168,7 @@ print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+@pytest.mark.slow
 def test_retained_heap_reuses_large_tensors_without_page_faults():
     """glibc's default unmaps each freed 64 MiB activation, so every pass faults its pages in again."""
 
@@ -186,6 +187,7 @@ def test_retained_heap_reuses_large_tensors_without_page_faults():
     assert retained_faults < 1_000
 
 
+@pytest.mark.slow
 def test_run_with_retained_heap(tiny_student_ckpt, views_dir, tmp_path):
     """The flag changes the allocator only: same maps as without it, in a process of its own."""
     outs = {}

@@ -14,6 +14,7 @@ from pbrforge.dataset import PBRDataset
 from pbrforge.errors import DataError
 from pbrforge.fileio import sha256_file
 from pbrforge.models import model_from_checkpoint
+from pbrforge.teacher.shards import write_shards
 
 FP16_ATOL = 2e-3
 
@@ -45,7 +46,9 @@ def test_round_trip(tiny_data, tiny_teacher_ckpt, tiny_shards):
 
 def test_resume_after_kill(tiny_data, tiny_teacher_ckpt, tiny_shards, tmp_path, monkeypatch):
     out = tmp_path / "s"
-    real_save, calls = shards.save_file, {"n": 0}
+    import safetensors.torch
+
+    real_save, calls = safetensors.torch.save_file, {"n": 0}
 
     def dying_save(tensors, path, metadata=None):
         calls["n"] += 1
@@ -54,13 +57,13 @@ def test_resume_after_kill(tiny_data, tiny_teacher_ckpt, tiny_shards, tmp_path, 
             raise KeyboardInterrupt
         real_save(tensors, path, metadata=metadata)
 
-    monkeypatch.setattr(shards, "save_file", dying_save)
+    monkeypatch.setattr(safetensors.torch, "save_file", dying_save)
     with pytest.raises(KeyboardInterrupt):
-        shards.write_shards(tiny_teacher_ckpt, tiny_data, out, 32, 4, 1, progress=False)
+        write_shards(tiny_teacher_ckpt, tiny_data, out, 32, 4, 1, progress=False)
     assert not (out / shards.MANIFEST).exists()  # the manifest comes last
     assert len(list(out.glob("shard_*.safetensors"))) == 2 and not list(out.glob(".shard*tmp*"))
-    monkeypatch.setattr(shards, "save_file", real_save)
-    m = shards.write_shards(tiny_teacher_ckpt, tiny_data, out, 32, 4, 1, progress=False)
+    monkeypatch.setattr(safetensors.torch, "save_file", real_save)
+    m = write_shards(tiny_teacher_ckpt, tiny_data, out, 32, 4, 1, progress=False)
     total = len(m["entries"])
     assert m["computed"] == total - 8  # two complete shards of 4 kept
     ref = shards.load_manifest(tiny_shards)
@@ -75,7 +78,7 @@ def test_resume_after_kill(tiny_data, tiny_teacher_ckpt, tiny_shards, tmp_path, 
             rtol=0,
         )
     assert len({(e["sample_id"], e["source"]) for e in m["entries"]}) == total  # nothing duplicated
-    assert shards.write_shards(tiny_teacher_ckpt, tiny_data, out, 32, 4, 1, progress=False)["computed"] == 0
+    assert write_shards(tiny_teacher_ckpt, tiny_data, out, 32, 4, 1, progress=False)["computed"] == 0
 
 
 def test_verify_catches_flipped_byte(tiny_shards, tmp_path):
@@ -131,9 +134,9 @@ def test_refuses_to_mix_teachers(tiny_data, tiny_teacher_ckpt, tiny_shards, tmp_
     out = tmp_path / "s"
     shutil.copytree(tiny_shards, out)
     with pytest.raises(DataError, match="another teacher, size"):
-        shards.write_shards(tiny_teacher_ckpt, tiny_data, out, 16, 4, 1, progress=False)
+        write_shards(tiny_teacher_ckpt, tiny_data, out, 16, 4, 1, progress=False)
     with pytest.raises(DataError, match="never upsample"):
-        shards.write_shards(tiny_teacher_ckpt, tiny_data, tmp_path / "t", 128, 4, 1, progress=False)
+        write_shards(tiny_teacher_ckpt, tiny_data, tmp_path / "t", 128, 4, 1, progress=False)
 
 
 def test_shard_sampler_reads_each_shard_once(tiny_data, tiny_shards):

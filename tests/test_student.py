@@ -95,6 +95,7 @@ def _train(tiny_data, tiny_shards, tmp_path, *extra):
     return CliRunner().invoke(cli, [*tiny_student_args(tiny_data, tiny_shards, tmp_path / "run"), *extra])
 
 
+@pytest.mark.slow
 def test_distill_train_and_checkpoint_round_trip(tiny_data, tiny_shards, tmp_path):
     r = _train(tiny_data, tiny_shards, tmp_path)
     assert r.exit_code == 0, r.output

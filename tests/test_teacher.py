@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -45,10 +46,20 @@ def test_rejects_wrong_view_count():
         tiny_model()(torch.randn(1, 2, 3, 64, 64))
 
 
-def test_discriminator_shape():
-    d = PatchDiscriminator(n_layers=2, ndf=8)
-    logits = d(torch.rand(2, 8, 64, 64), torch.randn(2, 3, 3, 32, 32))
-    assert logits.ndim == 4 and logits.shape[:2] == (2, 1)
+def test_discriminator_judges_patches_of_maps_given_views():
+    """One logit per patch, depending on both the maps and the views it is conditioned on, with gradients
+    reaching the maps (what the generator's adversarial loss needs)."""
+    torch.manual_seed(0)
+    d = PatchDiscriminator(n_layers=2, ndf=8).eval()
+    maps = torch.rand(2, 8, 64, 64, requires_grad=True)
+    views = torch.randn(2, 3, 3, 32, 32)
+    logits = d(maps, views)
+    assert logits.shape[:2] == (2, 1) and logits.shape[-1] > 1 and logits.shape[-2] > 1
+    with torch.no_grad():
+        assert not torch.allclose(d(maps.flip(-1), views), logits)
+        assert not torch.allclose(d(maps, views + 1), logits)
+    logits.sum().backward()
+    assert maps.grad is not None and maps.grad.abs().sum() > 0
 
 
 def _maps(seed=0, b=2, s=32):
@@ -136,12 +147,23 @@ def test_config_errors(tmp_path):
 
 
 def _trainer(tiny_data, tmp, cfg):
-    d = cfg.data
-    train = PBRDataset(tiny_data, "train", d.image_size, d.output_size, d.curriculum, d.val_fraction)
-    val = PBRDataset(tiny_data, "val", d.image_size, d.output_size, d.curriculum, d.val_fraction)
-    return Trainer(cfg, train, val, tmp / "out", tmp / "ckpt", torch.device("cpu"), progress=False)
+    from pbrforge.teacher.model import discriminator_factory
+
+    train = PBRDataset.for_config(tiny_data, "train", cfg)
+    val = PBRDataset.for_config(tiny_data, "val", cfg)
+    return Trainer(
+        cfg,
+        train,
+        val,
+        tmp / "out",
+        tmp / "ckpt",
+        torch.device("cpu"),
+        progress=False,
+        make_discriminator=discriminator_factory(cfg),
+    )
 
 
+@pytest.mark.slow
 def test_resume_gives_identical_weights(tiny_data, tmp_path):
     cfg = tiny_teacher_config(epochs=3, gan=True, gan_start_epoch=1, ema_decay=0.9)
     straight = _trainer(tiny_data, tmp_path / "a", cfg)
@@ -279,7 +301,7 @@ def test_train_cli_and_infer(tiny_data, tmp_path):
     "args, message",
     [
         (["--config", "nope"], "unknown config preset"),
-        (["--config", "student_mnv3_plk_512"], "use student/train.py"),
+        (["--config", "student_mnv3_plk_512"], "pbrforge student-train"),
         (["--device", "cuda"], "no usable CUDA GPU"),
         (["--set", "training.nope=1"], "unknown config key"),
     ],
@@ -332,3 +354,19 @@ def test_ddp_two_processes_gloo(tiny_data, tmp_path):
     lines = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2  # rank 0 alone writes
     model_from_checkpoint(tmp_path / "ddp" / "checkpoints" / "latest.pt")
+
+
+def test_checkpoint_from_the_core_layout_still_loads(tmp_path):
+    """A teacher saved by 0.1.0 (library in core/, sizes also in data and ``preprocessing``) rebuilds exactly."""
+    from safetensors.torch import load_file
+
+    from pbrforge.models import model_config, model_from_checkpoint
+
+    fixtures = Path(__file__).parent / "fixtures"
+    model, cfg, ckpt = model_from_checkpoint(fixtures / "teacher_saved_by_0.1.0_core_layout.pt")
+    assert "image_size" in ckpt["config"]["data"] and "preprocessing" in ckpt  # it really is an old one
+    sizes = model_config(cfg)
+    assert (sizes.image_size, sizes.output_size) == (32, 32)
+    saved = load_file(fixtures / "teacher_saved_by_0.1.0_core_layout.safetensors")
+    with torch.no_grad():
+        torch.testing.assert_close(model(saved["views"]), saved["maps"], atol=0, rtol=0)

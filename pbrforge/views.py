@@ -9,7 +9,7 @@ ratio is not 1:1.
 
 from __future__ import annotations
 
-import warnings
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +22,7 @@ from pbrforge.errors import DataError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-class ViewWarning(UserWarning):
-    """Input views were usable but not as expected (extra files, non-square)."""
+_logger = logging.getLogger(__name__)
 
 
 def image_to_float(path: Path) -> torch.Tensor:
@@ -48,11 +47,9 @@ def find_views(folder: Path) -> list[Path]:
     if len(files) < NUM_VIEWS:
         raise DataError(f"{folder} holds {len(files)} image(s); {NUM_VIEWS} views are needed (png or jpg)")
     if len(files) > NUM_VIEWS:
-        warnings.warn(
+        _logger.warning(
             f"{folder} holds {len(files)} images; using the first {NUM_VIEWS} by name: "
-            f"{', '.join(p.name for p in files[:NUM_VIEWS])}",
-            ViewWarning,
-            stacklevel=2,
+            f"{', '.join(p.name for p in files[:NUM_VIEWS])}"
         )
     return files[:NUM_VIEWS]
 
@@ -78,10 +75,8 @@ def read_view_folder(folder: Path, size: int) -> tuple[torch.Tensor, list[Path]]
         x = image_to_float(p)
         h, w = x.shape[-2:]
         if abs(w / h - 1) > 0.01:
-            warnings.warn(
-                f"{p.name} is {w}x{h}; the model takes square views, so it is stretched to {size}x{size}",
-                ViewWarning,
-                stacklevel=2,
+            _logger.warning(
+                f"{p.name} is {w}x{h}; the model takes square views, so it is stretched to {size}x{size}"
             )
         views.append(resize_view(x, size))
     return torch.stack(views), paths

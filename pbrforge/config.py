@@ -8,22 +8,25 @@ keys are errors that list what exists.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import importlib.util
+import json
+import math
+import typing
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pbrforge.errors import ConfigError
+from pbrforge.families import families, get_family
 
-PRESET_MODULES = ("pbrforge.teacher.config", "pbrforge.student.config")
+# Sizes live in the model config alone (``model.image_size``, ``model.output_size``); configs saved before
+# that still carry these two data keys, which are dropped on reading.
+LEGACY_DATA_KEYS = ("image_size", "output_size")
 
 
 @dataclass
 class DataConfig:
-    image_size: int = 256  # side of each input view fed to the model
-    output_size: int = 256  # side of the predicted maps
     curriculum: int = 1  # 0 clean, 1 clean + dirty, 2 dirty
     val_fraction: float = 0.2  # fraction of *materials* held out
     split_seed: int = 0
@@ -98,6 +101,9 @@ class TrainConfig:
             "model": dict(d["model"]),
             "name": d.get("name", "custom"),
         }
+        d = dict(d)
+        if isinstance(d.get("data"), dict):
+            d["data"] = {k: v for k, v in d["data"].items() if k not in LEGACY_DATA_KEYS}
         for key, sub in (
             ("data", DataConfig),
             ("loss", LossConfig),
@@ -113,18 +119,56 @@ class TrainConfig:
         return cls(**kwargs)
 
     def override(self, dotted: dict[str, Any]) -> TrainConfig:
-        """Return a copy with ``{"training.epochs": 3, "model.vit_depth": 1}`` applied (keys checked)."""
+        """Return a copy with ``{"training.epochs": 3, "model.vit_depth": 1}`` applied (keys and types checked)."""
         d = self.to_dict()
+        sections = {"data": DataConfig, "loss": LossConfig, "optim": OptimConfig, "training": TrainingConfig}
         for key, value in dotted.items():
             section, _, name = key.partition(".")
-            if (
-                section not in d
-                or not isinstance(d[section], dict)
-                or (section != "model" and name not in d[section])
-            ):
-                raise ConfigError(f"unknown config key {key!r}")
-            d[section][name] = value
+            cls = get_family(self.family).config_cls if section == "model" else sections.get(section)
+            hints = typing.get_type_hints(cls) if cls is not None else {}
+            if name not in hints:
+                known = ", ".join(f"{section}.{k}" for k in sorted(hints)) if hints else ", ".join(sorted(d))
+                raise ConfigError(f"unknown config key {key!r}; known: {known}")
+            d[section][name] = _typed(key, value, hints[name])
         return TrainConfig.from_dict(d)
+
+
+def _typed(key: str, value: Any, hint: Any) -> Any:
+    """``value`` as the field's type, or one sentence: no silent str/float casts, no NaN or inf."""
+    from pydantic import ConfigDict, TypeAdapter, ValidationError
+
+    try:
+        out = TypeAdapter(hint, config=ConfigDict(allow_inf_nan=False)).validate_python(value, strict=True)
+    except ValidationError:
+        try:  # JSON has no tuples: a list is accepted where the field is a tuple
+            if not isinstance(value, list):
+                raise
+            out = TypeAdapter(hint, config=ConfigDict(allow_inf_nan=False)).validate_python(
+                tuple(value), strict=True
+            )
+        except ValidationError as e:
+            wanted = getattr(hint, "__name__", str(hint))
+            raise ConfigError(
+                f"{key}={json.dumps(value)} is not a valid {wanted} ({e.errors()[0]['msg']})"
+            ) from e
+    if isinstance(out, float) and not math.isfinite(out):
+        raise ConfigError(f"{key} must be a finite number, got {value}")
+    return out
+
+
+def parse_overrides(items: tuple[str, ...]) -> dict[str, Any]:
+    """``--set section.key=value`` items -> {key: value}; values are JSON (``3``, ``1e-3``, ``true``, ``[1, 2]``)
+    and anything that is not JSON is a string."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or "." not in key:
+            raise ConfigError(f"--set {item!r} is not of the form section.key=value")
+        try:
+            out[key] = json.loads(text)
+        except json.JSONDecodeError:
+            out[key] = text
+    return out
 
 
 def _check_keys(d: dict[str, Any], cls: type, where: str) -> None:
@@ -144,23 +188,20 @@ def register_config(fn: Callable[[], TrainConfig]) -> Callable[[], TrainConfig]:
 
 
 def list_configs() -> list[str]:
-    for module in PRESET_MODULES:
-        importlib.import_module(module)
+    families()  # each family's module registers its presets as it loads
     return sorted(CONFIGS)
-
-
-TRAIN_SCRIPTS = {"teacher": "teacher/train.py", "student": "student/train.py"}
 
 
 def load_config(name_or_path: str, family: str | None = None) -> TrainConfig:
     """A preset by name, or a ``.py`` file whose ``get_config()`` returns a TrainConfig.
 
-    With ``family`` ("teacher" or "student"), a config of the other family is an error naming its script.
+    With ``family``, a config of another family is an error naming the command that trains it.
     """
     cfg = _load_config(name_or_path)
     if family is not None and cfg.family != family:
         raise ConfigError(
-            f"config {name_or_path!r} is a {cfg.family} config; use {TRAIN_SCRIPTS[cfg.family]} for it"
+            f"config {name_or_path!r} is a {cfg.family} config; "
+            f"train it with `pbrforge {get_family(cfg.family).train_command}`"
         )
     return cfg
 
@@ -171,11 +212,21 @@ def _load_config(name_or_path: str) -> TrainConfig:
         if not path.is_file():
             raise ConfigError(f"config file {path} does not exist")
         spec = importlib.util.spec_from_file_location(f"pbrforge_user_config_{path.stem}", path)
+        if spec is None or spec.loader is None:
+            raise ConfigError(f"config file {path} cannot be loaded as Python")
         module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except SyntaxError as e:
+            raise ConfigError(f"config file {path} has a syntax error on line {e.lineno}: {e.msg}") from e
+        except Exception as e:
+            raise ConfigError(f"config file {path} failed to load ({type(e).__name__}: {e})") from e
         if not hasattr(module, "get_config"):
             raise ConfigError(f"{path} defines no get_config()")
-        cfg = module.get_config()
+        try:
+            cfg = module.get_config()
+        except Exception as e:
+            raise ConfigError(f"{path}: get_config() failed ({type(e).__name__}: {e})") from e
         if not isinstance(cfg, TrainConfig):
             raise ConfigError(f"{path}: get_config() returned {type(cfg).__name__}, not TrainConfig")
         return TrainConfig.from_dict(cfg.to_dict())  # validates keys

@@ -1,15 +1,20 @@
-"""User-facing errors: one sentence, exit code 2, raised early and never as ``assert``."""
+"""What goes wrong, in two kinds: the user's input (exit 2) and a tool we call failing (exit 1).
+
+Both are one sentence on stderr, never a traceback, raised early and never as ``assert``.
+"""
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
 EXIT_USER_ERROR = 2
+EXIT_TOOL_FAILURE = 1
 
 
 class PBRForgeError(Exception):
@@ -32,20 +37,33 @@ class ParityError(PBRForgeError):
     """An exported artifact disagrees with PyTorch beyond its gate."""
 
 
-def fail(message: str) -> None:
-    """Print one sentence to stderr and exit with code 2."""
+class ToolFailure(Exception):
+    """A converter or runtime we call failed on input we had validated: exit code 1, naming the tool."""
+
+
+def fail(message: str, code: int = EXIT_USER_ERROR) -> NoReturn:
+    """Print one sentence to stderr and exit (code 2 for the user's input, 1 for a tool failure)."""
     click.echo(f"error: {message}", err=True)
-    sys.exit(EXIT_USER_ERROR)
+    sys.exit(code)
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Decorate a click command so PBRForgeError becomes one stderr line and exit code 2."""
+    """Decorate a click command: our errors and a full disk become one stderr line; logging is set up."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from pbrforge.logs import ensure_logging
+
+        ensure_logging()
         try:
             return fn(*args, **kwargs)
         except PBRForgeError as e:
             fail(str(e))
+        except ToolFailure as e:
+            fail(str(e), EXIT_TOOL_FAILURE)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                fail(f"the disk is full: could not write {e.filename or 'an output file'}; nothing was kept")
+            raise
 
     return wrapper

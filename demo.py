@@ -1,10 +1,11 @@
 """``make demo``: the whole pipeline end to end on generated data, ending with a parity + latency table.
 
 datagen -> teacher (short) -> teacher_infer shards -> student (short) -> export (Core ML, ONNX; TensorRT
-skipped with its sentence) -> run_inference with --reference on a held-out sample.
+skipped with its sentence) -> run_inference with --reference on a held-out sample. It runs each stage's own
+command, so it lives here, above every stage, and not in the library.
 
 Example:
-    python -m pbrforge.demo --out demo_out
+    python demo.py --out demo_out
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import click
 import torch
 from click.testing import CliRunner
 
-from pbrforge.cli import examples_epilog
 from pbrforge.errors import fail
+from pbrforge.options import examples_epilog
 
 TEACHER_SIZE = 128
 STUDENT_SIZE = 64  # student_mnv3_plk_512 shrunk for the demo: 64 px in, x2 SR, 128 px out
@@ -36,8 +37,12 @@ def _step(title: str, command, args: list[str]) -> float:
 
 
 @click.command(epilog=examples_epilog(__doc__))
-@click.option("--out", type=click.Path(path_type=Path), default=Path("demo_out"), show_default=True)
-@click.option("--count", type=int, default=48, show_default=True, help="Generated samples.")
+@click.option(
+    "--out", type=click.Path(path_type=Path, file_okay=False), default=Path("demo_out"), show_default=True
+)
+@click.option(
+    "--count", type=click.IntRange(8, 10_000), default=48, show_default=True, help="Generated samples."
+)
 def main(out: Path, count: int) -> None:
     """Run every stage on a small generated data set (a few minutes on 2 CPU cores)."""
     from pbrforge.datacheck import check_data, contact_sheet
@@ -45,8 +50,8 @@ def main(out: Path, count: int) -> None:
     from pbrforge.dataset import PBRDataset
     from pbrforge.export.converter import main as export
     from pbrforge.runtime.run_inference import main as run
-    from pbrforge.shards import main as shards
     from pbrforge.student.train import main as student_train
+    from pbrforge.teacher.shards import main as shards
     from pbrforge.teacher.train import main as teacher_train
 
     if out.exists():

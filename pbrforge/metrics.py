@@ -6,6 +6,7 @@ Accumulated over batches as sums, so a whole split is measured exactly, not as a
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +44,7 @@ class MapMetrics:
                 a, b = (a + 1) / 2, (b + 1) / 2  # PSNR/SSIM on the PNG encoding's [0, 1] range
             self._add(f"{name}/psnr", psnr(a, b, data_range=1.0, reduction="none", dim=(1, 2, 3)))
             if a.shape[-1] >= 11:
-                self._add(f"{name}/ssim", ssim(a, b, data_range=1.0, reduction="none"))
+                self._add(f"{name}/ssim", cast(torch.Tensor, ssim(a, b, data_range=1.0, reduction="none")))
             self._add(f"{name}/mae", (p[name] - t[name]).abs().mean(dim=(1, 2, 3)))
         self.angles.append(normal_angles_deg(p["normal"], t["normal"]).flatten(1).cpu())
         lights = EVAL_LIGHTS.to(pred.device).expand(pred.shape[0], -1, -1)

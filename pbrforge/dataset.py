@@ -12,9 +12,11 @@ share a material differ in lighting. Train/val are split by material, never by s
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -32,6 +34,9 @@ from pbrforge.contract import (
 )
 from pbrforge.errors import DataError
 from pbrforge.views import load_view
+
+if TYPE_CHECKING:
+    from pbrforge.config import TrainConfig
 
 METADATA_FILE = "render_metadata.json"
 SOURCES = ("clean", "dirty")
@@ -80,6 +85,14 @@ class DatasetSummary:
 
 def view_paths(root: Path, source: str, sample_id: str) -> list[Path]:
     return [Path(root) / "input" / source / sample_id / f"{i}.png" for i in range(NUM_VIEWS)]
+
+
+def input_fingerprint(root: Path, source: str, sample_id: str) -> str:
+    """sha256 over the bytes of a sample's three view files: what a model's output for it depends on."""
+    h = hashlib.sha256()
+    for p in view_paths(root, source, sample_id):
+        h.update(p.read_bytes())
+    return h.hexdigest()
 
 
 def load_metadata(root: Path) -> dict:
@@ -236,6 +249,14 @@ class PBRDataset(Dataset):
         ]
         if not self.entries and split != "val":
             raise DataError(f"{root}: no samples for split {split!r} with render curriculum {curriculum}")
+
+    @classmethod
+    def for_config(cls, root: Path, split: str, cfg: TrainConfig) -> PBRDataset:
+        """The split a training config describes, at its model's sizes."""
+        from pbrforge.models import model_config
+
+        m, d = model_config(cfg), cfg.data
+        return cls(root, split, m.image_size, m.output_size, d.curriculum, d.val_fraction, d.split_seed)
 
     def __len__(self) -> int:
         return len(self.entries)

@@ -60,6 +60,8 @@ CHANNEL_NAMES: tuple[str, ...] = (
     "normal_z",
 )
 UNIT_INTERVAL_MAPS = ("albedo", "roughness", "metallic")
+NORMAL_CHANNELS = MAPS["normal"].slice
+UNIT_CHANNELS = slice(0, NORMAL_CHANNELS.start)  # the unit-interval maps are every channel before the normal
 NORMAL_TOLERANCE = 1e-3  # |‖n‖ - 1| accepted for a decoded normal
 
 # Input normalisation shared by training, export wrappers and the runtime (ImageNet statistics,
@@ -119,9 +121,9 @@ def unpack(x: torch.Tensor) -> dict[str, torch.Tensor]:
 
 def activate(raw: torch.Tensor) -> torch.Tensor:
     """Map raw network outputs (..., 8, H, W) into contract ranges: sigmoid maps, L2-normalised normals."""
-    parts = unpack(raw)
-    normal = torch.nn.functional.normalize(parts["normal"], dim=-3, eps=1e-6)
-    return torch.cat([torch.sigmoid(raw[..., :5, :, :]), normal], dim=-3)
+    unpack(raw)  # checks the channel count
+    normal = torch.nn.functional.normalize(raw[..., NORMAL_CHANNELS, :, :], dim=-3, eps=1e-6)
+    return torch.cat([torch.sigmoid(raw[..., UNIT_CHANNELS, :, :]), normal], dim=-3)
 
 
 def validate(x: torch.Tensor, what: str = "maps") -> None:
@@ -143,7 +145,7 @@ def validate(x: torch.Tensor, what: str = "maps") -> None:
 # --------------------------------------------------------------------------- PNG encodings
 
 
-def encode_map(name: str, value: np.ndarray, normal_bits: int = 8) -> Image.Image:
+def encode_map(name: str, value: np.ndarray, normal_bits: int = 8) -> Image.Image | _Rgb16:
     """Encode one map (c, H, W) float array in contract range into a PIL image."""
     spec = MAPS[name]
     if value.shape[0] != spec.channels:
@@ -289,7 +291,11 @@ def resize_maps(x: torch.Tensor, size: int) -> torch.Tensor:
         flat, size=(size, size), mode="bilinear", antialias=True, align_corners=False
     )
     out = torch.cat(
-        [out[:, :5].clamp(0, 1), torch.nn.functional.normalize(out[:, 5:], dim=1, eps=1e-6)], dim=1
+        [
+            out[:, UNIT_CHANNELS].clamp(0, 1),
+            torch.nn.functional.normalize(out[:, NORMAL_CHANNELS], dim=1, eps=1e-6),
+        ],
+        dim=1,
     )
     return out.reshape(*lead, NUM_CHANNELS, size, size)
 

@@ -4,6 +4,7 @@ Neural Engine take them as is), the conv-BN-activation block, and the skip fusio
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 from torch import nn
@@ -29,7 +30,7 @@ def conv_bn_act(
     stride: int = 1,
     groups: int = 1,
     act: Callable[[], nn.Module] = nn.Hardswish,
-    padding: str = "zeros",
+    padding: Literal["zeros", "reflect", "replicate", "circular"] = "zeros",
 ) -> nn.Sequential:
     """Conv (no bias) -> BatchNorm -> activation: the pair the exporters fold into one conv."""
     return nn.Sequential(

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Sized
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from PIL import Image
 from timm.utils import ModelEmaV3
 from torch import nn
@@ -27,7 +25,8 @@ from tqdm import tqdm
 
 from pbrforge.config import OptimConfig, TrainConfig
 from pbrforge.contract import INPUT_MEAN, INPUT_STD, to_preview
-from pbrforge.errors import ConfigError, PBRForgeError, UnavailableError
+from pbrforge.distributed import barrier, init_distributed, unwrap
+from pbrforge.errors import ConfigError, PBRForgeError
 from pbrforge.fileio import atomic_path
 from pbrforge.losses import gan_d_loss, gan_g_loss, map_losses
 from pbrforge.metrics import MapMetrics
@@ -36,58 +35,6 @@ from pbrforge.models import CHECKPOINT_FORMAT, build_model, load_checkpoint, loa
 
 class TrainingError(PBRForgeError):
     """Training cannot go on (a NaN loss, a mismatched resume)."""
-
-
-# --------------------------------------------------------------------------- devices and processes
-
-
-def resolve_device(name: str) -> torch.device:
-    """auto picks cuda, then mps, then cpu; asking for an absent device is one sentence."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            name = "cuda"
-        elif torch.backends.mps.is_available():
-            name = "mps"
-        else:
-            name = "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UnavailableError("--device cuda was asked for, but this machine has no usable CUDA GPU")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise UnavailableError("--device mps was asked for, but this machine has no Apple GPU (MPS)")
-    if name not in ("cpu", "cuda", "mps"):
-        raise UnavailableError(f"unknown device {name!r}; use auto, cpu, cuda or mps")
-    if name == "cuda" and "LOCAL_RANK" in os.environ:
-        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    return torch.device(name)
-
-
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device: torch.device) -> DistInfo:
-    """Join the process group torchrun set up (gloo on CPU, nccl on CUDA); a no-op when run alone."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return DistInfo(dist.get_rank(), dist.get_world_size())
-
-
-def barrier(info: DistInfo) -> None:
-    if info.world > 1:
-        dist.barrier()
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, DDP) else model
 
 
 # --------------------------------------------------------------------------- LR schedule
@@ -168,6 +115,8 @@ class Trainer:
         output_dir: TensorBoard logs, metrics.jsonl, grids.
         checkpoint_dir: latest.pt, best.pt, epoch_N.pt.
         sampler: optional sampler for train_set (e.g. shard-ordered); must have ``set_epoch``.
+        make_discriminator: builds the GAN critic (the stage that trains with one supplies it); required
+            when ``training.gan`` is on. The critic is called as ``critic(maps, views)``.
     """
 
     def __init__(
@@ -181,6 +130,7 @@ class Trainer:
         sampler: Sampler | None = None,
         progress: bool = True,
         extra_checkpoint: dict[str, Any] | None = None,
+        make_discriminator: Callable[[], nn.Module] | None = None,
     ):
         self.cfg, self.device, self.progress = cfg, device, progress
         self.dist = init_distributed(device)
@@ -191,11 +141,13 @@ class Trainer:
         self.model = build_model(cfg).to(device)
         # the averaged weights are what validation sees and what checkpoints ship; the raw ones resume training
         self.ema = ModelEmaV3(self.model, decay=t.ema_decay, use_warmup=True) if t.ema_decay > 0 else None
-        self.disc: nn.Module | None = None
-        if t.gan:
-            from pbrforge.teacher.model import PatchDiscriminator
-
-            self.disc = PatchDiscriminator(t.disc_layers, t.disc_ndf).to(device)
+        if t.gan and make_discriminator is None:
+            raise ConfigError(
+                "training.gan is on, but this command trains without a discriminator; set it false"
+            )
+        self.disc: nn.Module | None = (
+            make_discriminator().to(device) if t.gan and make_discriminator else None
+        )
         o = cfg.optim
         self.opt_g = torch.optim.AdamW(
             self.model.parameters(), lr=o.lr, betas=o.betas, weight_decay=o.weight_decay
@@ -229,7 +181,7 @@ class Trainer:
             batch_size=t.batch_size,
             sampler=self.sampler,
             num_workers=cfg.data.num_workers,
-            drop_last=len(train_set) > t.batch_size * self.dist.world,
+            drop_last=len(cast(Sized, train_set)) > t.batch_size * self.dist.world,
         )
         steps = (
             len(self.loader) if not t.max_steps_per_epoch else min(len(self.loader), t.max_steps_per_epoch)
@@ -256,14 +208,7 @@ class Trainer:
         return {
             "format": CHECKPOINT_FORMAT,
             "family": self.cfg.family,
-            "config": self.cfg.to_dict(),
-            "preprocessing": {
-                "image_size": self.cfg.data.image_size,
-                "output_size": self.cfg.data.output_size,
-                "mean": list(INPUT_MEAN),
-                "std": list(INPUT_STD),
-                "curriculum": self.cfg.data.curriculum,
-            },
+            "config": self.cfg.to_dict(),  # the one record of sizes and architecture
             "model": unwrap(self.model).state_dict(),
             "ema": self.ema.module.state_dict() if self.ema is not None else {},
             "disc": unwrap(self.disc).state_dict() if self.disc else {},
@@ -352,29 +297,30 @@ class Trainer:
         t = self.cfg.training
         batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
         views = batch["views"]
-        gan_on = self.disc is not None and self.epoch >= t.gan_start_epoch
+        disc, opt_d, sched_d = self.disc, self.opt_d, self.sched_d
+        gan_on = disc is not None and self.epoch >= t.gan_start_epoch
         logs: dict[str, float] = {}
         autocast = torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp)
-        if gan_on:
+        if gan_on and disc is not None and opt_d is not None and sched_d is not None:
             with torch.no_grad(), autocast:
                 fake = self.model(views)
-            self.disc.requires_grad_(True)
+            disc.requires_grad_(True)
             for _ in range(max(1, t.d_steps_per_g_step)):
                 with autocast:
                     d_loss = gan_d_loss(
-                        self.disc(batch["target"], views), self.disc(fake, views), self.cfg.loss.gan_loss
+                        disc(batch["target"], views), disc(fake, views), self.cfg.loss.gan_loss
                     )
                 self._check_finite(d_loss, "the discriminator loss")
-                self._backward_step(d_loss, self.opt_d, self.scaler_d, self.disc.parameters())
-            self.sched_d.step()
+                self._backward_step(d_loss, opt_d, self.scaler_d, disc.parameters())
+            sched_d.step()
             logs["d_loss"] = d_loss.item()
-            self.disc.requires_grad_(False)
+            disc.requires_grad_(False)
         with autocast:
             pred = self.model(views)
         terms = self.objective(pred.float(), batch)
-        if gan_on:
+        if gan_on and disc is not None:
             with autocast:
-                terms["gan"] = self.cfg.loss.gan * gan_g_loss(self.disc(pred, views), self.cfg.loss.gan_loss)
+                terms["gan"] = self.cfg.loss.gan * gan_g_loss(disc(pred, views), self.cfg.loss.gan_loss)
             terms["total"] = terms["total"] + terms["gan"].float()
         self._check_finite(terms["total"], "the training loss")
         self._backward_step(terms["total"], self.opt_g, self.scaler_g, self.model.parameters())
@@ -387,10 +333,13 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> tuple[dict[str, float], dict[str, Any] | None]:
         """Metrics and mean loss over the whole validation split (rank 0 only), plus a batch for the grid."""
+        if self.val_set is None:
+            return {}, None
+        val_set = self.val_set
         model = self.eval_model.eval()
         metrics, losses, first = MapMetrics(), [], None
         gen = torch.Generator().manual_seed(12345)  # fixed lights: val loss comparable across epochs
-        loader = DataLoader(self.val_set, batch_size=self.cfg.training.batch_size, shuffle=False)
+        loader = DataLoader(val_set, batch_size=self.cfg.training.batch_size, shuffle=False)
         for batch in loader:
             views, target = batch["views"].to(self.device), batch["target"].to(self.device)
             pred = model(views).float()
@@ -400,7 +349,7 @@ class Trainer:
                 first = {"views": views.cpu(), "pred": pred.cpu(), "target": target.cpu()}
         self.model.train()
         out = metrics.compute()
-        out["loss"] = sum(losses) / max(1, len(self.val_set))
+        out["loss"] = sum(losses) / max(1, len(cast(Sized, val_set)))
         return out, first
 
     # ------------------------------------------------------------------ the loop
@@ -447,19 +396,20 @@ class Trainer:
             }
             record |= {f"train/{k}": v / max(1, n) for k, v in sums.items()}
             if self.dist.main:
-                val, batch = self.validate() if self.val_set is not None and len(self.val_set) else ({}, None)
+                has_val = self.val_set is not None and len(cast(Sized, self.val_set)) > 0
+                val, batch = self.validate() if has_val else ({}, None)
                 record |= {f"val/{k}": v for k, v in val.items()}
                 score = val.get("loss", record["train/total"])
                 self.sched_g.epoch_end(score)
                 if self.sched_d:
                     self.sched_d.epoch_end(score)
                 self._log_epoch(record, batch)
-                improved = score < self.best
-                if improved:
+                # best.pt before latest.pt: a run killed between the two resumes from the older latest.pt,
+                # redoes this epoch and writes best.pt again, so the best weights are never lost
+                if score < self.best:
                     self.best = score
-                self.save("latest.pt")
-                if improved:
                     self.save("best.pt")
+                self.save("latest.pt")
                 if t.checkpoint_every and (self.epoch + 1) % t.checkpoint_every == 0:
                     self.save(f"epoch_{self.epoch + 1:04d}.pt")
             barrier(self.dist)
@@ -473,9 +423,10 @@ class Trainer:
     def _log_epoch(self, record: dict[str, Any], batch: dict[str, Any] | None) -> None:
         with open(self.output_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
+        writer = self.writer
         for k, v in record.items():
-            if k.startswith(("train/", "val/")) or k == "lr":
-                self.writer.add_scalar(k, v, self.epoch)
+            if writer is not None and (k.startswith(("train/", "val/")) or k == "lr"):
+                writer.add_scalar(k, v, self.epoch)
         shown = {
             k: round(v, 4)
             for k, v in record.items()
@@ -499,7 +450,8 @@ class Trainer:
             path = self.output_dir / "grids" / f"epoch_{self.epoch + 1:04d}.png"
             with atomic_path(path) as tmp:
                 Image.fromarray(grid).save(tmp, format="PNG")
-            self.writer.add_image("val/grid", grid, self.epoch, dataformats="HWC")
+            if writer is not None:
+                writer.add_image("val/grid", grid, self.epoch, dataformats="HWC")
 
 
 def denormalize_views(views: torch.Tensor) -> torch.Tensor:

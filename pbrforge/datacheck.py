@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import numpy as np
-from PIL import Image
 
-from pbrforge.contract import read_material, resize_maps, to_preview
-from pbrforge.dataset import scan_dataset, view_paths
 from pbrforge.errors import user_errors
-from pbrforge.fileio import atomic_path
-from pbrforge.views import load_view
+from pbrforge.options import MAX_SIDE
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 @click.command("check-data")
-@click.argument("root", type=click.Path(path_type=Path))
+@click.argument("root", type=click.Path(path_type=Path, file_okay=False))
 @user_errors
 def check_data(root: Path) -> None:
     """Validate every file of a data set and print its counts.
@@ -26,6 +25,8 @@ def check_data(root: Path) -> None:
       pbrforge check-data data/demo
     Exits 2 with one sentence on the first problem; writes nothing.
     """
+    from pbrforge.dataset import scan_dataset
+
     _, summary = scan_dataset(root, deep=True)
     click.echo(summary.table())
     click.echo("ok")
@@ -33,6 +34,13 @@ def check_data(root: Path) -> None:
 
 def contact_sheet_image(root: Path, count: int = 6, source: str = "clean", tile: int = 128) -> Image.Image:
     """Rows of samples: 3 views | albedo, roughness, metallic, normal."""
+    import numpy as np
+    from PIL import Image
+
+    from pbrforge.contract import read_material, resize_maps, to_preview
+    from pbrforge.dataset import scan_dataset, view_paths
+    from pbrforge.views import load_view
+
     meta, _ = scan_dataset(root)
     ids = [sid for sid, s in sorted(meta["samples"].items()) if source in s["sources"]][:count]
     rows = []
@@ -45,11 +53,17 @@ def contact_sheet_image(root: Path, count: int = 6, source: str = "clean", tile:
 
 
 @click.command("contact-sheet")
-@click.argument("root", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="PNG to write.")
-@click.option("--count", type=int, default=6, show_default=True, help="Samples (rows).")
+@click.argument("root", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True, help="PNG to write.")
+@click.option("--count", type=click.IntRange(1, 256), default=6, show_default=True, help="Samples (rows).")
 @click.option("--source", type=click.Choice(["clean", "dirty"]), default="clean", show_default=True)
-@click.option("--tile", type=int, default=128, show_default=True, help="Tile side in pixels.")
+@click.option(
+    "--tile",
+    type=click.IntRange(16, MAX_SIDE // 8),
+    default=128,
+    show_default=True,
+    help="Tile side in pixels.",
+)
 @user_errors
 def contact_sheet(root: Path, out: Path, count: int, source: str, tile: int) -> None:
     """Write a PNG of a few samples: three views then the four maps.
@@ -58,6 +72,9 @@ def contact_sheet(root: Path, out: Path, count: int, source: str, tile: int) -> 
     Example:
       pbrforge contact-sheet data/demo --out sheet.png --count 8 --source dirty
     """
+    from pbrforge.fileio import atomic_path, check_output_path
+
+    check_output_path(out, "--out")
     img = contact_sheet_image(root, count, source, tile)
     with atomic_path(out) as tmp:
         img.save(tmp, format="PNG")

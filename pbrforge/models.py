@@ -8,7 +8,6 @@ so any tool can rebuild the exact architecture without the code that trained it.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from pathlib import Path
 from typing import Any
 
@@ -17,36 +16,34 @@ from torch import nn
 
 from pbrforge.config import TrainConfig
 from pbrforge.errors import ConfigError, DataError
+from pbrforge.families import get_family
 
 CHECKPOINT_FORMAT = "pbrforge-checkpoint-1"
-FAMILIES = {
-    "teacher": ("pbrforge.teacher.model", "TeacherConfig", "MultiViewPBRGenerator"),
-    "student": ("pbrforge.student.model", "StudentConfig", "PBRStudent"),
-}
 
 
-def model_classes(family: str) -> tuple[type, type]:
-    if family not in FAMILIES:
-        raise ConfigError(f"unknown model family {family!r}; known: {sorted(FAMILIES)}")
-    module, cfg_name, model_name = FAMILIES[family]
-    mod = importlib.import_module(module)
-    return getattr(mod, cfg_name), getattr(mod, model_name)
+def model_config(cfg: TrainConfig) -> Any:
+    """The typed model config of a TrainConfig: the one place a model's sizes are read from.
 
-
-def model_config(family: str, values: dict[str, Any]) -> Any:
-    cfg_cls, _ = model_classes(family)
+    Its ``image_size`` is the side of each input view and ``output_size`` the side of the maps.
+    """
+    cfg_cls = get_family(cfg.family).config_cls
     known = {f.name for f in dataclasses.fields(cfg_cls)}
-    unknown = sorted(set(values) - known)
+    unknown = sorted(set(cfg.model) - known)
     if unknown:
-        raise ConfigError(f"unknown {family} model keys {unknown}; known: {sorted(known)}")
-    fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    return cfg_cls(**fixed)
+        raise ConfigError(f"unknown {cfg.family} model keys {unknown}; known: {sorted(known)}")
+    fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.model.items()}
+    try:
+        return cfg_cls(**fixed)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"invalid {cfg.family} model config ({e})") from e
 
 
 def build_model(cfg: TrainConfig) -> nn.Module:
     """Build the architecture a TrainConfig describes (weights random)."""
-    _, model_cls = model_classes(cfg.family)
-    return model_cls(model_config(cfg.family, cfg.model))
+    try:
+        return get_family(cfg.family).model_cls(model_config(cfg))
+    except (ValueError, KeyError) as e:  # the model's own checks of its config
+        raise ConfigError(f"cannot build the {cfg.family} model: {e}") from e
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pbrforge.contract import INPUT_MEAN, INPUT_STD, MAP_NAMES, MAPS, NUM_VIEWS, contract_dict
 from pbrforge.errors import DataError
@@ -18,6 +19,11 @@ INPUT_NAMES: tuple[str, ...] = tuple(f"view_{i}" for i in range(NUM_VIEWS))
 OUTPUT_NAMES: tuple[str, ...] = MAP_NAMES
 DEFAULT_FINAL_SIZE = 2048
 CONTRACT_VERSION = 1
+# Largest convolution kernel the Apple Neural Engine runs natively; larger ones fall back to the GPU or CPU.
+ANE_MAX_KERNEL = 13
+
+if TYPE_CHECKING:
+    from pbrforge.config import TrainConfig
 
 
 @dataclass
@@ -47,12 +53,26 @@ class DeployContract:
     def load(cls, path: Path) -> DeployContract:
         path = Path(path)
         if not path.is_file():
-            raise DataError(f"missing deployment contract {path} (written by export/converter.py)")
+            raise DataError(f"missing deployment contract {path} (written by `pbrforge export`)")
         try:
             data = json.loads(path.read_text())
             return cls(**data)
         except (json.JSONDecodeError, TypeError) as e:
             raise DataError(f"{path} is not a pbrforge deployment contract ({e})") from e
+
+
+def build_contract(cfg: TrainConfig, image_size: int | None = None, use_sr: bool = True) -> DeployContract:
+    """The contract of a model built from ``cfg``, run at ``image_size`` (default: its own), with or without
+    its super-resolution head: the only place a contract is made from a config."""
+    from pbrforge.models import model_config
+
+    m = model_config(cfg)
+    size = image_size or m.image_size
+    scale = getattr(m, "sr_scale", 1) if use_sr else 1
+    native = m.output_size // m.image_size if use_sr else 1  # output side per input side
+    return DeployContract(
+        image_size=size, output_size=size * native, sr_scale=scale, family=cfg.family, model_name=cfg.name
+    )
 
 
 def contract_path(artifact: Path) -> Path:

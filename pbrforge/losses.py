@@ -5,6 +5,8 @@ Every weight lives in ``LossConfig``. The rendering loss uses the same renderer 
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torchmetrics.functional.image import structural_similarity_index_measure as ssim
@@ -39,13 +41,14 @@ def map_losses(
         if w:
             terms[f"l1_{name}"] = w * (p[name] - t[name]).abs().mean()
     if cfg.ssim_albedo:
-        terms["ssim_albedo"] = cfg.ssim_albedo * (1 - ssim(p["albedo"], t["albedo"], data_range=1.0))
+        similarity = cast(torch.Tensor, ssim(p["albedo"], t["albedo"], data_range=1.0))
+        terms["ssim_albedo"] = cfg.ssim_albedo * (1 - similarity)
     if cfg.normal_angular:
         terms["normal_angular"] = cfg.normal_angular * normal_angular_loss(p["normal"], t["normal"])
     if cfg.render and cfg.render_lights > 0:
         lights = random_lights(pred.shape[0], cfg.render_lights, generator=generator, device=pred.device)
         terms["render"] = cfg.render * rendering_loss(pred.float(), true.float(), lights)
-    terms["total"] = sum(terms.values())
+    terms["total"] = cast(torch.Tensor, sum(terms.values()))
     return terms
 
 

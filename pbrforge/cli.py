@@ -1,0 +1,46 @@
+"""The ``pbrforge`` console script: one click group whose subcommands the stages declare as entry points.
+
+A stage adds a command in ``pyproject.toml`` under ``[project.entry-points."pbrforge.commands"]``; the group
+imports it only to run it or show its help, and command modules import torch only inside their work, so
+``pbrforge --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+
+import click
+
+from pbrforge import __version__
+from pbrforge.logs import set_verbosity
+
+GROUP = "pbrforge.commands"
+
+
+class EntryPointGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(ep.name for ep in entry_points(group=GROUP))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        found = entry_points(group=GROUP, name=name)
+        return next(iter(found)).load() if found else None
+
+
+@click.group(cls=EntryPointGroup)
+@click.version_option(__version__)
+@click.option("-v", "--verbose", count=True, help="More detail in the log (debug lines).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors in the log.")
+def main(verbose: int, quiet: bool) -> None:
+    """pbrforge: three photos of a surface in, PBR maps out.
+
+    \b
+    Examples:
+      pbrforge datagen --out data/demo --count 64 --size 256
+      pbrforge check-data data/demo
+      pbrforge -q export runs/student/checkpoints/best.pt --output artifacts/student
+    """
+    set_verbosity(verbose, quiet)
+
+
+if __name__ == "__main__":
+    main()
