@@ -19,7 +19,7 @@ import torch
 from click.testing import CliRunner
 
 from pbrforge.errors import fail
-from pbrforge.options import examples_epilog
+from pbrforge.options import OUTPUT_DIR, Command, examples_epilog
 
 TEACHER_SIZE = 128
 STUDENT_SIZE = 64  # student_mnv3_plk_512 shrunk for the demo: 64 px in, x2 SR, 128 px out
@@ -36,10 +36,8 @@ def _step(title: str, command, args: list[str]) -> float:
     return time.perf_counter() - t0
 
 
-@click.command(epilog=examples_epilog(__doc__))
-@click.option(
-    "--out", type=click.Path(path_type=Path, file_okay=False), default=Path("demo_out"), show_default=True
-)
+@click.command(cls=Command, epilog=examples_epilog(__doc__))
+@click.option("--out", type=OUTPUT_DIR, default=Path("demo_out"), show_default=True)
 @click.option(
     "--count", type=click.IntRange(8, 10_000), default=48, show_default=True, help="Generated samples."
 )
@@ -172,6 +170,9 @@ def main(out: Path, count: int) -> None:
         + ", ".join(f"{k} {v:.0f}" for k, v in times.items())
         + f"; total {total:.0f} s on {torch.get_num_threads()} threads"
     )
+    from pbrforge.provenance import write_result
+
+    write_result(out / "timings.json", {"seconds": times | {"total": total}})
     click.echo(
         f"look at: {out / 'contact_sheet.png'}, {out / 'teacher' / 'grids'}, {out / 'inference' / 'preview.png'},"
         f" {out / 'inference' / 'latency.png'}"

@@ -13,13 +13,11 @@ from pathlib import Path
 import click
 
 from pbrforge.errors import user_errors
-from pbrforge.options import MAX_SIDE, examples_epilog
+from pbrforge.options import MAX_SIDE, OUTPUT_DIR, Command, FiniteFloatRange, examples_epilog
 
 
-@click.command("datagen", epilog=examples_epilog(__doc__))
-@click.option(
-    "--out", type=click.Path(path_type=Path, file_okay=False), required=True, help="Data root to create."
-)
+@click.command("datagen", cls=Command, epilog=examples_epilog(__doc__))
+@click.option("--out", type=OUTPUT_DIR, required=True, help="Data root to create.")
 @click.option(
     "--count", type=click.IntRange(1, 1_000_000), default=64, show_default=True, help="Number of samples."
 )
@@ -33,7 +31,7 @@ from pbrforge.options import MAX_SIDE, examples_epilog
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True)
 @click.option(
     "--dirty-ratio",
-    type=click.FloatRange(0.0, 1.0),
+    type=FiniteFloatRange(0.0, 1.0),
     default=0.5,
     show_default=True,
     help="Fraction of samples that also get a damaged capture.",

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import click
 
 from pbrforge.errors import ConfigError, ParityError, UnavailableError, fail, user_errors
-from pbrforge.options import MAX_SIDE, examples_epilog
+from pbrforge.options import MAX_SIDE, OUTPUT_FILE, Command, examples_epilog
 
 if TYPE_CHECKING:
     import numpy as np
@@ -142,7 +142,7 @@ def export_artifacts(
     """Export to each format in order; unavailable formats are recorded as skipped, parity failures as failed."""
     from pbrforge.deploy import contract_path
     from pbrforge.export import coreml_export
-    from pbrforge.fileio import check_output_path, remove, remove_stale_temps, temp_name
+    from pbrforge.fileio import check_output_path, exclusive, remove, remove_stale_temps, temp_name
 
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
@@ -153,68 +153,81 @@ def export_artifacts(
     check_output_path(output.with_suffix(".onnx"), "--output")
     if contract_out is not None:
         check_output_path(contract_out, "--contract-out")
+    if formats == (
+        "tensorrt",
+    ):  # alone, it needs TensorRT and an ONNX file already there: say so before writing
+        from pbrforge.export.trt_export import tensorrt_module
+
+        tensorrt_module()
+        if not output.with_suffix(".onnx").is_file():
+            raise ConfigError(
+                "the TensorRT engine is built from the ONNX file: export onnx first (--format all does)"
+            )
     wrapper, folded, example, reference, contract = prepare(checkpoint, test_resolution, use_sr)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(output.parent)
-    result = ExportResult()
-    onnx_path = output.with_suffix(".onnx")
-    for fmt in formats:
-        final = output.with_suffix(SUFFIXES[fmt])
-        staged = temp_name(final, "staged")
-        try:
-            if fmt == "onnx":
-                from pbrforge.export.onnx_export import export_onnx, onnx_parity
+    with exclusive(output):
+        output.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(output.parent)
+        result = ExportResult()
+        onnx_path = output.with_suffix(".onnx")
+        for fmt in formats:
+            final = output.with_suffix(SUFFIXES[fmt])
+            staged = temp_name(final, "staged")
+            try:
+                if fmt == "onnx":
+                    from pbrforge.export.onnx_export import export_onnx, onnx_parity
 
-                seconds = export_onnx(wrapper, example, staged)
-                parity = onnx_parity(staged, reference, example)
-                _keep(result, fmt, staged, final, parity, seconds)
-            elif fmt == "coreml":
-                t0 = time.perf_counter()
-                mlmodel = coreml_export.convert_coreml(folded, example, fp16, min_target, contract)
-                if nbits:
-                    mlmodel = coreml_export.palettize(mlmodel, nbits)
-                coreml_export.save_mlpackage(mlmodel, staged)
-                seconds = time.perf_counter() - t0
-                parity = coreml_export.coreml_parity(staged, folded, reference, example, fp16, bool(nbits))
-                parity.info |= {"fp16": fp16, "nbits": nbits, "min_target": min_target}
-                kept = _keep(result, fmt, staged, final, parity, seconds)
-                if ane:
-                    from pbrforge.export.ane_report import ane_report, report_table
-                    from pbrforge.fileio import write_json
-
-                    report = ane_report(kept)
-                    write_json(kept.with_suffix(".ane.json"), report)
-                    _logger.info(report_table(report))
-            elif fmt == "tensorrt":
-                from pbrforge.export.trt_export import build_engine
-
-                onnx_rows = [r for r in result.rows if r.format == "onnx"]
-                if not onnx_path.exists() or (onnx_rows and onnx_rows[0].status != "ok"):
-                    raise ConfigError(
-                        "the TensorRT engine is built from the ONNX file: export onnx first (--format all does)"
+                    seconds = export_onnx(wrapper, example, staged)
+                    parity = onnx_parity(staged, reference, example)
+                    _keep(result, fmt, staged, final, parity, seconds)
+                elif fmt == "coreml":
+                    t0 = time.perf_counter()
+                    mlmodel = coreml_export.convert_coreml(folded, example, fp16, min_target, contract)
+                    if nbits:
+                        mlmodel = coreml_export.palettize(mlmodel, nbits)
+                    coreml_export.save_mlpackage(mlmodel, staged)
+                    seconds = time.perf_counter() - t0
+                    parity = coreml_export.coreml_parity(
+                        staged, folded, reference, example, fp16, bool(nbits)
                     )
-                seconds = build_engine(onnx_path, final, contract.image_size, fp16)
-                result.rows.append(
-                    ExportRow(
-                        fmt,
-                        str(final),
-                        "built",
-                        seconds,
-                        artifact_bytes(final),
-                        "(unverified: no GPU parity here)",
+                    parity.info |= {"fp16": fp16, "nbits": nbits, "min_target": min_target}
+                    kept = _keep(result, fmt, staged, final, parity, seconds)
+                    if ane:
+                        from pbrforge.export.ane_report import ane_report, report_table
+                        from pbrforge.fileio import write_json
+
+                        report = ane_report(kept)
+                        write_json(kept.with_suffix(".ane.json"), report)
+                        _logger.info(report_table(report))
+                elif fmt == "tensorrt":
+                    from pbrforge.export.trt_export import build_engine
+
+                    onnx_rows = [r for r in result.rows if r.format == "onnx"]
+                    if not onnx_path.exists() or (onnx_rows and onnx_rows[0].status != "ok"):
+                        raise ConfigError(
+                            "the TensorRT engine is built from the ONNX file: export onnx first (--format all does)"
+                        )
+                    seconds = build_engine(onnx_path, final, contract.image_size, fp16)
+                    result.rows.append(
+                        ExportRow(
+                            fmt,
+                            str(final),
+                            "built",
+                            seconds,
+                            artifact_bytes(final),
+                            "(unverified: no GPU parity here)",
+                        )
                     )
-                )
-        except UnavailableError as e:
-            if len(formats) == 1:
-                raise
-            result.rows.append(ExportRow(fmt, "", "skipped", detail=str(e)))
-        finally:
-            remove(staged)
-    if any(r.status in ("ok", "built") for r in result.rows):
-        contract.save(contract_path(output.with_suffix(".x")))
-        if contract_out:
-            contract.save(contract_out)
-    return result
+            except UnavailableError as e:
+                if len(formats) == 1:
+                    raise
+                result.rows.append(ExportRow(fmt, "", "skipped", detail=str(e)))
+            finally:
+                remove(staged)
+        if any(r.status in ("ok", "built") for r in result.rows):
+            contract.save(contract_path(output.with_suffix(".x")))
+            if contract_out:
+                contract.save(contract_out)
+        return result
 
 
 def _keep(
@@ -233,11 +246,11 @@ def _keep(
     return kept
 
 
-@click.command("export", epilog=examples_epilog(__doc__))
+@click.command("export", cls=Command, epilog=examples_epilog(__doc__))
 @click.argument("checkpoint", type=click.Path(path_type=Path, dir_okay=False))
 @click.option(
     "--output",
-    type=click.Path(path_type=Path),
+    type=OUTPUT_FILE,
     required=True,
     help="Artifact path without extension: writes OUTPUT.mlpackage / .onnx / .plan and reports beside them.",
 )
@@ -261,7 +274,7 @@ def _keep(
 @click.option("--min-target", type=click.Choice(["iOS17", "iOS18"]), default="iOS17", show_default=True)
 @click.option(
     "--contract-out",
-    type=click.Path(path_type=Path, dir_okay=False),
+    type=OUTPUT_FILE,
     default=None,
     help="Also write the deployment contract here (e.g. mobile_app/contract.json).",
 )

@@ -13,11 +13,21 @@ import click
 
 from pbrforge import __version__
 from pbrforge.logs import set_verbosity
+from pbrforge.options import OneLineUsageErrors
 
 GROUP = "pbrforge.commands"
 
 
-class EntryPointGroup(click.Group):
+class EntryPointGroup(OneLineUsageErrors, click.Group):
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as e:  # an unknown subcommand: one line too
+            e.ctx = None
+            raise
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(ep.name for ep in entry_points(group=GROUP))
 

@@ -15,7 +15,9 @@ import typing
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
 
 from pbrforge.errors import ConfigError
 from pbrforge.families import families, get_family
@@ -25,59 +27,66 @@ from pbrforge.families import families, get_family
 LEGACY_DATA_KEYS = ("image_size", "output_size")
 
 
+# Ranges are part of the types: ``--set``, presets, .py configs and checkpoints are all checked against them.
+Count = Annotated[int, Field(ge=0)]
+Positive = Annotated[int, Field(ge=1)]
+Weight = Annotated[float, Field(ge=0)]
+Fraction = Annotated[float, Field(ge=0, le=1)]
+
+
 @dataclass
 class DataConfig:
-    curriculum: int = 1  # 0 clean, 1 clean + dirty, 2 dirty
-    val_fraction: float = 0.2  # fraction of *materials* held out
-    split_seed: int = 0
-    num_workers: int = 0
+    curriculum: Annotated[int, Field(ge=0, le=2)] = 1  # 0 clean, 1 clean + dirty, 2 dirty
+    val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.2  # fraction of *materials* held out
+    split_seed: Count = 0
+    num_workers: Annotated[int, Field(ge=0, le=256)] = 0
 
 
 @dataclass
 class LossConfig:
-    l1: dict[str, float] = field(
+    l1: dict[str, Weight] = field(
         default_factory=lambda: {"albedo": 1.0, "roughness": 1.0, "metallic": 1.0, "normal": 1.0}
     )
-    ssim_albedo: float = 0.2  # weight of (1 - SSIM) on albedo
-    normal_angular: float = 0.5  # weight of (1 - cos) between normals
-    render: float = 0.5  # weight of the GGX rendering loss
-    render_lights: int = 3  # random lights per sample for the rendering loss
-    gan: float = 0.01  # generator adversarial weight (used only when training.gan is on)
-    gan_loss: str = "hinge"  # hinge | bce
-    distill_alpha: float = 0.0  # student: weight of the teacher's maps vs ground truth
+    ssim_albedo: Weight = 0.2  # weight of (1 - SSIM) on albedo
+    normal_angular: Weight = 0.5  # weight of (1 - cos) between normals
+    render: Weight = 0.5  # weight of the GGX rendering loss
+    render_lights: Annotated[int, Field(ge=0, le=64)] = 3  # random lights per sample for the rendering loss
+    gan: Weight = 0.01  # generator adversarial weight (used only when training.gan is on)
+    gan_loss: Literal["hinge", "bce"] = "hinge"
+    distill_alpha: Fraction = 0.0  # student: weight of the teacher's maps vs ground truth
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 2e-4
-    d_lr: float = 2e-4
-    weight_decay: float = 1e-4
-    betas: tuple[float, float] = (0.9, 0.999)
-    grad_clip: float = 1.0  # max grad norm, 0 = off
-    scheduler: str = "cosine"  # cosine | step | plateau | none
-    warmup_epochs: float = 0.0
-    step_epochs: int = 10  # step scheduler period
-    gamma: float = 0.5  # step / plateau factor
-    plateau_patience: int = 3
-    min_lr_ratio: float = 0.01
+    lr: Annotated[float, Field(gt=0, le=10)] = 2e-4
+    d_lr: Annotated[float, Field(gt=0, le=10)] = 2e-4
+    weight_decay: Weight = 1e-4
+    betas: tuple[Fraction, Fraction] = (0.9, 0.999)
+    grad_clip: Weight = 1.0  # max grad norm, 0 = off
+    scheduler: Literal["cosine", "step", "plateau", "none"] = "cosine"
+    warmup_epochs: Weight = 0.0
+    step_epochs: Positive = 10  # step scheduler period
+    gamma: Annotated[float, Field(gt=0, le=1)] = 0.5  # step / plateau factor
+    plateau_patience: Count = 3
+    min_lr_ratio: Fraction = 0.01
 
 
 @dataclass
 class TrainingConfig:
-    epochs: int = 50
-    batch_size: int = 8
-    seed: int = 0
+    epochs: Annotated[int, Field(ge=1, le=1_000_000)] = 50
+    batch_size: Annotated[int, Field(ge=1, le=4096)] = 8
+    seed: Count = 0
     amp: bool = True  # used where the device supports it (CUDA)
     gan: bool = True
-    gan_start_epoch: int = 5
-    d_steps_per_g_step: int = 1
-    disc_layers: int = 3
-    disc_ndf: int = 64
-    checkpoint_every: int = 0  # also keep epoch_N checkpoints every N epochs (0 = off)
-    grid_every: int = 1  # comparison grid PNG every N epochs
-    max_steps_per_epoch: int = 0  # 0 = whole epoch; small values for tests and demos
+    gan_start_epoch: Count = 5
+    d_steps_per_g_step: Positive = 1
+    disc_layers: Annotated[int, Field(ge=1, le=8)] = 3
+    disc_ndf: Annotated[int, Field(ge=1, le=1024)] = 64
+    checkpoint_every: Count = 0  # also keep epoch_N checkpoints every N epochs (0 = off)
+    grid_every: Count = 1  # comparison grid PNG every N epochs
+    max_steps_per_epoch: Count = 0  # 0 = whole epoch; small values for tests and demos
     # > 0: also keep an EMA of the weights (timm ModelEmaV3, warm-up on); it is what is validated and shipped
-    ema_decay: float = 0.0
+    ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.0
 
 
 @dataclass
@@ -115,7 +124,10 @@ class TrainConfig:
                 values = dict(d[key])
                 if key == "optim" and "betas" in values:
                     values["betas"] = tuple(values["betas"])
-                kwargs[key] = sub(**values)
+                hints = typing.get_type_hints(sub, include_extras=True)
+                kwargs[key] = sub(**{k: typed_value(f"{key}.{k}", v, hints[k]) for k, v in values.items()})
+        if not isinstance(kwargs["family"], str) or not isinstance(kwargs["name"], str):
+            raise ConfigError("config.family and config.name must be strings")
         return cls(**kwargs)
 
     def override(self, dotted: dict[str, Any]) -> TrainConfig:
@@ -125,15 +137,15 @@ class TrainConfig:
         for key, value in dotted.items():
             section, _, name = key.partition(".")
             cls = get_family(self.family).config_cls if section == "model" else sections.get(section)
-            hints = typing.get_type_hints(cls) if cls is not None else {}
+            hints = typing.get_type_hints(cls, include_extras=True) if cls is not None else {}
             if name not in hints:
                 known = ", ".join(f"{section}.{k}" for k in sorted(hints)) if hints else ", ".join(sorted(d))
                 raise ConfigError(f"unknown config key {key!r}; known: {known}")
-            d[section][name] = _typed(key, value, hints[name])
+            d[section][name] = typed_value(key, value, hints[name])
         return TrainConfig.from_dict(d)
 
 
-def _typed(key: str, value: Any, hint: Any) -> Any:
+def typed_value(key: str, value: Any, hint: Any) -> Any:
     """``value`` as the field's type, or one sentence: no silent str/float casts, no NaN or inf."""
     from pydantic import ConfigDict, TypeAdapter, ValidationError
 
@@ -147,10 +159,7 @@ def _typed(key: str, value: Any, hint: Any) -> Any:
                 tuple(value), strict=True
             )
         except ValidationError as e:
-            wanted = getattr(hint, "__name__", str(hint))
-            raise ConfigError(
-                f"{key}={json.dumps(value)} is not a valid {wanted} ({e.errors()[0]['msg']})"
-            ) from e
+            raise ConfigError(f"{key}={value!r} is invalid: {e.errors()[0]['msg']}") from e
     if isinstance(out, float) and not math.isfinite(out):
         raise ConfigError(f"{key} must be a finite number, got {value}")
     return out

@@ -63,6 +63,7 @@ UNIT_INTERVAL_MAPS = ("albedo", "roughness", "metallic")
 NORMAL_CHANNELS = MAPS["normal"].slice
 UNIT_CHANNELS = slice(0, NORMAL_CHANNELS.start)  # the unit-interval maps are every channel before the normal
 NORMAL_TOLERANCE = 1e-3  # |‖n‖ - 1| accepted for a decoded normal
+MIN_NORMAL_LENGTH = 0.5  # a stored normal shorter than this before renormalising is corrupt, not quantised
 
 # Input normalisation shared by training, export wrappers and the runtime (ImageNet statistics,
 # the convention of the timm encoders).
@@ -198,7 +199,14 @@ def decode_map(name: str, path: Path, size: int | None = None) -> np.ndarray:
         value = value[None] if value.ndim == 2 else value.transpose(2, 0, 1)
     if name == "normal":
         value = value * 2.0 - 1.0
-        value = value / np.maximum(np.linalg.norm(value, axis=0, keepdims=True), 1e-6)
+        length = np.linalg.norm(value, axis=0, keepdims=True)
+        short = int((length < MIN_NORMAL_LENGTH).sum())
+        if short:
+            raise DataError(
+                f"{path}: {short} normal(s) have (almost) zero length, e.g. the colour (128, 128, 128); "
+                "a normal map stores unit vectors"
+            )
+        value = value / length
     return np.ascontiguousarray(value, dtype=np.float32)
 
 

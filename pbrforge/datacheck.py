@@ -8,13 +8,13 @@ from typing import TYPE_CHECKING
 import click
 
 from pbrforge.errors import user_errors
-from pbrforge.options import MAX_SIDE
+from pbrforge.options import MAX_SIDE, OUTPUT_FILE, Command
 
 if TYPE_CHECKING:
     from PIL import Image
 
 
-@click.command("check-data")
+@click.command("check-data", cls=Command)
 @click.argument("root", type=click.Path(path_type=Path, file_okay=False))
 @user_errors
 def check_data(root: Path) -> None:
@@ -52,9 +52,9 @@ def contact_sheet_image(root: Path, count: int = 6, source: str = "clean", tile:
     return Image.fromarray(np.round(sheet * 255).astype(np.uint8), "RGB")
 
 
-@click.command("contact-sheet")
+@click.command("contact-sheet", cls=Command)
 @click.argument("root", type=click.Path(path_type=Path, file_okay=False))
-@click.option("--out", type=click.Path(path_type=Path, dir_okay=False), required=True, help="PNG to write.")
+@click.option("--out", type=OUTPUT_FILE, required=True, help="PNG to write.")
 @click.option("--count", type=click.IntRange(1, 256), default=6, show_default=True, help="Samples (rows).")
 @click.option("--source", type=click.Choice(["clean", "dirty"]), default="clean", show_default=True)
 @click.option(

@@ -42,21 +42,6 @@ METADATA_FILE = "render_metadata.json"
 SOURCES = ("clean", "dirty")
 CURRICULA = {0: ("clean",), 1: ("clean", "dirty"), 2: ("dirty",)}
 FORMAT_VERSION = 1
-TOP_KEYS = {
-    "format_version",
-    "generator",
-    "seed",
-    "size",
-    "count",
-    "dirty_ratio",
-    "camera",
-    "light_power",
-    "light_distance",
-    "samples",
-    "materials",
-}
-SAMPLE_KEYS = {"material", "sources", "lights", "light_power"}
-MATERIAL_KEYS = {"family", "seed"}
 
 
 @dataclass
@@ -95,45 +80,35 @@ def input_fingerprint(root: Path, source: str, sample_id: str) -> str:
     return h.hexdigest()
 
 
+def read_json(path: Path) -> object:
+    """A JSON file's content, or one DataError sentence (missing, a folder, empty, not UTF-8, not JSON, NaN)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"missing {path}" + (" (it is a folder)" if path.is_dir() else ""))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise DataError(f"{path} is not valid JSON ({type(e).__name__}: {str(e)[:80]})") from e
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def load_metadata(root: Path) -> dict:
-    """Read and schema-check render_metadata.json (unknown keys are an error, not ignored)."""
+    """Read render_metadata.json and check it against its schema (unknown keys are an error, not ignored)."""
+    from pbrforge.schemas import RenderMetadata, check
+
     path = Path(root) / "input" / METADATA_FILE
     if not Path(root).is_dir():
         raise DataError(f"data root {root} does not exist")
     if not path.is_file():
         raise DataError(f"missing {path}: not a pbrforge data set (run `pbrforge datagen` first)")
-    try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path} is not valid JSON ({e})") from e
-    if not isinstance(meta, dict):
-        raise DataError(f"{path} must hold a JSON object")
-    _check_keys(meta, TOP_KEYS, str(path))
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise DataError(f"{path}: format_version {meta.get('format_version')!r} is not {FORMAT_VERSION}")
-    for key in ("samples", "materials", "size"):
-        if key not in meta:
-            raise DataError(f"{path}: missing key {key!r}")
+    meta = check(RenderMetadata, read_json(path), str(path)).model_dump()
     for sid, s in meta["samples"].items():
-        _check_keys(s, SAMPLE_KEYS, f"{path} sample {sid}")
-        if s.get("material") not in meta["materials"]:
-            raise DataError(f"{path}: sample {sid} names material {s.get('material')!r}, which is not listed")
-        bad = set(s.get("sources", [])) - set(SOURCES)
-        if bad or not s.get("sources"):
-            raise DataError(
-                f"{path}: sample {sid} has sources {s.get('sources')}, expected a subset of {SOURCES}"
-            )
-    for mid, m in meta["materials"].items():
-        _check_keys(m, MATERIAL_KEYS, f"{path} material {mid}")
+        if s["material"] not in meta["materials"]:
+            raise DataError(f"{path}: sample {sid} names material {s['material']!r}, which is not listed")
     return meta
-
-
-def _check_keys(obj: dict, allowed: set[str], where: str) -> None:
-    if not isinstance(obj, dict):
-        raise DataError(f"{where} must be a JSON object")
-    unknown = sorted(set(obj) - allowed)
-    if unknown:
-        raise DataError(f"{where}: unknown metadata keys {unknown} (known: {sorted(allowed)})")
 
 
 def scan_dataset(root: Path, deep: bool = False) -> tuple[dict, DatasetSummary]:

@@ -6,10 +6,11 @@ Python runtime and the iOS sample read the same file.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from pydantic import ConfigDict
 
 from pbrforge.contract import INPUT_MEAN, INPUT_STD, MAP_NAMES, MAPS, NUM_VIEWS, contract_dict
 from pbrforge.errors import DataError
@@ -28,6 +29,10 @@ if TYPE_CHECKING:
 
 @dataclass
 class DeployContract:
+    __pydantic_config__ = ConfigDict(
+        extra="forbid", strict=True, allow_inf_nan=False
+    )  # how files are checked
+
     image_size: int  # side of each input view
     output_size: int  # side of each output map
     sr_scale: int  # output_size / image_size as built (1 when the SR head is bypassed)
@@ -51,14 +56,31 @@ class DeployContract:
 
     @classmethod
     def load(cls, path: Path) -> DeployContract:
+        """Read and check a contract file: its schema, then the facts it must share with this contract."""
+        from pbrforge.dataset import read_json
+        from pbrforge.schemas import MAX_SIDE, check
+
         path = Path(path)
         if not path.is_file():
             raise DataError(f"missing deployment contract {path} (written by `pbrforge export`)")
-        try:
-            data = json.loads(path.read_text())
-            return cls(**data)
-        except (json.JSONDecodeError, TypeError) as e:
-            raise DataError(f"{path} is not a pbrforge deployment contract ({e})") from e
+        c = check(cls, read_json(path), f"{path} (a deployment contract)")
+        fixed = cls(
+            image_size=c.image_size, output_size=c.output_size, sr_scale=c.sr_scale, family="", model_name=""
+        )
+        for name in ("input_names", "output_names", "output_channels", "version"):
+            if getattr(c, name) != getattr(fixed, name):
+                raise DataError(
+                    f"{path}: {name} is {getattr(c, name)!r}, this pbrforge needs {getattr(fixed, name)!r}"
+                )
+        if not (
+            32 <= c.image_size <= MAX_SIDE
+            and 1 <= c.output_size <= MAX_SIDE
+            and 1 <= c.final_size <= MAX_SIDE
+        ):
+            raise DataError(
+                f"{path}: sizes {c.image_size}/{c.output_size}/{c.final_size} are outside 32..{MAX_SIDE}"
+            )
+        return c
 
 
 def build_contract(cfg: TrainConfig, image_size: int | None = None, use_sr: bool = True) -> DeployContract:

@@ -124,3 +124,27 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def exclusive(target: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``target`` (a file or folder about to be written) for the block.
+
+    A second run into the same output is refused in one sentence instead of racing the first. The lock is
+    ``flock`` on a hidden ``.NAME.lock`` beside the target, released by the kernel if the process dies.
+    """
+    import fcntl
+
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(target.parent / f".{target.name}.lock", "a+")  # noqa: SIM115 - held for the whole block
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as e:
+            raise DataError(
+                f"another pbrforge run is writing {target} right now; wait for it to finish or choose another output"
+            ) from e
+        yield
+    finally:
+        handle.close()  # closing releases the lock

@@ -8,13 +8,14 @@ so any tool can rebuild the exact architecture without the code that trained it.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from pbrforge.config import TrainConfig
+from pbrforge.config import TrainConfig, typed_value
 from pbrforge.errors import ConfigError, DataError
 from pbrforge.families import get_family
 
@@ -31,7 +32,8 @@ def model_config(cfg: TrainConfig) -> Any:
     unknown = sorted(set(cfg.model) - known)
     if unknown:
         raise ConfigError(f"unknown {cfg.family} model keys {unknown}; known: {sorted(known)}")
-    fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.model.items()}
+    hints = typing.get_type_hints(cfg_cls, include_extras=True)
+    fixed = {k: typed_value(f"model.{k}", v, hints[k]) for k, v in cfg.model.items()}
     try:
         return cfg_cls(**fixed)
     except (TypeError, ValueError) as e:
@@ -47,19 +49,47 @@ def build_model(cfg: TrainConfig) -> nn.Module:
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint without unpickling arbitrary objects; one sentence if it is not ours."""
+    """Read a checkpoint without unpickling arbitrary objects and check its schema and weights.
+
+    Every failure is our one sentence: a foreign pickle, a 0-byte or truncated file, a missing key, a weight
+    that is not a tensor, or one that holds NaN or inf.
+    """
+    from pbrforge.schemas import CheckpointHead, check
+
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"checkpoint {path} does not exist")
+        raise DataError(f"checkpoint {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
+    if path.stat().st_size == 0:
+        raise DataError(f"checkpoint {path} is an empty file")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
+    except Exception as e:  # torch raises many types, and its advice (weights_only=False) is not ours to give
         raise DataError(
-            f"{path} is not a readable checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})"
+            f"{path} is not a pbrforge checkpoint: it is not a torch.save file of tensors and plain data "
+            f"({type(e).__name__})"
         ) from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise DataError(f"{path} is not a pbrforge checkpoint (expected format {CHECKPOINT_FORMAT})")
+    check(CheckpointHead, ckpt, f"checkpoint {path}")
+    for part in ("model", "ema"):
+        for name, value in ckpt.get(part, {}).items():
+            if not isinstance(value, torch.Tensor):
+                raise DataError(f"checkpoint {path}: {part}.{name} is a {type(value).__name__}, not a tensor")
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise DataError(
+                    f"checkpoint {path}: weight {part}.{name} holds NaN or inf, so the model is unusable"
+                )
     return ckpt
+
+
+def config_of(ckpt: dict[str, Any], path: Path) -> TrainConfig:
+    """The TrainConfig a checkpoint records, or one sentence saying what in it is wrong."""
+    try:
+        return TrainConfig.from_dict(ckpt["config"])
+    except ConfigError as e:
+        raise DataError(f"checkpoint {path} records a config this pbrforge cannot read: {e}") from e
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise DataError(f"checkpoint {path} records a malformed config ({type(e).__name__}: {e})") from e
 
 
 def load_state_strict(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -87,7 +117,7 @@ def model_from_checkpoint(
 ) -> tuple[nn.Module, TrainConfig, dict]:
     """Rebuild the model a checkpoint describes, load its weights (the EMA if trained with one), in eval mode."""
     ckpt = load_checkpoint(path, map_location)
-    cfg = TrainConfig.from_dict(ckpt["config"])
+    cfg = config_of(ckpt, path)
     if family is not None and cfg.family != family:
         raise ConfigError(f"{path} is a {cfg.family} checkpoint, expected a {family}")
     model = build_model(cfg)

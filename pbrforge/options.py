@@ -3,6 +3,7 @@ override a config. Imports click only, so a command's ``--help`` never waits for
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,8 +14,42 @@ if TYPE_CHECKING:
     from pbrforge.config import TrainConfig
 
 DEVICE_CHOICE = click.Choice(["auto", "cpu", "cuda", "mps"])
-# Largest view or map side a command accepts: 8192 px views of a 3-view batch already need ~2.4 GB as float32.
+# Largest view or map side any option or file may ask for: 8192 px maps of one sample are 2 GiB as float32,
+# so a larger request is refused before anything is allocated.
 MAX_SIDE = 8192
+
+
+class OutputPath(click.Path):
+    """A path the command will write: refused at parse time when it, or a folder on the way, is a file."""
+
+    def __init__(self, folder: bool) -> None:
+        super().__init__(path_type=Path, file_okay=not folder, dir_okay=folder)
+        self.folder = folder
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        path = Path(os.fsdecode(super().convert(value, param, ctx)))
+        for parent in path.parents:
+            if parent.exists() and not parent.is_dir():
+                self.fail(f"{path} cannot be written: {parent} is a file, not a folder", param, ctx)
+        if not self.folder and path.is_dir():
+            self.fail(f"{path} is a folder; give a file name", param, ctx)
+        return path
+
+
+class FiniteFloatRange(click.FloatRange):
+    """click's FloatRange lets NaN through (every comparison with NaN is false); this one does not."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        out = super().convert(value, param, ctx)
+        if out != out:
+            self.fail(f"{value!r} is not a number", param, ctx)
+        return out
+
+
+OUTPUT_DIR = OutputPath(folder=True)
+OUTPUT_FILE = OutputPath(folder=False)
+INPUT_DIR = click.Path(path_type=Path, file_okay=False)
+INPUT_FILE = click.Path(path_type=Path, dir_okay=False)
 
 
 def examples_epilog(doc: str | None) -> str:
@@ -38,13 +73,13 @@ def train_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     options = [
         click.option(
             "--output-dir",
-            type=click.Path(path_type=Path, file_okay=False),
+            type=OUTPUT_DIR,
             required=True,
             help="Logs, metrics.jsonl, grids (and checkpoints unless --checkpoint-dir).",
         ),
         click.option(
             "--checkpoint-dir",
-            type=click.Path(path_type=Path, file_okay=False),
+            type=OUTPUT_DIR,
             default=None,
             help="Where latest.pt / best.pt go [default: OUTPUT_DIR/checkpoints].",
         ),
@@ -98,3 +133,20 @@ def apply_train_options(
     if max_steps is not None:
         overrides["training.max_steps_per_epoch"] = max_steps
     return cfg.override(overrides | parse_overrides(extra))
+
+
+class OneLineUsageErrors:
+    """Usage errors (a bad option value, a missing argument) print as one line and exit 2, not a usage block."""
+
+    def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)  # type: ignore[misc]
+        except click.UsageError as e:
+            e.ctx = None  # without a context click prints "Error: <message>" alone
+            raise
+
+
+class Command(OneLineUsageErrors, click.Command):
+    """Every pbrforge command: ``@click.command(name, cls=Command)``."""

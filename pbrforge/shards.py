@@ -8,7 +8,6 @@ every shard's sha256 and byte size. The stage that runs the teacher writes them.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -36,18 +35,26 @@ def shard_name(i: int) -> str:
 
 
 def load_manifest(shards_dir: Path) -> dict[str, Any]:
+    """Read manifest.json and check it against its schema and the contract's channel order."""
+    from pbrforge.dataset import read_json
+    from pbrforge.schemas import Manifest, check
+
     path = Path(shards_dir) / MANIFEST
     if not path.is_file():
         raise DataError(f"missing {path}: run `pbrforge shards` first")
-    try:
-        m = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path} is not valid JSON ({e})") from e
-    if m.get("format_version") != FORMAT_VERSION:
-        raise DataError(f"{path}: format_version {m.get('format_version')!r} is not {FORMAT_VERSION}")
-    if m.get("channels") != list(CHANNEL_NAMES):
+    data = read_json(path)
+    if isinstance(data, dict) and data.get("format_version") != FORMAT_VERSION:
         raise DataError(
-            f"{path}: channel order {m.get('channels')} is not the contract's {list(CHANNEL_NAMES)}"
+            f"{path}: format_version {data.get('format_version')!r} is not {FORMAT_VERSION}; "
+            "rewrite the shards with `pbrforge shards`"
+        )
+    m = check(Manifest, data, str(path)).model_dump()
+    if m["channels"] != list(CHANNEL_NAMES):
+        raise DataError(f"{path}: channel order {m['channels']} is not the contract's {list(CHANNEL_NAMES)}")
+    bad_rows = [e for e in m["entries"] if e["row"] >= m["shard_size"]]
+    if bad_rows:
+        raise DataError(
+            f"{path}: entry {bad_rows[0]['sample_id']} has row {bad_rows[0]['row']} past the shard size"
         )
     return m
 

@@ -27,10 +27,17 @@ from pbrforge.config import OptimConfig, TrainConfig
 from pbrforge.contract import INPUT_MEAN, INPUT_STD, to_preview
 from pbrforge.distributed import barrier, init_distributed, unwrap
 from pbrforge.errors import ConfigError, PBRForgeError
-from pbrforge.fileio import atomic_path
+from pbrforge.fileio import atomic_path, exclusive, remove_stale_temps
 from pbrforge.losses import gan_d_loss, gan_g_loss, map_losses
 from pbrforge.metrics import MapMetrics
-from pbrforge.models import CHECKPOINT_FORMAT, build_model, load_checkpoint, load_state_strict, shipped_state
+from pbrforge.models import (
+    CHECKPOINT_FORMAT,
+    build_model,
+    config_of,
+    load_checkpoint,
+    load_state_strict,
+    shipped_state,
+)
 
 
 class TrainingError(PBRForgeError):
@@ -191,12 +198,7 @@ class Trainer:
         self.sched_d = LRSchedule(self.opt_d, o, self.steps_per_epoch, t.epochs) if self.opt_d else None
         self.loss_gen = torch.Generator().manual_seed(t.seed + 1)  # random lights of the rendering loss
         self.epoch, self.global_step, self.best = 0, 0, math.inf
-        self.writer = None
-        if self.dist.main:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.output_dir / "tb"))
+        self.writer: Any = None  # opened by fit(): nothing is written before resume() has checked its input
 
     @property
     def eval_model(self) -> nn.Module:
@@ -238,7 +240,7 @@ class Trainer:
 
     def resume(self, path: Path) -> None:
         ckpt = load_checkpoint(path, self.device)
-        saved = TrainConfig.from_dict(ckpt["config"])
+        saved = config_of(ckpt, path)
         if saved.family != self.cfg.family or saved.model != self.cfg.model:
             raise ConfigError(
                 f"cannot resume from {path}: it holds a {saved.family} {saved.model} model, "
@@ -354,7 +356,21 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def fit(self, max_seconds: float | None = None) -> dict[str, float]:
-        """Train to ``training.epochs``, or until another epoch would overrun ``max_seconds`` (wall clock)."""
+        """Train to ``training.epochs``, or until another epoch would overrun ``max_seconds`` (wall clock).
+
+        Holds a lock on the output folder, so a second run into it is refused rather than raced.
+        """
+        if not self.dist.main:
+            return self._fit(max_seconds)
+        with exclusive(self.output_dir):
+            for folder in (self.output_dir, self.checkpoint_dir):  # leftovers of a run that was killed
+                remove_stale_temps(folder)
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.output_dir / "tb"))
+            return self._fit(max_seconds)
+
+    def _fit(self, max_seconds: float | None) -> dict[str, float]:
         t = self.cfg.training
         last: dict[str, float] = {}
         self.model.train()

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import ImageOps
 
 from pbrforge.contract import NUM_VIEWS, open_image
 from pbrforge.errors import DataError
@@ -28,7 +29,13 @@ _logger = logging.getLogger(__name__)
 def image_to_float(path: Path) -> torch.Tensor:
     """Any supported image -> (3, H, W) float in [0, 1]."""
     img = open_image(path)
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+    img = ImageOps.exif_transpose(img)  # a photo taken rotated is read as it was seen, like the upright one
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float32)
+        if not np.isfinite(arr).all():
+            raise DataError(f"{path}: the image holds NaN or inf values")
+        arr = np.repeat(np.clip(arr, 0, 1)[..., None], 3, axis=2)
+    elif img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.float32)
         arr = arr / (65535.0 if arr.max() > 255 or img.mode.startswith("I;16") else 255.0)
         arr = np.repeat(arr[..., None], 3, axis=2)

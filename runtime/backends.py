@@ -63,6 +63,19 @@ def torch_runner(checkpoint: Path, threads: int, contract: DeployContract | None
     full = build_contract(cfg)
     contract = contract or full
     use_sr = contract.sr_scale == full.sr_scale
+    if (
+        contract is not full
+    ):  # a reference for an artifact: it must be the architecture the artifact came from
+        mine = build_contract(cfg, contract.image_size, use_sr)
+        if (cfg.family, cfg.name, mine.output_size) != (
+            contract.family,
+            contract.model_name,
+            contract.output_size,
+        ):
+            raise DataError(
+                f"--reference {checkpoint} is a {cfg.family} {cfg.name} giving {mine.output_size}px maps, but the "
+                f"artifact was exported from a {contract.family} {contract.model_name} giving {contract.output_size}px"
+            )
     wrapper = PBRExportWrapper(model, use_sr=use_sr).eval()
 
     def run(views: Views) -> dict[str, np.ndarray]:
@@ -73,11 +86,30 @@ def torch_runner(checkpoint: Path, threads: int, contract: DeployContract | None
 
 
 def onnx_runner(path: Path, threads: int, level: str = "all") -> Runner:
-    from pbrforge.deploy import DeployContract, contract_path
+    """ONNX Runtime on the CPU; a file that is not a pbrforge ONNX model is one sentence."""
+    from pbrforge.deploy import INPUT_NAMES, OUTPUT_NAMES, DeployContract, contract_path
     from pbrforge.export.onnx_export import onnx_session, run_onnx
 
-    session = onnx_session(path, threads=threads, level=level)
-    return Runner("onnx", DeployContract.load(contract_path(path)), lambda v: run_onnx(session, v), threads)
+    contract = DeployContract.load(contract_path(path))
+    try:
+        session = onnx_session(path, threads=threads, level=level)
+    except UnavailableError:
+        raise
+    except Exception as e:  # onnxruntime raises its own types for a file that is not a model
+        raise DataError(f"{path} is not an ONNX model that ONNX Runtime can load ({type(e).__name__})") from e
+    inputs = {i.name: i.shape for i in session.get_inputs()}
+    outputs = [o.name for o in session.get_outputs()]
+    wanted = [1, 3, contract.image_size, contract.image_size]
+    if sorted(inputs) != sorted(INPUT_NAMES) or sorted(outputs) != sorted(OUTPUT_NAMES):
+        raise DataError(
+            f"{path} is not a pbrforge model: it takes {sorted(inputs)} and returns {outputs}, "
+            f"expected {list(INPUT_NAMES)} and {list(OUTPUT_NAMES)}"
+        )
+    if any(list(shape) != wanted for shape in inputs.values()):
+        raise DataError(
+            f"{path} takes inputs of shape {list(inputs.values())[0]}, its contract says {wanted}"
+        )
+    return Runner("onnx", contract, lambda v: run_onnx(session, v), threads)
 
 
 def coreml_runner(path: Path, threads: int) -> Runner:

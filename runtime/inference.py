@@ -25,7 +25,7 @@ from pbrforge.contract import (
 )
 from pbrforge.deploy import OUTPUT_NAMES, DeployContract
 from pbrforge.export.parity import Comparison, ParityReport, compare, tables
-from pbrforge.fileio import atomic_path, check_output_dir, write_json
+from pbrforge.fileio import atomic_path, check_output_dir, exclusive, remove_stale_temps, write_json
 from pbrforge.runtime.backends import Runner, Views, load_runner, torch_runner
 from pbrforge.views import read_view_folder
 
@@ -147,46 +147,48 @@ def run_inference(
     outputs = runner.run(views)
     maps = to_maps(outputs)
     final = final_size or contract.final_size
-    write_outputs(maps, views, output, final)
-    _logger.info(
-        f"{runner.backend}: {', '.join(p.name for p in used)} -> {', '.join(MAP_NAMES)} at {final}px in {output}"
-    )
-    summary: dict = {
-        "artifact": str(artifact),
-        "backend": runner.backend,
-        "inputs": [str(p) for p in used],
-        "final_size": final,
-    }
-    if ref is None:
+    with exclusive(output):
+        remove_stale_temps(output)
+        write_outputs(maps, views, output, final)
+        _logger.info(
+            f"{runner.backend}: {', '.join(p.name for p in used)} -> {', '.join(MAP_NAMES)} at {final}px in {output}"
+        )
+        summary: dict = {
+            "artifact": str(artifact),
+            "backend": runner.backend,
+            "inputs": [str(p) for p in used],
+            "final_size": final,
+        }
+        if ref is None:
+            return summary
+        report = ParityReport(runner.backend, [Comparison(runner.backend, compare(ref.run(views), outputs))])
+        report.reference = f"PyTorch eager fp32 ({reference})"
+        _logger.info(tables(report))
+        latency = {"torch eager": measure(ref, views, runs, warmup)}
+        if runner.backend != "torch":
+            latency[runner.backend] = measure(runner, views, runs, warmup)
+        base = latency["torch eager"]["median_ms"]
+        for v in latency.values():
+            v["speedup_vs_eager"] = base / v["median_ms"]
+        lines = [
+            f"latency ({runner.threads} threads, {contract.image_size}px in, {contract.output_size}px out, "
+            f"{runs} runs after {warmup} warm-up)",
+            f"{'backend':<12} {'median ms':>10} {'p90 ms':>9} {'speed-up vs eager':>18}",
+        ]
+        lines += [
+            f"{name:<12} {v['median_ms']:10.2f} {v['p90_ms']:9.2f} {v['speedup_vs_eager']:17.2f}x"
+            for name, v in latency.items()
+        ]
+        _logger.info("\n".join(lines))
+        write_json(Path(output) / "parity.json", report.to_dict())
+        write_json(
+            Path(output) / "latency.json",
+            {"image_size": contract.image_size, "output_size": contract.output_size, "backends": latency},
+        )
+        latency_chart(
+            latency,
+            Path(output) / "latency.png",
+            f"{contract.model_name}: {contract.image_size}px -> {contract.output_size}px, {runner.threads} threads",
+        )
+        summary |= {"parity": report.outputs, "latency": latency}
         return summary
-    report = ParityReport(runner.backend, [Comparison(runner.backend, compare(ref.run(views), outputs))])
-    report.reference = f"PyTorch eager fp32 ({reference})"
-    _logger.info(tables(report))
-    latency = {"torch eager": measure(ref, views, runs, warmup)}
-    if runner.backend != "torch":
-        latency[runner.backend] = measure(runner, views, runs, warmup)
-    base = latency["torch eager"]["median_ms"]
-    for v in latency.values():
-        v["speedup_vs_eager"] = base / v["median_ms"]
-    lines = [
-        f"latency ({runner.threads} threads, {contract.image_size}px in, {contract.output_size}px out, "
-        f"{runs} runs after {warmup} warm-up)",
-        f"{'backend':<12} {'median ms':>10} {'p90 ms':>9} {'speed-up vs eager':>18}",
-    ]
-    lines += [
-        f"{name:<12} {v['median_ms']:10.2f} {v['p90_ms']:9.2f} {v['speedup_vs_eager']:17.2f}x"
-        for name, v in latency.items()
-    ]
-    _logger.info("\n".join(lines))
-    write_json(Path(output) / "parity.json", report.to_dict())
-    write_json(
-        Path(output) / "latency.json",
-        {"image_size": contract.image_size, "output_size": contract.output_size, "backends": latency},
-    )
-    latency_chart(
-        latency,
-        Path(output) / "latency.png",
-        f"{contract.model_name}: {contract.image_size}px -> {contract.output_size}px, {runner.threads} threads",
-    )
-    summary |= {"parity": report.outputs, "latency": latency}
-    return summary

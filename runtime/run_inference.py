@@ -20,11 +20,11 @@ from pathlib import Path
 import click
 
 from pbrforge.errors import user_errors
-from pbrforge.options import MAX_SIDE, examples_epilog
+from pbrforge.options import MAX_SIDE, OUTPUT_DIR, Command, examples_epilog
 from pbrforge.runtime.backends import BACKENDS
 
 
-@click.command("run", epilog=examples_epilog(__doc__))
+@click.command("run", cls=Command, epilog=examples_epilog(__doc__))
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option(
     "--input",
@@ -35,7 +35,7 @@ from pbrforge.runtime.backends import BACKENDS
 )
 @click.option(
     "--output",
-    type=click.Path(path_type=Path, file_okay=False),
+    type=OUTPUT_DIR,
     required=True,
     help="Folder for maps, preview and reports.",
 )

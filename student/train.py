@@ -16,10 +16,10 @@ from pathlib import Path
 import click
 
 from pbrforge.errors import user_errors
-from pbrforge.options import MAX_SIDE, apply_train_options, examples_epilog, train_options
+from pbrforge.options import MAX_SIDE, Command, apply_train_options, examples_epilog, train_options
 
 
-@click.command("student-train", epilog=examples_epilog(__doc__))
+@click.command("student-train", cls=Command, epilog=examples_epilog(__doc__))
 @click.option(
     "--config",
     "config_name",

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import click
 
 from pbrforge.errors import DataError, user_errors
-from pbrforge.options import DEVICE_CHOICE, examples_epilog
+from pbrforge.options import DEVICE_CHOICE, OUTPUT_DIR, Command, examples_epilog
 
 if TYPE_CHECKING:
     import torch
@@ -29,7 +29,7 @@ def predict(model: torch.nn.Module, views01: torch.Tensor, device: torch.device)
         return model(normalize_views(views01)[None].to(device))[0].float().cpu()
 
 
-@click.command("teacher-infer", epilog=examples_epilog(__doc__))
+@click.command("teacher-infer", cls=Command, epilog=examples_epilog(__doc__))
 @click.option("--checkpoint", type=click.Path(path_type=Path, dir_okay=False), required=True)
 @click.option(
     "--input-dir",
@@ -50,7 +50,7 @@ def predict(model: torch.nn.Module, views01: torch.Tensor, device: torch.device)
     help="... and the index of a sample in it (all splits).",
 )
 @click.option("--source", type=click.Choice(["clean", "dirty"]), default="clean", show_default=True)
-@click.option("--out-dir", type=click.Path(path_type=Path, file_okay=False), required=True)
+@click.option("--out-dir", type=OUTPUT_DIR, required=True)
 @click.option("--device", type=DEVICE_CHOICE, default="auto", show_default=True)
 @user_errors
 def main(
@@ -75,7 +75,7 @@ def main(
     from pbrforge.views import read_view_folder
 
     dev = resolve_device(device)
-    model, cfg, _ = model_from_checkpoint(checkpoint, map_location=dev)
+    model, cfg, _ = model_from_checkpoint(checkpoint, family="teacher", map_location=dev)
     model.to(dev)
     sizes = model_config(cfg)
     if data_root is None or sample_idx is None:

@@ -14,6 +14,7 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from pbrforge.errors import DataError, fail, user_errors
-from pbrforge.options import DEVICE_CHOICE, MAX_SIDE, examples_epilog
+from pbrforge.options import DEVICE_CHOICE, MAX_SIDE, OUTPUT_DIR, Command, examples_epilog
 
 if TYPE_CHECKING:
     import torch
@@ -141,14 +142,14 @@ def write_shards(
     from pbrforge.contract import normalize_views, resize_maps
     from pbrforge.dataset import PBRDataset, input_fingerprint
     from pbrforge.distributed import barrier, init_distributed
-    from pbrforge.fileio import atomic_path, sha256_file, write_json
+    from pbrforge.fileio import atomic_path, exclusive, remove_stale_temps, sha256_file, write_json
     from pbrforge.models import model_config, model_from_checkpoint
     from pbrforge.shards import FORMAT_VERSION, MANIFEST, TENSOR_KEY, shard_name
 
     device = device or torch.device("cpu")
     info = init_distributed(device)
     shards_dir = Path(shards_dir)
-    model, cfg, ckpt = model_from_checkpoint(checkpoint, map_location=device)
+    model, cfg, ckpt = model_from_checkpoint(checkpoint, family="teacher", map_location=device)
     model.to(device)
     sizes = model_config(cfg)
     size = shard_output_size or sizes.output_size
@@ -161,88 +162,95 @@ def write_shards(
     header = _header(
         Path(checkpoint), sha256_file(checkpoint), ckpt, size, curriculum, shard_size, Path(data_root)
     )
-    if info.main:
-        shards_dir.mkdir(parents=True, exist_ok=True)
-        if overwrite:
-            for p in list(shards_dir.glob("shard_*.safetensors")) + list(shards_dir.glob(".progress.*")):
-                p.unlink()
-            (shards_dir / MANIFEST).unlink(missing_ok=True)
-    barrier(info)
-    good = _known_good(shards_dir, header, plan)
-    mine = [i for i in range(plan.num_shards) if i % info.world == info.rank and shard_name(i) not in good]
-    done: dict[str, dict] = dict(good)  # progress files carry earlier complete shards forward
-    t0, computed = time.perf_counter(), 0
-    bar = tqdm(
-        total=sum(len(plan.rows(i)) for i in mine),
-        desc="teacher -> shards",
-        unit="sample",
-        disable=not (progress and info.main),
-    )
-    with torch.no_grad():
-        for i in mine:
-            rows = plan.rows(i)
-            outs = []
-            for b in range(0, len(rows), batch_size):
-                chunk = rows[b : b + batch_size]
-                views = torch.stack([normalize_views(ds.load_views(*e)) for e in chunk]).to(device)
-                pred = model(views).float().cpu()
-                outs.append(resize_maps(pred, size).to(torch.float16))
-                bar.update(len(chunk))
-            maps = torch.cat(outs)
-            if not torch.isfinite(maps).all():
-                raise DataError(f"the teacher produced NaN or inf for shard {i}; the checkpoint is unusable")
-            path = shards_dir / shard_name(i)
-            with atomic_path(path) as tmp:
-                save_file(
-                    {TENSOR_KEY: maps.contiguous()},
-                    str(tmp),
-                    metadata={"entries": json.dumps(rows), "format_version": str(FORMAT_VERSION)},
-                )
-            done[shard_name(i)] = {
-                "sha256": sha256_file(path),
-                "bytes": path.stat().st_size,
-                "rows": len(rows),
-                "entries": [list(r) for r in rows],
+    with contextlib.ExitStack() as lock:
+        if info.main:
+            lock.enter_context(exclusive(shards_dir))  # a second writer into the same folder is refused
+            shards_dir.mkdir(parents=True, exist_ok=True)
+            remove_stale_temps(shards_dir)
+            if overwrite:
+                for p in list(shards_dir.glob("shard_*.safetensors")) + list(shards_dir.glob(".progress.*")):
+                    p.unlink()
+                (shards_dir / MANIFEST).unlink(missing_ok=True)
+        barrier(info)
+        good = _known_good(shards_dir, header, plan)
+        mine = [
+            i for i in range(plan.num_shards) if i % info.world == info.rank and shard_name(i) not in good
+        ]
+        done: dict[str, dict] = dict(good)  # progress files carry earlier complete shards forward
+        t0, computed = time.perf_counter(), 0
+        bar = tqdm(
+            total=sum(len(plan.rows(i)) for i in mine),
+            desc="teacher -> shards",
+            unit="sample",
+            disable=not (progress and info.main),
+        )
+        with torch.no_grad():
+            for i in mine:
+                rows = plan.rows(i)
+                outs = []
+                for b in range(0, len(rows), batch_size):
+                    chunk = rows[b : b + batch_size]
+                    views = torch.stack([normalize_views(ds.load_views(*e)) for e in chunk]).to(device)
+                    pred = model(views).float().cpu()
+                    outs.append(resize_maps(pred, size).to(torch.float16))
+                    bar.update(len(chunk))
+                maps = torch.cat(outs)
+                if not torch.isfinite(maps).all():
+                    raise DataError(
+                        f"the teacher produced NaN or inf for shard {i}; the checkpoint is unusable"
+                    )
+                path = shards_dir / shard_name(i)
+                with atomic_path(path) as tmp:
+                    save_file(
+                        {TENSOR_KEY: maps.contiguous()},
+                        str(tmp),
+                        metadata={"entries": json.dumps(rows), "format_version": str(FORMAT_VERSION)},
+                    )
+                done[shard_name(i)] = {
+                    "sha256": sha256_file(path),
+                    "bytes": path.stat().st_size,
+                    "rows": len(rows),
+                    "entries": [list(r) for r in rows],
+                }
+                computed += len(rows)
+                write_json(shards_dir / _progress_name(info.rank), {"header": header, "shards": done})
+        bar.close()
+        elapsed = time.perf_counter() - t0
+        barrier(info)
+        if not info.main:
+            return {}
+        good = _known_good(shards_dir, header, plan)
+        missing = [shard_name(i) for i in range(plan.num_shards) if shard_name(i) not in good]
+        if missing:
+            raise DataError(f"shards {missing[:3]} were not written; run again to resume")
+        entries = [
+            {
+                "sample_id": sid,
+                "source": src,
+                "shard": shard_name(k // shard_size),
+                "row": k % shard_size,
+                "fingerprint": input_fingerprint(Path(data_root), src, sid),
             }
-            computed += len(rows)
-            write_json(shards_dir / _progress_name(info.rank), {"header": header, "shards": done})
-    bar.close()
-    elapsed = time.perf_counter() - t0
-    barrier(info)
-    if not info.main:
-        return {}
-    good = _known_good(shards_dir, header, plan)
-    missing = [shard_name(i) for i in range(plan.num_shards) if shard_name(i) not in good]
-    if missing:
-        raise DataError(f"shards {missing[:3]} were not written; run again to resume")
-    entries = [
-        {
-            "sample_id": sid,
-            "source": src,
-            "shard": shard_name(k // shard_size),
-            "row": k % shard_size,
-            "fingerprint": input_fingerprint(Path(data_root), src, sid),
+            for k, (sid, src) in enumerate(plan.entries)
+        ]
+        manifest = header | {
+            "entries": entries,
+            "shards": {n: good[n] for n in sorted(good) if int(n[6:11]) < plan.num_shards},
         }
-        for k, (sid, src) in enumerate(plan.entries)
-    ]
-    manifest = header | {
-        "entries": entries,
-        "shards": {n: good[n] for n in sorted(good) if int(n[6:11]) < plan.num_shards},
-    }
-    write_json(shards_dir / MANIFEST, manifest)
-    for p in shards_dir.glob(".progress.rank*.json"):
-        p.unlink()
-    manifest["throughput"] = computed / elapsed if elapsed > 0 and computed else 0.0
-    manifest["computed"] = computed
-    return manifest
+        write_json(shards_dir / MANIFEST, manifest)
+        for p in shards_dir.glob(".progress.rank*.json"):
+            p.unlink()
+        manifest["throughput"] = computed / elapsed if elapsed > 0 and computed else 0.0
+        manifest["computed"] = computed
+        return manifest
 
 
-@click.command("shards", epilog=examples_epilog(__doc__))
+@click.command("shards", cls=Command, epilog=examples_epilog(__doc__))
 @click.option("--checkpoint", type=click.Path(path_type=Path, dir_okay=False), help="Teacher checkpoint.")
 @click.option("--data-root", type=click.Path(path_type=Path, file_okay=False), help="Data set from datagen.")
 @click.option(
     "--shards-dir",
-    type=click.Path(path_type=Path, file_okay=False),
+    type=OUTPUT_DIR,
     help="Where shards and manifest.json go.",
 )
 @click.option(

@@ -14,10 +14,10 @@ from pathlib import Path
 import click
 
 from pbrforge.errors import user_errors
-from pbrforge.options import apply_train_options, examples_epilog, train_options
+from pbrforge.options import Command, apply_train_options, examples_epilog, train_options
 
 
-@click.command("teacher-train", epilog=examples_epilog(__doc__))
+@click.command("teacher-train", cls=Command, epilog=examples_epilog(__doc__))
 @click.option(
     "--input-dir",
     type=click.Path(path_type=Path, file_okay=False),

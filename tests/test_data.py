@@ -131,7 +131,10 @@ def _first_view(root):
 
 BAD_CASES = {
     "missing metadata": (lambda r: (r / "input" / "render_metadata.json").unlink(), "missing"),
-    "unknown metadata key": (_meta_edit(lambda m: m.update(colour="blue")), "unknown metadata keys"),
+    "unknown metadata key": (
+        _meta_edit(lambda m: m.update(colour="blue")),
+        "colour: Extra inputs are not permitted",
+    ),
     "sample absent from metadata": (_meta_edit(lambda m: m["samples"].pop("sample_0001")), "absent from"),
     "missing material folder": (
         lambda r: shutil.rmtree(next((r / "output").iterdir())),

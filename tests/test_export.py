@@ -152,7 +152,7 @@ def test_bad_checkpoint_is_one_sentence(tmp_path):
     assert r.exit_code == 2 and "not a pbrforge checkpoint" in r.output
     bad.write_bytes(b"garbage")
     r = CliRunner().invoke(cli, ["export", str(bad), "--output", str(tmp_path / "o")])
-    assert r.exit_code == 2 and "not a readable checkpoint" in r.output
+    assert r.exit_code == 2 and "not a torch.save file of tensors and plain data" in r.output
 
 
 @pytest.mark.slow

@@ -145,7 +145,7 @@ def test_contract_round_trip_and_mobile_contract(tmp_path):
     (tmp_path / "bad.json").write_text('{"image_size": 1}')
     from pbrforge.errors import DataError
 
-    with pytest.raises(DataError, match="not a pbrforge deployment contract"):
+    with pytest.raises(DataError, match="a deployment contract.*output_size: Field required"):
         DeployContract.load(tmp_path / "bad.json")
 
 
