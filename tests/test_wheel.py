@@ -1,5 +1,6 @@
 """The wheel, as a user gets it: built, installed into a fresh venv (not editable), and run from elsewhere."""
 
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -14,9 +15,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_wheel_installs_and_answers_help(tmp_path):
-    dist = tmp_path / "dist"
+    dist, src = tmp_path / "dist", tmp_path / "src"
+    # pip builds in the source folder (build/, *.egg-info): build a copy so the checkout stays clean
+    skip = shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "demo_out", "*.egg-info", "results", "__pycache__"
+    )
+    shutil.copytree(ROOT, src, ignore=skip)
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(src)],
         capture_output=True,
         text=True,
         timeout=600,
