@@ -6,7 +6,7 @@ RMSE for all three. Goal: the student within 1 dB PSNR of the teacher on every m
 
 Examples:
     python benchmarks/distill.py
-    python benchmarks/distill.py --set model.decoder_padding=zeros
+    python benchmarks/distill.py --set 'model.decoder_padding="zeros"' --out benchmarks/results/zeros
     python benchmarks/distill.py --student student_mnv3_vit_512 --image-size 64 --minutes 10
 """
 
@@ -57,7 +57,7 @@ def evaluate(models: dict, val_for: dict, baseline: torch.Tensor) -> dict[str, d
 @click.option("--student", default="student_mnv3_plk_1024", show_default=True, help="Student preset.")
 @click.option("--image-size", type=int, default=128, show_default=True, help="Student input size.")
 @click.option(
-    "--minutes", type=float, default=22.0, show_default=True, help="Student budget (teacher_quality's: 22)."
+    "--minutes", type=float, default=10.0, show_default=True, help="Student budget (teacher_quality's: 10)."
 )
 @click.option("--set", "extra", multiple=True, help="Override any student config field: section.key=value.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("benchmarks/results"), show_default=True)

@@ -5,7 +5,7 @@ per-map PSNR / SSIM / MAE, normal angle and re-render RMSE on the validation mat
 training) for the teacher and for the baseline. Prints a table, writes JSON and a grid PNG.
 
 Examples:
-    python benchmarks/teacher_quality.py --minutes 20
+    python benchmarks/teacher_quality.py --minutes 10
     python benchmarks/teacher_quality.py --minutes 2 --count 64 --out benchmarks/results/teacher_quality_smoke
 """
 
@@ -45,7 +45,7 @@ def evaluate(model, val: PBRDataset, baseline: torch.Tensor) -> tuple[dict, dict
 
 
 @click.command(epilog=examples_epilog(__doc__))
-@click.option("--minutes", type=float, default=20.0, show_default=True, help="Training wall-clock budget.")
+@click.option("--minutes", type=float, default=10.0, show_default=True, help="Training wall-clock budget.")
 @click.option("--count", type=int, default=192, show_default=True, help="Generated samples.")
 @click.option("--size", type=int, default=128, show_default=True)
 @click.option(

@@ -1,7 +1,8 @@
 """The four silent-corruption bugs, each pinned by a regression test, and the loaders fuzzed with hypothesis.
 
-Fuzz budget: FUZZ_EXAMPLES examples per loader (six loaders), every one asserting that nothing but the
-project's own DataError escapes.
+Fuzz budget: FUZZ_EXAMPLES examples per test, eight tests over six loaders (view PNGs, render metadata, shard
+manifest, deployment contract, checkpoints, ONNX bytes), each asserting that nothing but our DataError escapes.
+They are marked slow: ``make test`` runs them, ``make test-fast`` does not.
 """
 
 import contextlib
@@ -219,6 +220,7 @@ def _only_data_errors(fn, *args):
         fn(*args)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(st.binary(max_size=256))
 def test_fuzz_view_files(tmp_path_factory, blob):
@@ -230,6 +232,7 @@ def test_fuzz_view_files(tmp_path_factory, blob):
     _only_data_errors(image_to_float, path)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(st.binary(max_size=256), st.integers(0, 3))
 def test_fuzz_truncated_real_png(tmp_path_factory, noise, cut):
@@ -243,6 +246,7 @@ def test_fuzz_truncated_real_png(tmp_path_factory, noise, cut):
     _only_data_errors(image_to_float, path)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(JSON)
 def test_fuzz_metadata(tiny_data, tmp_path_factory, value):
@@ -256,6 +260,7 @@ def test_fuzz_metadata(tiny_data, tmp_path_factory, value):
     _only_data_errors(load_metadata, root)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(JSON)
 def test_fuzz_manifest(tiny_shards, tmp_path_factory, value):
@@ -268,6 +273,7 @@ def test_fuzz_manifest(tiny_shards, tmp_path_factory, value):
     _only_data_errors(load_manifest, root)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(JSON)
 def test_fuzz_contract(tmp_path_factory, value):
@@ -279,6 +285,7 @@ def test_fuzz_contract(tmp_path_factory, value):
     _only_data_errors(DeployContract.load, path)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(st.binary(max_size=512) | JSON.map(lambda v: pickle.dumps(v)))
 def test_fuzz_checkpoint_bytes(tmp_path_factory, blob):
@@ -289,6 +296,7 @@ def test_fuzz_checkpoint_bytes(tmp_path_factory, blob):
     _only_data_errors(model_from_checkpoint, path)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(JSON)
 def test_fuzz_checkpoint_structure(tiny_teacher_ckpt, tmp_path_factory, value):
@@ -306,6 +314,7 @@ def test_fuzz_checkpoint_structure(tiny_teacher_ckpt, tmp_path_factory, value):
     _only_data_errors(model_from_checkpoint, path)
 
 
+@pytest.mark.slow
 @FUZZ
 @given(st.binary(max_size=512))
 def test_fuzz_onnx_bytes(tmp_path_factory, blob):
