@@ -37,12 +37,22 @@ lint: install
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
-# Order matters: distill reuses teacher_quality's teacher; export and runtime use the demo student.
-BENCHES := teacher_quality distill edge_error shards scaling export runtime
+# The results of record, one at a time, in dependency order: distill reuses teacher_quality's teacher,
+# edge_error reads the distilled students, export and runtime use the demo student.
+R := benchmarks/results
 bench: install
+	$(PY) benchmarks/teacher_quality.py
+	$(PY) benchmarks/distill.py
+	$(PY) benchmarks/edge_error.py $(R)/distill_ckpt/latest.pt --out $(R)/edge_error_replicate.json
+	$(PY) benchmarks/distill.py --set 'model.decoder_padding="zeros"' --out $(R)/zeros
+	cp $(R)/zeros/distill.json $(R)/distill_zeros.json
+	$(PY) benchmarks/edge_error.py $(R)/zeros/distill_ckpt/latest.pt --out $(R)/edge_error_zeros.json
+	$(PY) benchmarks/shards.py
+	$(PY) benchmarks/scaling.py
 	@test -f $(DEMO_DIR)/student/checkpoints/best.pt || $(PY) demo.py --out $(DEMO_DIR)
-	@set -e; for b in $(BENCHES); do echo "== benchmarks/$$b.py"; \
-	  $(PY) benchmarks/$$b.py $$(case $$b in export|runtime) echo --checkpoint $(DEMO_DIR)/student/checkpoints/best.pt;; edge_error) echo benchmarks/results/distill_ckpt/latest.pt;; esac); done
+	cp $(DEMO_DIR)/timings.json $(R)/demo_timings.json
+	$(PY) benchmarks/export.py --checkpoint $(DEMO_DIR)/student/checkpoints/best.pt
+	$(PY) benchmarks/runtime.py --checkpoint $(DEMO_DIR)/student/checkpoints/best.pt
 
 clean:
 	rm -rf $(DEMO_DIR) runs .pytest_cache .ruff_cache

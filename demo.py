@@ -47,12 +47,17 @@ def main(out: Path, count: int) -> None:
     from pbrforge.datagen.generate import main as datagen
     from pbrforge.dataset import PBRDataset
     from pbrforge.export.converter import main as export
+    from pbrforge.models import config_of, load_checkpoint
     from pbrforge.runtime.run_inference import main as run
     from pbrforge.student.train import main as student_train
     from pbrforge.teacher.shards import main as shards
     from pbrforge.teacher.train import main as teacher_train
 
-    if out.exists():
+    if out.exists() and any(out.iterdir()):
+        if not (
+            out / "data" / "input" / "render_metadata.json"
+        ).is_file():  # only ever replace a demo's own output
+            fail(f"{out} exists and is not the output of an earlier demo; choose another --out")
         shutil.rmtree(out)
     data, t0, times = out / "data", time.perf_counter(), {}
     times["datagen"] = _step(
@@ -144,7 +149,7 @@ def main(out: Path, count: int) -> None:
         export,
         [str(student_ckpt), "--output", str(artifact), "--format", "all"],
     )
-    val = PBRDataset(data, "val", STUDENT_SIZE, STUDENT_SIZE * 2)
+    val = PBRDataset.for_config(data, "val", config_of(load_checkpoint(student_ckpt), student_ckpt))
     sample, source = val.entries[0]
     held_out = data / "input" / source / sample
     times["run_inference"] = _step(

@@ -47,7 +47,7 @@ class ExportRow:
 
     format: str
     path: str
-    status: str  # ok | FAILED | built | skipped
+    status: str  # ok | FAILED | unverified | built | skipped
     seconds: float = 0.0
     bytes: int = 0
     detail: str = ""
@@ -202,7 +202,14 @@ def export_artifacts(
                     from pbrforge.export.trt_export import build_engine
 
                     onnx_rows = [r for r in result.rows if r.format == "onnx"]
-                    if not onnx_path.exists() or (onnx_rows and onnx_rows[0].status != "ok"):
+                    if (
+                        onnx_rows and onnx_rows[0].status != "ok"
+                    ):  # never build from an ONNX that failed its gate
+                        result.rows.append(
+                            ExportRow(fmt, "", "skipped", detail="the ONNX export did not pass its gate")
+                        )
+                        continue
+                    if not onnx_path.exists():
                         raise ConfigError(
                             "the TensorRT engine is built from the ONNX file: export onnx first (--format all does)"
                         )
@@ -223,7 +230,7 @@ def export_artifacts(
                 result.rows.append(ExportRow(fmt, "", "skipped", detail=str(e)))
             finally:
                 remove(staged)
-        if any(r.status in ("ok", "built") for r in result.rows):
+        if any(r.status in ("ok", "built", "unverified") for r in result.rows):
             contract.save(contract_path(output.with_suffix(".x")))
             if contract_out:
                 contract.save(contract_out)
@@ -237,11 +244,19 @@ def _keep(
     from pbrforge.export.parity import tables
     from pbrforge.fileio import replace_path, write_json
 
-    kept = final if parity.passed else failed_path(final)
+    kept = failed_path(final) if parity.passed is False else final
     replace_path(staged, kept)
     write_json(kept.with_name(kept.name + ".parity.json"), parity.to_dict())
     _logger.info(tables(parity))
-    status, detail = ("ok", "") if parity.passed else ("FAILED", parity.failure or "")
+    if (
+        parity.passed is None
+    ):  # nothing could be measured here (Core ML FP32 off macOS): say so, do not claim ok
+        status, detail = (
+            "unverified",
+            str(parity.info.get("note", "no parity gate could run on this machine")),
+        )
+    else:
+        status, detail = ("ok", "") if parity.passed else ("FAILED", parity.failure or "")
     result.rows.append(ExportRow(fmt, str(kept), status, seconds, artifact_bytes(kept), detail, parity))
     return kept
 

@@ -107,8 +107,11 @@ class ParityReport:
         )
 
     @property
-    def passed(self) -> bool:
-        return self.failure is None
+    def passed(self) -> bool | None:
+        """True when every gate passed, False when one failed, None when nothing was judged (no gate ran)."""
+        if self.failure is not None:
+            return False
+        return True if any(c.gate is not None for c in self.comparisons) else None
 
     @property
     def outputs(self) -> dict[str, OutputFigures]:

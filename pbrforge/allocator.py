@@ -3,9 +3,9 @@
 glibc serves each allocation above its mmap threshold (adaptive, at most 32 MiB) with a fresh ``mmap`` and
 unmaps it on ``free``, so every such activation is page-faulted and zero-filled again on every call. Only
 tensors above the threshold pay, and more of them cross it as the input grows, so latency grows faster than
-the pixel count: on this project's 2-core CPU the PLK student was 1.8-1.9x slower at 512 px and 2.3-2.4x
-slower at 1024 px than with the heap retained, and its latency ratio 1024/512 was 4.6-5.8 instead of
-3.8-4.2 (two runs of ``benchmarks/scaling.py``, which measures both). jemalloc or tcmalloc under
+the pixel count: on this project's 2-core CPU the PLK student was 1.8x slower at 512 px and 2.7x slower at
+1024 px than with the heap retained, and its latency ratio 1024/512 was 5.7 instead of 3.9
+(``benchmarks/results/scaling.json``, written by ``benchmarks/scaling.py``, which measures both). jemalloc or tcmalloc under
 ``LD_PRELOAD`` fix it the same way; ``mallopt`` does it from inside the process with nothing to install.
 The price is resident memory: the heap keeps its high-water mark, as ONNX Runtime's arena does.
 """

@@ -45,9 +45,9 @@ def main(verbose: int, quiet: bool) -> None:
 
     \b
     Examples:
-      pbrforge datagen --out data/demo --count 64 --size 256
-      pbrforge check-data data/demo
-      pbrforge -q export runs/student/checkpoints/best.pt --output artifacts/student
+      pbrforge COMMAND --help         what a command does, with its own examples
+      pbrforge -q COMMAND ...         warnings and errors only
+      pbrforge -v COMMAND ...         debug detail as well
     """
     set_verbosity(verbose, quiet)
 

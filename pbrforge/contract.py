@@ -24,6 +24,7 @@ from PIL import Image
 
 from pbrforge.errors import DataError
 from pbrforge.fileio import atomic_path
+from pbrforge.options import MAX_IMAGE_SIDE
 
 NUM_CHANNELS = 8
 NUM_VIEWS = 3
@@ -233,8 +234,14 @@ def open_image(path: Path) -> Image.Image:
     if not path.is_file():
         raise DataError(f"missing file: {path}")
     try:
-        img = Image.open(path)
+        img = Image.open(path)  # reads the header only: the size is known before any pixel is decoded
+        if max(img.size) > MAX_IMAGE_SIDE:
+            raise DataError(
+                f"{path} is {img.size[0]}x{img.size[1]}; images larger than {MAX_IMAGE_SIDE} px a side are refused"
+            )
         img.load()
+    except DataError:
+        raise
     except Exception as e:  # PIL raises many types for truncated/corrupt files
         raise DataError(f"{path}: corrupt or unreadable image ({type(e).__name__}: {e})") from e
     return img

@@ -1,6 +1,6 @@
 """The on-disk data set layout, its strict validation, and the training ``PBRDataset``.
 
-Layout (written by ``pbrforge datagen``)::
+Layout (written by the data generator)::
 
     ROOT/input/render_metadata.json
     ROOT/input/{clean,dirty}/sample_XXXX/{0,1,2}.png
@@ -103,7 +103,7 @@ def load_metadata(root: Path) -> dict:
     if not Path(root).is_dir():
         raise DataError(f"data root {root} does not exist")
     if not path.is_file():
-        raise DataError(f"missing {path}: not a pbrforge data set (run `pbrforge datagen` first)")
+        raise DataError(f"missing {path}: {root} is not a pbrforge data set")
     meta = check(RenderMetadata, read_json(path), str(path)).model_dump()
     for sid, s in meta["samples"].items():
         if s["material"] not in meta["materials"]:

@@ -50,6 +50,8 @@ class DeployContract:
     )
     normal_convention: str = "tangent space, OpenGL (+X right, +Y up, +Z out); PNG stores (n + 1) / 2"
     version: int = CONTRACT_VERSION
+    # sha256 (16 hex) of the model config it was exported from: a --reference must have the same ("" = unknown)
+    model_hash: str = ""
 
     def save(self, path: Path) -> None:
         write_json(path, asdict(self))
@@ -62,7 +64,9 @@ class DeployContract:
 
         path = Path(path)
         if not path.is_file():
-            raise DataError(f"missing deployment contract {path} (written by `pbrforge export`)")
+            raise DataError(
+                f"missing deployment contract {path} (the exporter writes it beside the artifact)"
+            )
         c = check(cls, read_json(path), f"{path} (a deployment contract)")
         fixed = cls(
             image_size=c.image_size, output_size=c.output_size, sr_scale=c.sr_scale, family="", model_name=""
@@ -93,8 +97,21 @@ def build_contract(cfg: TrainConfig, image_size: int | None = None, use_sr: bool
     scale = getattr(m, "sr_scale", 1) if use_sr else 1
     native = m.output_size // m.image_size if use_sr else 1  # output side per input side
     return DeployContract(
-        image_size=size, output_size=size * native, sr_scale=scale, family=cfg.family, model_name=cfg.name
+        image_size=size,
+        output_size=size * native,
+        sr_scale=scale,
+        family=cfg.family,
+        model_name=cfg.name,
+        model_hash=model_hash(cfg),
     )
+
+
+def model_hash(cfg: TrainConfig) -> str:
+    """A short fingerprint of the architecture: equal for every checkpoint of one model config."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(cfg.model, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def contract_path(artifact: Path) -> Path:

@@ -15,8 +15,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pbrforge.errors import UnavailableError
-
-DEVICES = ("auto", "cpu", "cuda", "mps")
+from pbrforge.options import DEVICES
 
 
 def resolve_device(name: str) -> torch.device:

@@ -61,9 +61,9 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             fail(str(e))
         except ToolFailure as e:
             fail(str(e), EXIT_TOOL_FAILURE)
-        except OSError as e:
+        except OSError as e:  # the file system said no: one sentence, whatever the cause
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 fail(f"the disk is full: could not write {e.filename or 'an output file'}; nothing was kept")
-            raise
+            fail(f"cannot use {e.filename or 'a file'}: {e.strerror or e}")
 
     return wrapper

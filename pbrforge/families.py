@@ -39,11 +39,6 @@ def families() -> dict[str, ModelFamily]:
     return found
 
 
-def family_names() -> list[str]:
-    """Family names without importing any model code."""
-    return sorted(ep.name for ep in entry_points(group=GROUP))
-
-
 def get_family(name: str) -> ModelFamily:
     known = families()
     if name not in known:

@@ -13,10 +13,13 @@ import click
 if TYPE_CHECKING:
     from pbrforge.config import TrainConfig
 
-DEVICE_CHOICE = click.Choice(["auto", "cpu", "cuda", "mps"])
+DEVICES = ("auto", "cpu", "cuda", "mps")
+DEVICE_CHOICE = click.Choice(DEVICES)
 # Largest view or map side any option or file may ask for: 8192 px maps of one sample are 2 GiB as float32,
 # so a larger request is refused before anything is allocated.
 MAX_SIDE = 8192
+# Largest side of an image file read (photos are resized to the model's input): a 200 MP photo fits.
+MAX_IMAGE_SIDE = 16384
 
 
 class OutputPath(click.Path):
@@ -27,12 +30,17 @@ class OutputPath(click.Path):
         self.folder = folder
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from pbrforge.errors import DataError
+        from pbrforge.fileio import check_output_dir, check_output_path
+
         path = Path(os.fsdecode(super().convert(value, param, ctx)))
-        for parent in path.parents:
-            if parent.exists() and not parent.is_dir():
-                self.fail(f"{path} cannot be written: {parent} is a file, not a folder", param, ctx)
-        if not self.folder and path.is_dir():
-            self.fail(f"{path} is a folder; give a file name", param, ctx)
+        try:
+            if self.folder:
+                check_output_dir(path, "the folder")
+            else:
+                check_output_path(path, "the file")
+        except DataError as e:
+            self.fail(str(e), param, ctx)
         return path
 
 
@@ -48,8 +56,6 @@ class FiniteFloatRange(click.FloatRange):
 
 OUTPUT_DIR = OutputPath(folder=True)
 OUTPUT_FILE = OutputPath(folder=False)
-INPUT_DIR = click.Path(path_type=Path, file_okay=False)
-INPUT_FILE = click.Path(path_type=Path, dir_okay=False)
 
 
 def examples_epilog(doc: str | None) -> str:

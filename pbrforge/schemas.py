@@ -33,7 +33,9 @@ def check(schema: Any, data: Any, where: str) -> Any:
         if isinstance(data, dict | list):
             return TypeAdapter(schema).validate_json(json.dumps(data, allow_nan=False))
         return TypeAdapter(schema).validate_python(data)
-    except ValidationError as e:
+    except (ValueError, TypeError) as e:  # ValidationError is a ValueError; json.dumps refuses inf from 1e400
+        if not isinstance(e, ValidationError):
+            raise DataError(f"{where}: holds a number JSON cannot carry ({e})") from e
         err = e.errors()[0]
         loc = ".".join(str(p) for p in err["loc"]) or "top level"
         value = repr(err.get("input"))[:60]
@@ -88,6 +90,7 @@ class ShardRecord(BaseModel):
     bytes: int = Field(ge=1)
     rows: int = Field(ge=1)
     entries: list[list[str]]
+    fingerprints: list[str]
 
 
 class ManifestEntry(BaseModel):

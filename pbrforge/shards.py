@@ -17,7 +17,7 @@ from safetensors import safe_open
 from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 
-from pbrforge.contract import CHANNEL_NAMES
+from pbrforge.contract import CHANNEL_NAMES, NUM_CHANNELS
 from pbrforge.dataset import PBRDataset, input_fingerprint
 from pbrforge.errors import DataError
 from pbrforge.fileio import sha256_file
@@ -41,12 +41,12 @@ def load_manifest(shards_dir: Path) -> dict[str, Any]:
 
     path = Path(shards_dir) / MANIFEST
     if not path.is_file():
-        raise DataError(f"missing {path}: run `pbrforge shards` first")
+        raise DataError(f"missing {path}: no distillation shards were written to {shards_dir}")
     data = read_json(path)
     if isinstance(data, dict) and data.get("format_version") != FORMAT_VERSION:
         raise DataError(
             f"{path}: format_version {data.get('format_version')!r} is not {FORMAT_VERSION}; "
-            "rewrite the shards with `pbrforge shards`"
+            "write the shards again"
         )
     m = check(Manifest, data, str(path)).model_dump()
     if m["channels"] != list(CHANNEL_NAMES):
@@ -138,7 +138,7 @@ class DistillDataset(Dataset):
             if prints[(sid, src)] != input_fingerprint(self.base.root, src, sid):
                 raise DataError(
                     f"shards in {shards_dir} were computed from other input views than sample {sid} ({src}) "
-                    f"of {data_root}: they belong to another data set; rewrite them with `pbrforge shards`"
+                    f"of {data_root}: they belong to another data set; write them again from this one"
                 )
         self._handles: dict[str, Any] = {}
 
@@ -218,8 +218,5 @@ class ShardSampler(Sampler[int]):
 
 
 def shard_bytes_per_sample(output_size: int, dtype: torch.dtype = torch.float16) -> int:
-    """Payload bytes of one sample's 8 maps (what the header adds is amortised over a shard)."""
-    return 8 * output_size * output_size * torch.empty(0, dtype=dtype).element_size()
-
-
-# --------------------------------------------------------------------------- command
+    """Payload bytes of one sample's maps (what the header adds is amortised over a shard)."""
+    return NUM_CHANNELS * output_size * output_size * torch.empty(0, dtype=dtype).element_size()

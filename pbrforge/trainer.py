@@ -8,6 +8,7 @@ the same weights as one that never stopped (on a deterministic device).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Callable, Sized
@@ -38,6 +39,8 @@ from pbrforge.models import (
     load_state_strict,
     shipped_state,
 )
+
+_logger = logging.getLogger(__name__)
 
 
 class TrainingError(PBRForgeError):
@@ -239,13 +242,24 @@ class Trainer:
         return path
 
     def resume(self, path: Path) -> None:
+        """Continue from a checkpoint of this architecture; its trainer state must be whole."""
         ckpt = load_checkpoint(path, self.device)
         saved = config_of(ckpt, path)
         if saved.family != self.cfg.family or saved.model != self.cfg.model:
             raise ConfigError(
-                f"cannot resume from {path}: it holds a {saved.family} {saved.model} model, "
-                f"this run builds a {self.cfg.family} {self.cfg.model} model"
+                f"cannot resume from {path}: it holds a {saved.family} {saved.name} model, "
+                f"this run builds a {self.cfg.family} {self.cfg.name} model of another architecture"
             )
+        try:
+            self._restore(ckpt, path)
+        except PBRForgeError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+            raise ConfigError(
+                f"cannot resume from {path}: its trainer state is incomplete or malformed ({type(e).__name__}: {e})"
+            ) from e
+
+    def _restore(self, ckpt: dict[str, Any], path: Path) -> None:
         load_state_strict(unwrap(self.model), ckpt["model"], str(path))
         if self.ema is not None:  # a checkpoint saved without EMA starts the average at its weights
             load_state_strict(self.ema.module, shipped_state(ckpt), str(path))
@@ -363,7 +377,11 @@ class Trainer:
         if not self.dist.main:
             return self._fit(max_seconds)
         with exclusive(self.output_dir):
-            for folder in (self.output_dir, self.checkpoint_dir):  # leftovers of a run that was killed
+            for folder in (
+                self.output_dir,
+                self.output_dir / "grids",
+                self.checkpoint_dir,
+            ):  # a killed run's leftovers
                 remove_stale_temps(folder)
             from torch.utils.tensorboard import SummaryWriter
 
@@ -455,7 +473,7 @@ class Trainer:
                 "val/rerender/rmse",
             )
         }
-        tqdm.write(f"epoch {self.epoch + 1}: {shown}")
+        _logger.info(f"epoch {self.epoch + 1}: {shown}")  # the epoch's bar is closed by now
         every = self.cfg.training.grid_every
         if (
             batch is not None

@@ -63,18 +63,15 @@ def torch_runner(checkpoint: Path, threads: int, contract: DeployContract | None
     full = build_contract(cfg)
     contract = contract or full
     use_sr = contract.sr_scale == full.sr_scale
-    if (
-        contract is not full
-    ):  # a reference for an artifact: it must be the architecture the artifact came from
+    # a reference for an artifact must be the architecture the artifact came from
+    if contract is not full:
         mine = build_contract(cfg, contract.image_size, use_sr)
-        if (cfg.family, cfg.name, mine.output_size) != (
-            contract.family,
-            contract.model_name,
-            contract.output_size,
-        ):
+        same_model = not contract.model_hash or contract.model_hash == mine.model_hash
+        if not same_model or (cfg.family, mine.output_size) != (contract.family, contract.output_size):
             raise DataError(
-                f"--reference {checkpoint} is a {cfg.family} {cfg.name} giving {mine.output_size}px maps, but the "
-                f"artifact was exported from a {contract.family} {contract.model_name} giving {contract.output_size}px"
+                f"--reference {checkpoint} is a {cfg.family} {cfg.name} (model {mine.model_hash}) giving "
+                f"{mine.output_size}px maps, but the artifact was exported from a {contract.family} "
+                f"{contract.model_name} (model {contract.model_hash or 'unknown'}) giving {contract.output_size}px"
             )
     wrapper = PBRExportWrapper(model, use_sr=use_sr).eval()
 

@@ -15,6 +15,7 @@ Examples:
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import click
@@ -84,7 +85,7 @@ def main(
     from pbrforge.runtime.inference import run_inference
 
     if retain_heap and not retain_freed_memory():
-        click.echo("warning: --retain-heap does nothing here: the C library is not glibc", err=True)
+        logging.getLogger(__name__).warning("--retain-heap does nothing here: the C library is not glibc")
     run_inference(artifact, input_dir, output, backend, reference, runs, warmup, final_size, threads)
 
 

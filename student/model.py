@@ -10,22 +10,25 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Annotated
 
 import timm
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from pbrforge.contract import NUM_CHANNELS, NUM_VIEWS, activate
 from pbrforge.deploy import ANE_MAX_KERNEL
 from pbrforge.layers import SkipFusion, conv_bn_act, view_mean, view_mean_max
+from pbrforge.options import MAX_SIDE
 
 
 @dataclass
 class StudentConfig:
     encoder: str = "mobilenetv3_large_100"
     bottleneck: str = "vit"  # vit | plk
-    image_size: int = 512  # the resolution it trains at is the resolution it ships at
+    image_size: Annotated[int, Field(ge=32, le=MAX_SIDE)] = 512  # it trains at the resolution it ships at
     sr_scale: int = 2  # 1, 2 or 4: output side = image_size * sr_scale
     dim: int = 256  # bottleneck width
     vit_depth: int = 2

@@ -9,15 +9,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import timm
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from pbrforge.contract import NUM_CHANNELS, NUM_VIEWS, activate
 from pbrforge.layers import SkipFusion, conv_bn_act
+from pbrforge.options import MAX_SIDE
 
 if TYPE_CHECKING:
     from pbrforge.config import TrainConfig
@@ -28,8 +30,8 @@ TIMM_ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 @dataclass
 class TeacherConfig:
     encoder: str = "resnet50"  # a timm resnet (features_only, never pretrained) or "unet"
-    image_size: int = 256
-    output_size: int = 256
+    image_size: Annotated[int, Field(ge=32, le=MAX_SIDE)] = 256
+    output_size: Annotated[int, Field(ge=8, le=MAX_SIDE)] = 256
     vit_dim: int = 256
     vit_heads: int = 8
     vit_depth: int = 4

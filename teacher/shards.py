@@ -39,10 +39,15 @@ def _progress_name(rank: int) -> str:
 
 @dataclass(frozen=True)
 class ShardPlan:
-    """Which (sample id, source) entries go to which shard: a pure function of the data set and shard size."""
+    """Which (sample id, source) entries go to which shard, with the fingerprint of each entry's input views.
+
+    A pure function of the data set and shard size; a shard is reused only if its recorded fingerprints
+    equal today's, so regenerated data under the same sample ids is recomputed, never mislabelled.
+    """
 
     entries: list[tuple[str, str]]
     shard_size: int
+    fingerprints: list[str]
 
     @property
     def num_shards(self) -> int:
@@ -50,6 +55,9 @@ class ShardPlan:
 
     def rows(self, shard: int) -> list[tuple[str, str]]:
         return self.entries[shard * self.shard_size : (shard + 1) * self.shard_size]
+
+    def prints(self, shard: int) -> list[str]:
+        return self.fingerprints[shard * self.shard_size : (shard + 1) * self.shard_size]
 
 
 def _header(
@@ -102,19 +110,24 @@ def _known_good(shards_dir: Path, header: dict[str, Any], plan: ShardPlan) -> di
                     "use a new --shards-dir or pass --overwrite"
                 )
             continue
-        records.update(data["shards"])
+        if isinstance(data.get("shards"), dict):
+            records.update(data["shards"])
     good = {}
     for name, rec in records.items():
-        idx = int(name[6:11])
-        path = shards_dir / name
-        expected = [list(r) for r in plan.rows(idx)] if idx < plan.num_shards else None
-        if (
-            path.is_file()
-            and rec.get("entries") == expected
-            and path.stat().st_size == rec["bytes"]
-            and sha256_file(path) == rec["sha256"]
-        ):
-            good[name] = rec
+        try:  # a record that does not describe this plan's shard exactly is redone, never trusted
+            idx = int(name[6:11])
+            path = shards_dir / name
+            if (
+                idx < plan.num_shards
+                and path.is_file()
+                and rec.get("entries") == [list(r) for r in plan.rows(idx)]
+                and rec.get("fingerprints") == plan.prints(idx)
+                and path.stat().st_size == rec["bytes"]
+                and sha256_file(path) == rec["sha256"]
+            ):
+                good[name] = rec
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue
     return good
 
 
@@ -158,7 +171,11 @@ def write_shards(
             f"--shard-output-size {size} exceeds the teacher's output size {sizes.output_size}; shards never upsample"
         )
     ds = PBRDataset(data_root, "all", sizes.image_size, sizes.output_size, curriculum)
-    plan = ShardPlan(list(ds.entries), shard_size)
+    plan = ShardPlan(
+        list(ds.entries),
+        shard_size,
+        [input_fingerprint(Path(data_root), src, sid) for sid, src in ds.entries],
+    )
     header = _header(
         Path(checkpoint), sha256_file(checkpoint), ckpt, size, curriculum, shard_size, Path(data_root)
     )
@@ -211,6 +228,7 @@ def write_shards(
                     "bytes": path.stat().st_size,
                     "rows": len(rows),
                     "entries": [list(r) for r in rows],
+                    "fingerprints": plan.prints(i),
                 }
                 computed += len(rows)
                 write_json(shards_dir / _progress_name(info.rank), {"header": header, "shards": done})
@@ -229,7 +247,7 @@ def write_shards(
                 "source": src,
                 "shard": shard_name(k // shard_size),
                 "row": k % shard_size,
-                "fingerprint": input_fingerprint(Path(data_root), src, sid),
+                "fingerprint": plan.fingerprints[k],
             }
             for k, (sid, src) in enumerate(plan.entries)
         ]

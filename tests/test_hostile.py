@@ -289,7 +289,7 @@ CASES += [
     ("teacher-train missing .py", lambda p, o: TEACHER_TRAIN(p, o, "--config", str(p.root / "none.py"))),
     ("teacher-train --render-curriculum 5", lambda p, o: TEACHER_TRAIN(p, o, "--render-curriculum", "5")),
     ("teacher-train --device tpu", lambda p, o: TEACHER_TRAIN(p, o, "--device", "tpu")),
-    ("teacher-train --device cuda", lambda p, o: TEACHER_TRAIN(p, o, "--device", "cuda")),
+    ("teacher-train --device gpu0", lambda p, o: TEACHER_TRAIN(p, o, "--device", "gpu0")),
     (
         "teacher-train missing input",
         lambda p, o: ["teacher-train", "--input-dir", p.root / "no", "--output-dir", o],
@@ -515,7 +515,8 @@ CASES += [
     ("run missing artifact", lambda p, o: ["run", p.root / "none.onnx", "--input", p.views, "--output", o]),
     ("run --backend bogus", lambda p, o: RUN(p, o, "--backend", "bogus")),
     ("run --backend coreml on linux", lambda p, o: RUN(p, o, "--backend", "coreml")),
-    ("run --backend tensorrt", lambda p, o: RUN(p, o, "--backend", "tensorrt")),
+    ("run --backend onnx on a checkpoint", lambda p, o: RUN(p, o, "--backend", "onnx")),
+    ("export --min-target iOS16", lambda p, o: EXPORT(p, o, "--min-target", "iOS16")),
     ("run two views", lambda p, o: ["run", p.student, "--input", p.views2, "--output", o]),
     ("run corrupt view", lambda p, o: ["run", p.student, "--input", p.views_corrupt, "--output", o]),
     ("run text files named png", lambda p, o: ["run", p.student, "--input", p.views_text, "--output", o]),

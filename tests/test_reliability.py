@@ -1,7 +1,7 @@
 """The four silent-corruption bugs, each pinned by a regression test, and the loaders fuzzed with hypothesis.
 
 Fuzz budget: FUZZ_EXAMPLES examples per test, eight tests over six loaders (view PNGs, render metadata, shard
-manifest, deployment contract, checkpoints, ONNX bytes), each asserting that nothing but our DataError escapes.
+manifest, deployment contract, checkpoints, ONNX bytes), each asserting that nothing but our own PBRForgeError escapes.
 They are marked slow: ``make test`` runs them, ``make test-fast`` does not.
 """
 
@@ -181,6 +181,50 @@ def test_full_disk_is_one_sentence(tmp_path, monkeypatch):
     r = CliRunner().invoke(main, ["datagen", "--out", str(tmp_path / "d"), "--count", "2", "--size", "16"])
     assert r.exit_code == 2 and "disk is full" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "d").exists()
+
+
+def test_float_image_with_nan_and_oversized_image_are_refused(tmp_path):
+    from pbrforge.views import image_to_float
+
+    arr = np.full((8, 8), 0.5, np.float32)
+    arr[2, 2] = np.nan
+    Image.fromarray(arr, mode="F").save(tmp_path / "f.png", format="TIFF")  # a float image under a .png name
+    with pytest.raises(DataError, match="NaN or inf"):
+        image_to_float(tmp_path / "f.png")
+    Image.new("RGB", (20000, 1)).save(tmp_path / "wide.png")
+    with pytest.raises(DataError, match="larger than 16384"):
+        image_to_float(tmp_path / "wide.png")
+
+
+def test_a_second_run_into_the_same_output_is_refused_by_the_command(tmp_path):
+    from click.testing import CliRunner
+
+    from pbrforge.cli import main
+    from pbrforge.fileio import exclusive
+
+    with exclusive(tmp_path / "d"):  # as if another datagen were writing there now
+        r = CliRunner().invoke(
+            main, ["datagen", "--out", str(tmp_path / "d"), "--count", "2", "--size", "16"]
+        )
+    assert r.exit_code == 2 and "another pbrforge run is writing" in r.output
+    assert not (tmp_path / "d").exists()
+
+
+def test_resumed_shard_writing_recomputes_shards_whose_views_changed(
+    tiny_teacher_ckpt, tiny_shards, tmp_path
+):
+    from pbrforge.shards import DistillDataset
+    from pbrforge.teacher.shards import write_shards
+
+    data = tmp_path / "d"
+    shutil.copytree(_data_root(tiny_shards), data)
+    out = tmp_path / "s"
+    write_shards(tiny_teacher_ckpt, data, out, 32, 4, 1, progress=False)
+    view = data / "input" / "clean" / "sample_0005" / "1.png"
+    Image.fromarray(255 - np.asarray(Image.open(view))).save(view)  # regenerated data, same sample ids
+    again = write_shards(tiny_teacher_ckpt, data, out, 32, 4, 1, progress=False)
+    assert 0 < again["computed"] <= 4  # exactly the shard holding sample_0005 (clean) is redone
+    DistillDataset(data, out, 64, 32, 1, "all")  # and the fingerprints agree with the data again
 
 
 def test_exif_rotation_is_applied(tmp_path):
