@@ -19,7 +19,7 @@ from typing import Any
 
 from pbrforge.errors import DataError
 
-_TEMP = re.compile(r"^\..+\.(?:tmp|old|staged)-(\d+)(?:\..*)?$")
+_TEMP = re.compile(r"^\.(?P<stem>.+)\.(?P<kind>tmp|old|staged)-(?P<pid>\d+)(?P<suffix>\.[^.]*)?$")
 
 
 def temp_name(path: Path, kind: str = "tmp") -> Path:
@@ -59,16 +59,25 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 
 def remove_stale_temps(folder: Path) -> list[Path]:
-    """Delete the temporary files a killed run left in ``folder`` (those whose writing process is gone)."""
+    """Delete the temporary files a killed run left in ``folder`` (those whose writing process is gone).
+
+    An ``.old`` copy whose final name is missing was moved aside by a run killed mid-replacement: it is the
+    last good artifact, so it is put back rather than deleted.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         return []
     gone = []
     for p in folder.iterdir():
         m = _TEMP.match(p.name)
-        if m and not _alive(int(m.group(1))):
-            remove(p)
-            gone.append(p)
+        if not m or _alive(int(m["pid"])):
+            continue
+        final = p.with_name(m["stem"] + (m["suffix"] or ""))
+        if m["kind"] == "old" and not final.exists():
+            os.replace(p, final)
+            continue
+        remove(p)
+        gone.append(p)
     return gone
 
 

@@ -9,7 +9,7 @@ reports where a value is wrong, which becomes the one sentence the user reads. A
 from __future__ import annotations
 
 import json
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -18,8 +18,6 @@ from pbrforge.options import MAX_SIDE
 
 STRICT = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 SHA256 = r"^[0-9a-f]{64}$"
-
-T = TypeVar("T")
 
 
 def check(schema: Any, data: Any, where: str) -> Any:

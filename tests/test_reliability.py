@@ -369,3 +369,18 @@ def test_fuzz_onnx_bytes(tmp_path_factory, blob):
     good = {"image_size": 64, "output_size": 128, "sr_scale": 2, "family": "student", "model_name": "s"}
     (folder / "m.contract.json").write_text(json.dumps(good))
     _only_data_errors(load_runner, folder / "m.onnx", "auto", 1)
+
+
+def test_stale_temps_are_removed_and_an_artifact_moved_aside_is_restored(tmp_path):
+    """A run killed between the two renames of a folder artifact leaves only ``.NAME.old-PID``: it comes back."""
+    import os
+
+    from pbrforge.fileio import remove_stale_temps
+
+    (tmp_path / ".student.old-999999999.mlpackage").mkdir()
+    (tmp_path / ".student.staged-999999999.onnx").write_text("half")
+    (tmp_path / ".latest.tmp-999999999.pt").write_bytes(b"")
+    mine = tmp_path / f".live.tmp-{os.getpid()}.pt"  # a live writer's file is never touched
+    mine.write_bytes(b"")
+    remove_stale_temps(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, "student.mlpackage"])
