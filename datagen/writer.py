@@ -43,6 +43,8 @@ def generate_dataset(
         raise DataError(
             "need --count >= 1, --size >= 16, 0 <= --dirty-ratio <= 1, --samples-per-material >= 1"
         )
+    if out.is_symlink():
+        raise DataError(f"{out} is a symbolic link; give the real folder to write the data set to")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise DataError(f"{out} exists and is not empty; pass --overwrite to replace it")
     with exclusive(out):  # a second run into the same folder is refused rather than raced

@@ -64,6 +64,6 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except OSError as e:  # the file system said no: one sentence, whatever the cause
             if e.errno in (errno.ENOSPC, errno.EDQUOT):
                 fail(f"the disk is full: could not write {e.filename or 'an output file'}; nothing was kept")
-            fail(f"cannot use {e.filename or 'a file'}: {e.strerror or e}")
+            fail(f"cannot use {e.filename}: {e.strerror}" if e.filename else f"a file operation failed: {e}")
 
     return wrapper

@@ -33,6 +33,8 @@ class OutputPath(click.Path):
         from pbrforge.errors import DataError
         from pbrforge.fileio import check_output_dir, check_output_path
 
+        if not str(value).strip():  # "" would mean the current folder: never a deliberate output
+            self.fail("an empty path is not an output; name a file or folder", param, ctx)
         path = Path(os.fsdecode(super().convert(value, param, ctx)))
         try:
             if self.folder:

@@ -71,6 +71,13 @@ def verify_shards(shards_dir: Path) -> list[str]:
             problems.append(f"{name}: {path.stat().st_size} bytes, manifest says {rec['bytes']}")
         elif sha256_file(path) != rec["sha256"]:
             problems.append(f"{name}: sha256 differs from the manifest")
+    seen: dict[tuple[str, str], int] = {}
+    for e in m["entries"]:
+        seen[(e["sample_id"], e["source"])] = seen.get((e["sample_id"], e["source"]), 0) + 1
+    problems += [f"entry {sid} ({src}) is listed {n} times" for (sid, src), n in seen.items() if n > 1]
+    places = [(e["shard"], e["row"]) for e in m["entries"]]
+    if len(set(places)) != len(places):
+        problems.append("two entries point at the same shard row")
     referenced = {e["shard"] for e in m["entries"]}
     problems += [
         f"{n}: referenced by entries but not listed in shards" for n in sorted(referenced - set(m["shards"]))

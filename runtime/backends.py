@@ -106,6 +106,9 @@ def onnx_runner(path: Path, threads: int, level: str = "all") -> Runner:
         raise DataError(
             f"{path} takes inputs of shape {list(inputs.values())[0]}, its contract says {wanted}"
         )
+    sides = {o.name: o.shape[-1] for o in session.get_outputs()}
+    if any(side != contract.output_size for side in sides.values()):
+        raise DataError(f"{path} returns maps of side {sides}, its contract says {contract.output_size}")
     return Runner("onnx", contract, lambda v: run_onnx(session, v), threads)
 
 

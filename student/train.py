@@ -65,6 +65,7 @@ def main(
 ) -> None:
     """Train a student on teacher shards and true maps: loss = a * L(teacher) + (1 - a) * L(truth)."""
     from pbrforge.config import load_config
+    from pbrforge.dataset import scan_dataset
     from pbrforge.distributed import init_distributed, resolve_device
     from pbrforge.models import model_config
     from pbrforge.shards import DistillDataset, ShardSampler
@@ -76,6 +77,7 @@ def main(
     cfg = apply_train_options(cfg, batch_size, epochs, render_curriculum, max_steps_per_epoch, extra)
     dev = resolve_device(device)
     info = init_distributed(dev)
+    scan_dataset(input_dir, deep=True)  # every view and map decoded and checked before anything is written
     train_set = DistillDataset.for_config(input_dir, shards_dir, "train", cfg)
     val_set = DistillDataset.for_config(input_dir, shards_dir, "val", cfg, check_hashes=False)
     sampler = ShardSampler(train_set, cfg.training.seed, info.world, info.rank)

@@ -63,7 +63,7 @@ def main(
     device: str,
 ) -> None:
     """Predict albedo, roughness, metallic and normal maps with a teacher checkpoint."""
-    if (input_dir is None) == (data_root is None) or (data_root is not None and sample_idx is None):
+    if (input_dir is None) == (data_root is None) or (data_root is None) != (sample_idx is None):
         raise DataError("give either --input-dir, or --data-root with --sample-idx")
     from PIL import Image
 

@@ -103,6 +103,18 @@ def _known_good(shards_dir: Path, header: dict[str, Any], plan: ShardPlan) -> di
             same = _identity(data.get("header", data)) == _identity(header)
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
             continue  # a torn or foreign progress file: its shards are simply redone
+        if src.name == MANIFEST and same:
+            try:
+                theirs = [(e["sample_id"], e["source"], e["fingerprint"]) for e in data["entries"]]
+            except (KeyError, TypeError):
+                theirs = []
+            ours = [(sid, s, f) for (sid, s), f in zip(plan.entries, plan.fingerprints, strict=True)]
+            same = theirs == ours
+            if not same:
+                raise DataError(
+                    f"{shards_dir} holds shards of another data set (other samples or other views); "
+                    "use a new --shards-dir or pass --overwrite"
+                )
         if not same:
             if src.name == MANIFEST:
                 raise DataError(
@@ -153,7 +165,7 @@ def write_shards(
     from tqdm import tqdm
 
     from pbrforge.contract import normalize_views, resize_maps
-    from pbrforge.dataset import PBRDataset, input_fingerprint
+    from pbrforge.dataset import PBRDataset, input_fingerprint, scan_dataset
     from pbrforge.distributed import barrier, init_distributed
     from pbrforge.fileio import atomic_path, exclusive, remove_stale_temps, sha256_file, write_json
     from pbrforge.models import model_config, model_from_checkpoint
@@ -170,6 +182,9 @@ def write_shards(
         raise DataError(
             f"--shard-output-size {size} exceeds the teacher's output size {sizes.output_size}; shards never upsample"
         )
+    scan_dataset(
+        Path(data_root), deep=True
+    )  # every view and map decoded and checked before anything is written
     ds = PBRDataset(data_root, "all", sizes.image_size, sizes.output_size, curriculum)
     plan = ShardPlan(
         list(ds.entries),
@@ -313,10 +328,11 @@ def main(
     if verify_dir is not None:
         problems = verify_shards(verify_dir)
         m = load_manifest(verify_dir)
+        for line in problems:  # every problem with -v; the error names the first
+            _logger.debug(line)
         if problems:
-            for line in problems:
-                click.echo(line, err=True)
-            fail(f"{len(problems)} of {len(m['shards'])} shards in {verify_dir} are bad or missing")
+            more = f" (+{len(problems) - 1} more; -v lists them)" if len(problems) > 1 else ""
+            fail(f"shards in {verify_dir} fail verification: {problems[0]}{more}")
         click.echo(f"ok: {len(m['shards'])} shards, {len(m['entries'])} entries verified")
         return
     if not (checkpoint and data_root and shards_dir):

@@ -55,7 +55,7 @@ def main(
 ) -> None:
     """Train the multi-view teacher (DDP under torchrun)."""
     from pbrforge.config import load_config
-    from pbrforge.dataset import PBRDataset
+    from pbrforge.dataset import PBRDataset, scan_dataset
     from pbrforge.distributed import resolve_device
     from pbrforge.teacher.model import discriminator_factory
     from pbrforge.trainer import Trainer
@@ -63,6 +63,7 @@ def main(
     cfg = load_config(config_name, family="teacher")
     cfg = apply_train_options(cfg, batch_size, epochs, render_curriculum, max_steps_per_epoch, extra)
     dev = resolve_device(device)
+    scan_dataset(input_dir, deep=True)  # every view and map decoded and checked before anything is written
     train_set = PBRDataset.for_config(input_dir, "train", cfg)
     val_set = PBRDataset.for_config(input_dir, "val", cfg)
     trainer = Trainer(

@@ -167,6 +167,18 @@ def p(tiny_data, tiny_teacher_ckpt, tiny_student_ckpt, tiny_shards, tmp_path_fac
     shutil.copytree(tiny_data, ns.data_corrupt_view)
     view = ns.data_corrupt_view / "input" / "clean" / "sample_0000" / "0.png"
     view.write_bytes(view.read_bytes()[:50])
+    ns.data_wrong_size_view = root / "data_wrong_size_view"  # three valid PNGs, but 48 px in a 32 px set
+    shutil.copytree(tiny_data, ns.data_wrong_size_view)
+    for i in range(3):
+        view = ns.data_wrong_size_view / "input" / "clean" / "sample_0005" / f"{i}.png"
+        Image.open(view).resize((48, 48)).save(view)
+    ns.link = root / "link"
+    ns.link.symlink_to(ns.a_dir)
+    ns.shards_dup = root / "shards_dup"
+    shutil.copytree(tiny_shards, ns.shards_dup)
+    m = json.loads((ns.shards_dup / "manifest.json").read_text())
+    m["entries"][1] = dict(m["entries"][0])
+    (ns.shards_dup / "manifest.json").write_text(json.dumps(m))
     ns.data_missing_view = root / "data_missing_view"
     shutil.copytree(tiny_data, ns.data_missing_view)
     (ns.data_missing_view / "input" / "clean" / "sample_0001" / "1.png").unlink()
@@ -306,6 +318,29 @@ CASES += [
     (
         "teacher-train checkpoint-dir is a file",
         lambda p, o: TEACHER_TRAIN(p, o, "--checkpoint-dir", p.a_file),
+    ),
+    ("teacher-train empty output-dir", lambda p, o: TEACHER_TRAIN(p, "")),
+    (
+        "teacher-train view of the wrong size",
+        lambda p, o: ["teacher-train", "--input-dir", p.data_wrong_size_view, "--output-dir", o],
+    ),
+    ("datagen --out is a symlink", lambda p, o: ["datagen", "--out", p.link, "--count", "2", "--overwrite"]),
+    ("shards --verify duplicate entries", lambda p, o: ["shards", "--verify", p.shards_dup]),
+    (
+        "shards onto another data set",
+        lambda p, o: [
+            "shards",
+            "--checkpoint",
+            p.teacher,
+            "--data-root",
+            p.data_other,
+            "--shards-dir",
+            p.shards,
+        ],
+    ),
+    (
+        "teacher-infer --input-dir with --sample-idx",
+        lambda p, o: INFER(p, o, "--input-dir", p.views, "--sample-idx", "2"),
     ),
 ]
 for name in ("cfg_syntax", "cfg_raises", "cfg_none", "cfg_wrong", "cfg_call_fails"):

@@ -210,9 +210,7 @@ def test_a_second_run_into_the_same_output_is_refused_by_the_command(tmp_path):
     assert not (tmp_path / "d").exists()
 
 
-def test_resumed_shard_writing_recomputes_shards_whose_views_changed(
-    tiny_teacher_ckpt, tiny_shards, tmp_path
-):
+def test_shards_of_changed_views_are_refused_then_rewritten(tiny_teacher_ckpt, tiny_shards, tmp_path):
     from pbrforge.shards import DistillDataset
     from pbrforge.teacher.shards import write_shards
 
@@ -222,9 +220,11 @@ def test_resumed_shard_writing_recomputes_shards_whose_views_changed(
     write_shards(tiny_teacher_ckpt, data, out, 32, 4, 1, progress=False)
     view = data / "input" / "clean" / "sample_0005" / "1.png"
     Image.fromarray(255 - np.asarray(Image.open(view))).save(view)  # regenerated data, same sample ids
-    again = write_shards(tiny_teacher_ckpt, data, out, 32, 4, 1, progress=False)
-    assert 0 < again["computed"] <= 4  # exactly the shard holding sample_0005 (clean) is redone
-    DistillDataset(data, out, 64, 32, 1, "all")  # and the fingerprints agree with the data again
+    with pytest.raises(DataError, match="shards of another data set"):  # never silently relabelled
+        write_shards(tiny_teacher_ckpt, data, out, 32, 4, 1, progress=False)
+    again = write_shards(tiny_teacher_ckpt, data, out, 32, 4, 1, overwrite=True, progress=False)
+    assert again["computed"] == len(again["entries"])
+    DistillDataset(data, out, 64, 32, 1, "all")  # the fingerprints agree with the data again
 
 
 def test_exif_rotation_is_applied(tmp_path):
