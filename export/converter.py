@@ -38,6 +38,7 @@ _logger = logging.getLogger(__name__)
 
 FORMATS = ("coreml", "onnx", "tensorrt")
 SUFFIXES = {"coreml": ".mlpackage", "onnx": ".onnx", "tensorrt": ".plan"}
+NEEDS_ONNX = "the TensorRT engine is built from the ONNX file: export onnx first (--format all does)"
 FOLDING_MIN_PSNR = 70.0  # dB: folding is exact algebra, so only float rounding may differ
 
 
@@ -153,16 +154,13 @@ def export_artifacts(
     check_output_path(output.with_suffix(".onnx"), "--output")
     if contract_out is not None:
         check_output_path(contract_out, "--contract-out")
-    if formats == (
-        "tensorrt",
-    ):  # alone, it needs TensorRT and an ONNX file already there: say so before writing
+    # alone, TensorRT needs the package and an ONNX file already there: say so before anything is written
+    if formats == ("tensorrt",):
         from pbrforge.export.trt_export import tensorrt_module
 
         tensorrt_module()
         if not output.with_suffix(".onnx").is_file():
-            raise ConfigError(
-                "the TensorRT engine is built from the ONNX file: export onnx first (--format all does)"
-            )
+            raise ConfigError(NEEDS_ONNX)
     wrapper, folded, example, reference, contract = prepare(checkpoint, test_resolution, use_sr)
     with exclusive(output):
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -202,17 +200,14 @@ def export_artifacts(
                     from pbrforge.export.trt_export import build_engine
 
                     onnx_rows = [r for r in result.rows if r.format == "onnx"]
-                    if (
-                        onnx_rows and onnx_rows[0].status != "ok"
-                    ):  # never build from an ONNX that failed its gate
+                    # never build an engine from an ONNX file that failed its gate
+                    if onnx_rows and onnx_rows[0].status != "ok":
                         result.rows.append(
                             ExportRow(fmt, "", "skipped", detail="the ONNX export did not pass its gate")
                         )
                         continue
                     if not onnx_path.exists():
-                        raise ConfigError(
-                            "the TensorRT engine is built from the ONNX file: export onnx first (--format all does)"
-                        )
+                        raise ConfigError(NEEDS_ONNX)
                     seconds = build_engine(onnx_path, final, contract.image_size, fp16)
                     result.rows.append(
                         ExportRow(
@@ -248,9 +243,8 @@ def _keep(
     replace_path(staged, kept)
     write_json(kept.with_name(kept.name + ".parity.json"), parity.to_dict())
     _logger.info(tables(parity))
-    if (
-        parity.passed is None
-    ):  # nothing could be measured here (Core ML FP32 off macOS): say so, do not claim ok
+    # nothing could be measured here (Core ML FP32 off macOS): say so, never claim ok
+    if parity.passed is None:
         status, detail = (
             "unverified",
             str(parity.info.get("note", "no parity gate could run on this machine")),

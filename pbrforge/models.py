@@ -63,7 +63,9 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
         raise DataError(f"checkpoint {path} is an empty file")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises many types, and its advice (weights_only=False) is not ours to give
+    except (
+        Exception
+    ) as e:  # torch raises many types, and its advice (to turn weights-only loading off) is not ours
         raise DataError(
             f"{path} is not a pbrforge checkpoint: it is not a torch.save file of tensors and plain data "
             f"({type(e).__name__})"

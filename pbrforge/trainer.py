@@ -377,11 +377,8 @@ class Trainer:
         if not self.dist.main:
             return self._fit(max_seconds)
         with exclusive(self.output_dir):
-            for folder in (
-                self.output_dir,
-                self.output_dir / "grids",
-                self.checkpoint_dir,
-            ):  # a killed run's leftovers
+            # temporary files a killed run left behind
+            for folder in (self.output_dir, self.output_dir / "grids", self.checkpoint_dir):
                 remove_stale_temps(folder)
             from torch.utils.tensorboard import SummaryWriter
 
