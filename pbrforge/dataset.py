@@ -13,7 +13,6 @@ share a material differ in lighting. Train/val are split by material, never by s
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -80,23 +79,9 @@ def input_fingerprint(root: Path, source: str, sample_id: str) -> str:
     return h.hexdigest()
 
 
-def read_json(path: Path) -> object:
-    """A JSON file's content, or one DataError sentence (missing, a folder, empty, not UTF-8, not JSON, NaN)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"missing {path}" + (" (it is a folder)" if path.is_dir() else ""))
-    try:
-        return json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise DataError(f"{path} is not valid JSON ({type(e).__name__}: {str(e)[:80]})") from e
-
-
-def _no_constant(name: str) -> None:
-    raise ValueError(f"{name} is not a JSON number")
-
-
 def load_metadata(root: Path) -> dict:
     """Read render_metadata.json and check it against its schema (unknown keys are an error, not ignored)."""
+    from pbrforge.fileio import read_json
     from pbrforge.schemas import RenderMetadata, check
 
     path = Path(root) / "input" / METADATA_FILE

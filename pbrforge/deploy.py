@@ -59,7 +59,7 @@ class DeployContract:
     @classmethod
     def load(cls, path: Path) -> DeployContract:
         """Read and check a contract file: its schema, then the facts it must share with this contract."""
-        from pbrforge.dataset import read_json
+        from pbrforge.fileio import read_json
         from pbrforge.schemas import MAX_SIDE, check
 
         path = Path(path)

@@ -122,6 +122,21 @@ def _finite(data: Any) -> Any:
     return data
 
 
+def read_json(path: Path) -> object:
+    """A JSON file's content, or one DataError sentence (missing, a folder, empty, not UTF-8, not JSON, NaN)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"missing {path}" + (" (it is a folder)" if path.is_dir() else ""))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise DataError(f"{path} is not valid JSON ({type(e).__name__}: {str(e)[:80]})") from e
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
 def write_json(path: Path, data: Any) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(_finite(data), indent=2, allow_nan=False) + "\n")

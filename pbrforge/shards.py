@@ -36,7 +36,7 @@ def shard_name(i: int) -> str:
 
 def load_manifest(shards_dir: Path) -> dict[str, Any]:
     """Read manifest.json and check it against its schema and the contract's channel order."""
-    from pbrforge.dataset import read_json
+    from pbrforge.fileio import read_json
     from pbrforge.schemas import Manifest, check
 
     path = Path(shards_dir) / MANIFEST
