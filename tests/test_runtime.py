@@ -157,34 +157,40 @@ torch.set_num_threads(1)
 conv = torch.nn.Conv2d
 net = torch.nn.Sequential(conv(3, 16, 3, padding=1), torch.nn.ReLU(), conv(16, 16, 3, padding=1), conv(16, 8, 1))
 x = torch.rand(1, 3, 1024, 1024)  # activations of 64 MiB, above glibc's largest mmap threshold
+faults = []
 with torch.inference_mode():
-    for _ in range(3):  # warm-up: the retained heap reaches its high-water mark
+    for _ in range(10):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         net(x)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(3):
-        net(x)
-print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(applied, *faults)
 """
+
+PAGES_PER_TENSOR = 64 * 2**20 // 4096  # one 64 MiB activation in 4 KiB pages
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 @pytest.mark.slow
 def test_retained_heap_reuses_large_tensors_without_page_faults():
-    """glibc's default unmaps each freed 64 MiB activation, so every pass faults its pages in again."""
+    """glibc's default unmaps each freed 64 MiB activation, so every pass faults its pages in again.
 
-    def faults(mode: str) -> tuple[str, int]:
+    The retained heap grows to its high-water mark over the first passes (two here, more on some
+    machines), so the steady state is judged on the last three of ten.
+    """
+
+    def faults(mode: str) -> tuple[str, list[int]]:
         r = subprocess.run(
             [sys.executable, "-c", FAULTS_PER_PASS, mode], capture_output=True, text=True, timeout=120
         )
         assert r.returncode == 0, r.stderr
-        applied, n = r.stdout.split()
-        return applied, int(n)
+        applied, *per_pass = r.stdout.split()
+        return applied, [int(n) for n in per_pass]
 
     _, default_faults = faults("default")
     retained_applied, retained_faults = faults("retain")
     assert retained_applied == "True"
-    assert default_faults > 3 * 16384  # at least one 64 MiB tensor (16384 pages of 4 KiB) per pass
-    assert retained_faults < 1_000
+    assert min(default_faults) > PAGES_PER_TENSOR, default_faults
+    assert max(retained_faults[-3:]) < 1_000, retained_faults
 
 
 @pytest.mark.slow
