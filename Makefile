@@ -8,16 +8,23 @@ PIP := $(VENV)/bin/pip
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.pbrforge-installed
 DEMO_DIR ?= demo_out
+WEB := runtime/web
 
 .PHONY: install demo test test-fast lint bench clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(WEB)/package-lock.json $(WEB)/viewer.js
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_PINS)
-	$(PIP) install -q -e ".[coreml,onnx,dev]" $(TORCH_PINS)
+	$(PIP) install -q -e ".[coreml,onnx,assets,dev]" $(TORCH_PINS)
+	@# the preview's screenshots and its tests need a browser: Debian's chromium (software WebGL)
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
+		echo "installing chromium with apt-get (root needed)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@# three.js for the preview bundle and the Khronos glTF validator, exactly as the lockfile pins them
+	cd $(WEB) && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build
 	@touch $(STAMP)
 
 demo: install
@@ -55,4 +62,4 @@ bench: install
 	$(PY) benchmarks/runtime.py --checkpoint $(DEMO_DIR)/student/checkpoints/best.pt
 
 clean:
-	rm -rf $(DEMO_DIR) runs .pytest_cache .ruff_cache
+	rm -rf $(DEMO_DIR) runs .pytest_cache .ruff_cache $(WEB)/dist

@@ -1,8 +1,10 @@
 """``make demo``: the whole pipeline end to end on generated data, ending with a parity + latency table.
 
 datagen -> teacher (short) -> teacher_infer shards -> student (short) -> export (Core ML, ONNX; TensorRT
-skipped with its sentence) -> run_inference with --reference on a held-out sample. It runs each stage's own
-command, so it lives here, above every stage, and not in the library.
+skipped with its sentence) -> run_inference with --reference on a held-out sample, emitting the material as
+a PNG set, glb, usdz and MaterialX checked by their own validators -> a 3D preview page and its screenshot
+-> the parity and latency tables again. It runs each stage's own command, so it lives here, above every
+stage, and not in the library.
 
 Example:
     python demo.py --out demo_out
@@ -48,6 +50,7 @@ def main(out: Path, count: int) -> None:
     from pbrforge.dataset import PBRDataset
     from pbrforge.export.converter import main as export
     from pbrforge.models import config_of, load_checkpoint
+    from pbrforge.runtime.preview import main as preview
     from pbrforge.runtime.run_inference import main as run
     from pbrforge.student.train import main as student_train
     from pbrforge.teacher.shards import main as shards
@@ -152,21 +155,42 @@ def main(out: Path, count: int) -> None:
     val = PBRDataset.for_config(data, "val", config_of(load_checkpoint(student_ckpt), student_ckpt))
     sample, source = val.entries[0]
     held_out = data / "input" / source / sample
+    inference = out / "inference"
     times["run_inference"] = _step(
-        f"run_inference on held-out {sample} ({source}, material {val.material_of(sample)})",
+        f"run_inference on held-out {sample} ({source}, material {val.material_of(sample)}), material files out",
         run,
         [
             str(artifact.with_suffix(".onnx")),
             "--input",
             str(held_out),
             "--output",
-            str(out / "inference"),
+            str(inference),
             "--reference",
             str(student_ckpt),
             "--runs",
             "20",
             "--warmup",
             "3",
+            "--emit",
+            "pngset,gltf,usdz,mtlx",
+            "--name",
+            sample,
+            "--validate",
+        ],
+    )
+    times["preview"] = _step(
+        "3D preview in headless Chromium",
+        preview,
+        [
+            str(inference),
+            "--views",
+            str(held_out),
+            "--out",
+            str(out / "preview_3d.html"),
+            "--screenshot",
+            str(out / "preview_3d.png"),
+            "--name",
+            f"{sample} (held out, {val.material_of(sample)})",
         ],
     )
     total = time.perf_counter() - t0
@@ -178,10 +202,23 @@ def main(out: Path, count: int) -> None:
     from pbrforge.provenance import write_result
 
     write_result(out / "timings.json", {"seconds": times | {"total": total}})
+    _final_tables(inference)
     click.echo(
-        f"look at: {out / 'contact_sheet.png'}, {out / 'teacher' / 'grids'}, {out / 'inference' / 'preview.png'},"
-        f" {out / 'inference' / 'latency.png'}"
+        f"look at: {out / 'contact_sheet.png'}, {out / 'teacher' / 'grids'}, {inference / 'preview.png'},"
+        f" {inference / 'latency.png'}, {out / 'preview_3d.png'} (open {out / 'preview_3d.html'} to turn the light)"
     )
+
+
+def _final_tables(inference: Path) -> None:
+    """The run's parity and latency tables once more, so the demo ends with them."""
+    from pbrforge.export.parity import table
+    from pbrforge.fileio import read_json
+    from pbrforge.runtime.inference import latency_table
+
+    parity, latency = read_json(inference / "parity.json"), read_json(inference / "latency.json")
+    click.echo(f"\n=== parity and latency of {parity['backend']} against {parity['reference']}")
+    click.echo(table(parity["outputs"], "parity"))
+    click.echo(latency_table(latency["backends"], latency["image_size"], latency["output_size"]))
 
 
 if __name__ == "__main__":

@@ -147,35 +147,37 @@ def validate(x: torch.Tensor, what: str = "maps") -> None:
 # --------------------------------------------------------------------------- PNG encodings
 
 
-def encode_map(name: str, value: np.ndarray, normal_bits: int = 8) -> Image.Image | _Rgb16:
-    """Encode one map (c, H, W) float array in contract range into a PIL image."""
+def encode_map(name: str, value: np.ndarray, bits: int = 8) -> Image.Image | Png16:
+    """Encode one map (c, H, W) float array in contract range into an 8- or 16-bit image."""
     spec = MAPS[name]
     if value.shape[0] != spec.channels:
         raise ValueError(f"{name}: expected {spec.channels} channels, got {value.shape[0]}")
+    if bits not in (8, 16):
+        raise ValueError(f"bits must be 8 or 16, got {bits}")
     if name == "normal":
         value = (value + 1.0) * 0.5
     value = np.clip(value, 0.0, 1.0)
-    if name == "normal" and normal_bits == 16:
-        return _Rgb16(np.round(value * 65535).astype(np.uint16))
+    if bits == 16:
+        return Png16(np.round(value * 65535).astype(np.uint16))
     arr = np.round(value * 255).astype(np.uint8)
     if spec.channels == 1:
         return Image.fromarray(arr[0], mode="L")
     return Image.fromarray(arr.transpose(1, 2, 0), mode="RGB")
 
 
-class _Rgb16:
-    """A 16-bit RGB normal map; PIL cannot write 48-bit RGB, so pypng does."""
+class Png16:
+    """A 16-bit gray or RGB image; PIL cannot write 48-bit RGB, so pypng writes both."""
 
     def __init__(self, arr: np.ndarray):
-        self.arr = arr  # (3, H, W) uint16
+        self.arr = arr  # (1 or 3, H, W) uint16
 
     def save(self, path: Path, format: str = "PNG") -> None:  # noqa: A002 - mirrors PIL.Image.save
         import png
 
-        _, h, w = self.arr.shape
-        rows = self.arr.transpose(1, 2, 0).reshape(h, w * 3)
+        c, h, w = self.arr.shape
+        rows = self.arr.transpose(1, 2, 0).reshape(h, w * c)
         with open(path, "wb") as f:
-            png.Writer(w, h, greyscale=False, bitdepth=16).write(f, rows.tolist())
+            png.Writer(w, h, greyscale=c == 1, bitdepth=16).write(f, rows.tolist())
 
 
 def decode_map(name: str, path: Path, size: int | None = None) -> np.ndarray:
@@ -262,7 +264,7 @@ def write_material(folder: Path, maps: torch.Tensor | np.ndarray, normal_bits: i
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for name in MAP_NAMES:
-        img = encode_map(name, x[MAPS[name].slice], normal_bits=normal_bits if name == "normal" else 8)
+        img = encode_map(name, x[MAPS[name].slice], bits=normal_bits if name == "normal" else 8)
         with atomic_path(folder / f"{name}.png") as tmp:
             img.save(tmp, format="PNG")
 

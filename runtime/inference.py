@@ -27,6 +27,8 @@ from pbrforge.deploy import OUTPUT_NAMES, DeployContract
 from pbrforge.export.parity import Comparison, ParityReport, compare, tables
 from pbrforge.fileio import atomic_path, check_output_dir, exclusive, remove_stale_temps, write_json
 from pbrforge.runtime.backends import Runner, Views, load_runner, torch_runner
+from pbrforge.runtime.emit import AssetRequest, check_request, default_name, emit
+from pbrforge.runtime.validators import check_files
 from pbrforge.views import read_view_folder
 
 _logger = logging.getLogger(__name__)
@@ -60,8 +62,9 @@ def upscale(maps: torch.Tensor, size: int) -> torch.Tensor:
     )
 
 
-def write_outputs(maps: torch.Tensor, views: Views, out_dir: Path, final_size: int) -> None:
-    write_material(out_dir, upscale(maps, final_size))
+def write_outputs(maps: torch.Tensor, views: Views, out_dir: Path) -> None:
+    """The material folder at the maps' size, and preview.png: the three views beside the four maps."""
+    write_material(out_dir, maps)
     tile = 256
     small = resize_maps(maps, tile)
     tiles = [
@@ -95,6 +98,21 @@ def measure(runner: Runner, views: Views, runs: int, warmup: int) -> dict[str, f
         "warmup": warmup,
         "threads": runner.threads,
     }
+
+
+def latency_table(latency: dict[str, dict[str, float]], image_size: int, output_size: int) -> str:
+    """The latency table ``run --reference`` prints (and ``make demo`` prints again at its end)."""
+    first = next(iter(latency.values()))
+    lines = [
+        f"latency ({first['threads']} threads, {image_size}px in, {output_size}px out, "
+        f"{first['runs']} runs after {first['warmup']} warm-up)",
+        f"{'backend':<12} {'median ms':>10} {'p90 ms':>9} {'speed-up vs eager':>18}",
+    ]
+    lines += [
+        f"{name:<12} {v['median_ms']:10.2f} {v['p90_ms']:9.2f} {v['speedup_vs_eager']:17.2f}x"
+        for name, v in latency.items()
+    ]
+    return "\n".join(lines)
 
 
 def latency_chart(latency: dict[str, dict[str, float]], path: Path, title: str) -> None:
@@ -134,12 +152,15 @@ def run_inference(
     warmup: int = 3,
     final_size: int | None = None,
     threads: int = 0,
+    assets: AssetRequest | None = None,
 ) -> dict:
     """Predict maps for the three photos in ``input_dir`` and write them; with ``reference``, parity and latency.
 
     Every input (artifact, photos, reference) is read and checked before anything is written.
     """
     check_output_dir(output, "--output")
+    if assets is not None:
+        check_request(assets.formats, assets.normal)
     runner = load_runner(artifact, backend, threads)
     contract = runner.contract
     views, used = preprocess(input_dir, contract)
@@ -149,7 +170,19 @@ def run_inference(
     final = final_size or contract.final_size
     with exclusive(output):
         remove_stale_temps(output)
-        write_outputs(maps, views, output, final)
+        full = upscale(maps, final)
+        write_outputs(full, views, output)
+        if assets is not None:
+            written = emit(
+                full,
+                output,
+                assets.material or default_name(output),
+                assets.formats,
+                assets.bits,
+                assets.normal,
+            )
+            if assets.validate:
+                check_files([p for paths in written.values() for p in paths])
         _logger.info(
             f"{runner.backend}: {', '.join(p.name for p in used)} -> {', '.join(MAP_NAMES)} at {final}px in {output}"
         )
@@ -170,16 +203,7 @@ def run_inference(
         base = latency["torch eager"]["median_ms"]
         for v in latency.values():
             v["speedup_vs_eager"] = base / v["median_ms"]
-        lines = [
-            f"latency ({runner.threads} threads, {contract.image_size}px in, {contract.output_size}px out, "
-            f"{runs} runs after {warmup} warm-up)",
-            f"{'backend':<12} {'median ms':>10} {'p90 ms':>9} {'speed-up vs eager':>18}",
-        ]
-        lines += [
-            f"{name:<12} {v['median_ms']:10.2f} {v['p90_ms']:9.2f} {v['speedup_vs_eager']:17.2f}x"
-            for name, v in latency.items()
-        ]
-        _logger.info("\n".join(lines))
+        _logger.info(latency_table(latency, contract.image_size, contract.output_size))
         write_json(Path(output) / "parity.json", report.to_dict())
         write_json(
             Path(output) / "latency.json",

@@ -11,6 +11,7 @@ Examples:
         --reference runs/student/checkpoints/best.pt --runs 20 --warmup 3
     python runtime/run_inference.py runs/student/checkpoints/best.pt --input photos/ --output out/ --final-size 1024
     python runtime/run_inference.py runs/student/checkpoints/best.pt --input photos/ --output out/ --retain-heap
+    python runtime/run_inference.py artifacts/student.onnx --input photos/ --output out/ --emit gltf,usdz --name Slate --validate
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import click
 from pbrforge.errors import user_errors
 from pbrforge.options import MAX_SIDE, OUTPUT_DIR, Command, examples_epilog
 from pbrforge.runtime.backends import BACKENDS
+from pbrforge.runtime.emit import emit_options
 
 
 @click.command("run", cls=Command, epilog=examples_epilog(__doc__))
@@ -67,6 +69,7 @@ from pbrforge.runtime.backends import BACKENDS
     help="Keep freed memory in the process (glibc) so large activations are not page-faulted on every "
     "call: faster at high resolution, more resident memory (benchmarks/scaling.py measures both).",
 )
+@emit_options(default=None)
 @user_errors
 def main(
     artifact: Path,
@@ -79,14 +82,23 @@ def main(
     final_size: int | None,
     threads: int,
     retain_heap: bool,
+    formats: tuple[str, ...],
+    material: str | None,
+    bits: str,
+    normal: str,
+    run_validators: bool,
 ) -> None:
     """Predict PBR maps with an artifact; optionally compare it with PyTorch."""
     from pbrforge.allocator import retain_freed_memory
+    from pbrforge.runtime.emit import AssetRequest
     from pbrforge.runtime.inference import run_inference
 
     if retain_heap and not retain_freed_memory():
         logging.getLogger(__name__).warning("--retain-heap does nothing here: the C library is not glibc")
-    run_inference(artifact, input_dir, output, backend, reference, runs, warmup, final_size, threads)
+    if run_validators and not formats:
+        raise click.UsageError("--validate checks the files --emit writes: give --emit too")
+    assets = AssetRequest(formats, material, int(bits), normal, run_validators) if formats else None
+    run_inference(artifact, input_dir, output, backend, reference, runs, warmup, final_size, threads, assets)
 
 
 if __name__ == "__main__":

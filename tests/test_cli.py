@@ -18,6 +18,8 @@ SCRIPTS = {  # stage scripts run as files, and the commands they define
     "student/train.py": "student-train",
     "export/converter.py": "export",
     "runtime/run_inference.py": "run",
+    "runtime/package.py": "package",
+    "runtime/preview.py": "preview",
 }
 
 

@@ -67,6 +67,13 @@ def p(tiny_data, tiny_teacher_ckpt, tiny_student_ckpt, tiny_shards, tmp_path_fac
     ns.views2 = root / "views2"
     shutil.copytree(ns.views, ns.views2)
     (ns.views2 / "2.png").unlink()
+    ns.maps = next(p for p in sorted((tiny_data / "output").iterdir()) if p.is_dir())
+    ns.maps_corrupt = root / "maps_corrupt"
+    shutil.copytree(ns.maps, ns.maps_corrupt)
+    (ns.maps_corrupt / "roughness.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    ns.maps_gray_normal = root / "maps_gray_normal"
+    shutil.copytree(ns.maps, ns.maps_gray_normal)
+    Image.new("RGB", (32, 32), (128, 128, 128)).save(ns.maps_gray_normal / "normal.png")
     ns.views_corrupt = root / "views_corrupt"
     shutil.copytree(ns.views, ns.views_corrupt)
     (ns.views_corrupt / "1.png").write_bytes((ns.views / "1.png").read_bytes()[:60])
@@ -566,6 +573,32 @@ CASES += [
     ("run --reference garbage", lambda p, o: RUN(p, o, "--reference", p.garbage)),
     ("run --reference pickle", lambda p, o: RUN(p, o, "--reference", p.pickle)),
     ("run --reference missing", lambda p, o: RUN(p, o, "--reference", p.root / "none.pt")),
+    ("run --emit bogus", lambda p, o: RUN(p, o, "--emit", "gltf,fbx")),
+    ("run --emit mtlx --normal dx", lambda p, o: RUN(p, o, "--emit", "mtlx", "--normal", "dx")),
+    ("run --validate without --emit", lambda p, o: RUN(p, o, "--validate")),
+    ("run --name with a slash", lambda p, o: RUN(p, o, "--emit", "gltf", "--name", "a/b")),
+    ("run --bits 32", lambda p, o: RUN(p, o, "--emit", "pngset", "--bits", "32")),
+    ("package missing folder", lambda p, o: ["package", p.root / "none", "--out", o]),
+    ("package a file", lambda p, o: ["package", p.a_file, "--out", o]),
+    ("package a folder without maps", lambda p, o: ["package", p.a_dir, "--out", o]),
+    ("package corrupt map", lambda p, o: ["package", p.maps_corrupt, "--out", o]),
+    ("package zero-length normals", lambda p, o: ["package", p.maps_gray_normal, "--out", o]),
+    ("package --out is a file", lambda p, o: ["package", p.maps, "--out", p.a_file]),
+    ("package --emit nothing", lambda p, o: ["package", p.maps, "--out", o, "--emit", ","]),
+    ("package --name too long", lambda p, o: ["package", p.maps, "--out", o, "--name", "x" * 65]),
+    ("preview missing folder", lambda p, o: ["preview", p.root / "none", "--out", o / "p.html"]),
+    ("preview a folder without maps", lambda p, o: ["preview", p.a_dir, "--out", o / "p.html"]),
+    ("preview corrupt map", lambda p, o: ["preview", p.maps_corrupt, "--out", o / "p.html"]),
+    ("preview --out is a folder", lambda p, o: ["preview", p.maps, "--out", p.a_dir]),
+    (
+        "preview --screenshot under a file",
+        lambda p, o: ["preview", p.maps, "--out", o / "p.html", "--screenshot", p.a_file / "s.png"],
+    ),
+    ("preview two views", lambda p, o: ["preview", p.maps, "--views", p.views2, "--out", o / "p.html"]),
+    (
+        "preview corrupt view",
+        lambda p, o: ["preview", p.maps, "--views", p.views_corrupt, "--out", o / "p.html"],
+    ),
     ("unknown command", lambda p, o: ["frobnicate"]),
     ("unknown group option", lambda p, o: ["--colour", "datagen"]),
 ]
