@@ -56,6 +56,7 @@ bench: install
 	$(PY) benchmarks/edge_error.py $(R)/zeros/distill_ckpt/latest.pt --out $(R)/edge_error_zeros.json
 	$(PY) benchmarks/shards.py
 	$(PY) benchmarks/scaling.py
+	$(PY) benchmarks/domain_gap.py
 	@test -f $(DEMO_DIR)/student/checkpoints/best.pt || $(PY) demo.py --out $(DEMO_DIR)
 	cp $(DEMO_DIR)/timings.json $(R)/demo_timings.json
 	$(PY) benchmarks/export.py --checkpoint $(DEMO_DIR)/student/checkpoints/best.pt

@@ -64,7 +64,7 @@ def main(out: Path, count: int) -> None:
         shutil.rmtree(out)
     data, t0, times = out / "data", time.perf_counter(), {}
     times["datagen"] = _step(
-        "datagen",
+        "datagen (procedural and photo-textured materials)",
         datagen,
         [
             "--out",
@@ -77,6 +77,7 @@ def main(out: Path, count: int) -> None:
             "0",
             "--dirty-ratio",
             "0.5",
+            "--photo-textures",
         ],
     )
     _step("check-data", check_data, [str(data)])

@@ -1,12 +1,14 @@
-"""Write a procedural PBR data set: materials, their three-view clean and dirty captures, and metadata.
+"""Write a PBR data set: procedural and imported materials, their three-view clean and dirty captures, metadata.
 
 The layout is the one ``pbrforge.dataset`` reads; everything is built beside the output folder and renamed.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,9 @@ from tqdm import tqdm
 from pbrforge import __version__
 from pbrforge.contract import write_material
 from pbrforge.datagen.capture import CaptureDamage, display_damage, linear_damage
+from pbrforge.datagen.imported import load_set, metadata_of, photo_sets, sample_crop
 from pbrforge.datagen.materials import FAMILIES, make_material
+from pbrforge.datagen.texture_sets import Skipped, TextureSet, find_sets
 from pbrforge.dataset import FORMAT_VERSION, METADATA_FILE
 from pbrforge.errors import DataError
 from pbrforge.fileio import exclusive, write_json
@@ -25,6 +29,7 @@ from pbrforge.render import DEFAULT_CAMERA, DEFAULT_LIGHT_POWER, render, to_disp
 
 LIGHT_DISTANCE = 2.2
 ELEVATION_RANGE = (35.0, 60.0)
+_logger = logging.getLogger(__name__)
 
 
 def generate_dataset(
@@ -36,71 +41,57 @@ def generate_dataset(
     samples_per_material: int = 2,
     overwrite: bool = False,
     progress: bool = True,
+    material_dirs: Sequence[Path] = (),
+    photo_textures: bool = False,
 ) -> dict:
-    """Write a complete data set to ``out`` atomically (built beside it, then renamed) and return its metadata."""
+    """Write a complete data set to ``out`` atomically (built beside it, then renamed) and return its metadata.
+
+    ``count`` procedural samples come first; then, for every texture set found under ``material_dirs``
+    (and the photo-textured materials), ``samples_per_material`` samples, each from its own random crop.
+    """
     out = Path(out)
-    if count < 1 or size < 16 or not 0 <= dirty_ratio <= 1 or samples_per_material < 1:
+    if count < 0 or size < 16 or not 0 <= dirty_ratio <= 1 or samples_per_material < 1:
         raise DataError(
-            "need --count >= 1, --size >= 16, 0 <= --dirty-ratio <= 1, --samples-per-material >= 1"
+            "need --count >= 0, --size >= 16, 0 <= --dirty-ratio <= 1, --samples-per-material >= 1"
         )
     if out.is_symlink():
         raise DataError(f"{out} is a symbolic link; give the real folder to write the data set to")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise DataError(f"{out} exists and is not empty; pass --overwrite to replace it")
+    sets, skipped = find_all_sets(material_dirs, photo_textures)
+    if count == 0 and not sets:
+        raise DataError(_nothing_usable(material_dirs, skipped))
     with exclusive(out):  # a second run into the same folder is refused rather than raced
         tmp = out.with_name(f".{out.name}.tmp-datagen")
         if tmp.exists():
             shutil.rmtree(tmp)
-        rng = np.random.default_rng(seed)
-        families = sorted(FAMILIES)
-        n_mat = math.ceil(count / samples_per_material)
-        materials = {}
-        for i in range(n_mat):
-            fam = families[i % len(families)]
-            materials[f"{fam}_{i:03d}"] = {"family": fam, "seed": int(rng.integers(1 << 31))}
-        mat_names = list(materials)
-        samples = {}
-        damage = CaptureDamage()
         try:
-            maps_cache: dict[str, torch.Tensor] = {}
-            for name, m in tqdm(materials.items(), desc="materials", disable=not progress):
-                maps = torch.from_numpy(make_material(m["family"], m["seed"], size).maps())
-                write_material(tmp / "output" / name, maps)
-                maps_cache[name] = maps
-            for j in tqdm(range(count), desc="samples", disable=not progress):
-                sid = f"sample_{j:04d}"
-                mat = mat_names[j % n_mat]
-                s_rng = np.random.default_rng([seed, j])
-                lights = view_lights(
-                    float(s_rng.uniform(0, 2 * math.pi)),
-                    float(s_rng.uniform(*ELEVATION_RANGE)),
-                    LIGHT_DISTANCE,
+            materials: dict[str, dict] = {}
+            samples: dict[str, dict] = {}
+            if count:
+                _procedural(
+                    tmp, count, size, seed, dirty_ratio, samples_per_material, materials, samples, progress
                 )
-                power = DEFAULT_LIGHT_POWER * float(s_rng.uniform(0.8, 1.2))
-                with torch.no_grad():
-                    radiance = render(maps_cache[mat][None], lights[None], power)[0]  # (V, 3, H, W)
-                sources = ["clean"] + (["dirty"] if s_rng.random() < dirty_ratio else [])
-                clean = to_display(radiance).numpy()
-                _write_views(tmp / "input" / "clean" / sid, [v for v in clean])
-                if "dirty" in sources:
-                    damaged = to_display(
-                        torch.from_numpy(linear_damage(radiance.numpy(), s_rng, damage))
-                    ).numpy()
-                    _write_views(
-                        tmp / "input" / "dirty" / sid, [display_damage(v, s_rng, damage) for v in damaged]
-                    )
-                samples[sid] = {
-                    "material": mat,
-                    "sources": sources,
-                    "lights": lights.tolist(),
-                    "light_power": power,
-                }
+            used = _imported(
+                tmp,
+                sets,
+                size,
+                seed,
+                dirty_ratio,
+                samples_per_material,
+                materials,
+                samples,
+                skipped,
+                progress,
+            )
+            if not samples:
+                raise DataError(_nothing_usable(material_dirs, skipped))
             meta = {
                 "format_version": FORMAT_VERSION,
                 "generator": f"pbrforge.datagen {__version__}",
                 "seed": seed,
                 "size": size,
-                "count": count,
+                "count": len(samples),
                 "dirty_ratio": dirty_ratio,
                 "camera": list(DEFAULT_CAMERA),
                 "light_power": DEFAULT_LIGHT_POWER,
@@ -108,6 +99,12 @@ def generate_dataset(
                 "samples": samples,
                 "materials": materials,
             }
+            if material_dirs or photo_textures:
+                meta["imports"] = {
+                    "found": len(sets) + sum(1 for s in skipped if not s.at_decode),
+                    "used": used,
+                    "skipped": [{"where": s.where, "why": s.why} for s in skipped],
+                }
             write_json(tmp / "input" / METADATA_FILE, meta)
             if out.exists():
                 shutil.rmtree(out)
@@ -116,6 +113,137 @@ def generate_dataset(
             if tmp.exists():
                 shutil.rmtree(tmp)
         return meta
+
+
+def find_all_sets(
+    material_dirs: Sequence[Path], photo_textures: bool
+) -> tuple[list[TextureSet], list[Skipped]]:
+    """The texture sets of every --materials folder (refused in one sentence if one is not a folder)."""
+    sets: list[TextureSet] = []
+    skipped: list[Skipped] = []
+    for d in material_dirs:
+        if not Path(d).is_dir():
+            raise DataError(f"--materials {d} is not a folder")
+        found, passed = find_sets(Path(d))
+        sets += found
+        skipped += passed
+    if photo_textures:
+        sets += photo_sets()
+    return sets, skipped
+
+
+def _nothing_usable(material_dirs: Sequence[Path], skipped: list[Skipped]) -> str:
+    if not material_dirs and not skipped:
+        return (
+            "--count is 0 and neither --materials nor --photo-textures was given: there is nothing to render"
+        )
+    where = ", ".join(str(d) for d in material_dirs) or "the photo textures"
+    why = f"; skipped: {skipped[0].where} ({skipped[0].why})" if skipped else ""
+    return (
+        f"no usable material set was found under {where} and --count is 0, so there is nothing to render{why}"
+    )
+
+
+def _procedural(
+    tmp, count, size, seed, dirty_ratio, samples_per_material, materials, samples, progress
+) -> None:
+    rng = np.random.default_rng(seed)
+    families = sorted(FAMILIES)
+    n_mat = math.ceil(count / samples_per_material)
+    for i in range(n_mat):
+        fam = families[i % len(families)]
+        materials[f"{fam}_{i:03d}"] = {"family": fam, "seed": int(rng.integers(1 << 31))}
+    mat_names = list(materials)
+    maps_cache: dict[str, torch.Tensor] = {}
+    for name in tqdm(mat_names, desc="materials", disable=not progress):
+        maps = torch.from_numpy(
+            make_material(materials[name]["family"], materials[name]["seed"], size).maps()
+        )
+        write_material(tmp / "output" / name, maps)
+        maps_cache[name] = maps
+    for j in tqdm(range(count), desc="samples", disable=not progress):
+        mat = mat_names[j % n_mat]
+        samples[f"sample_{j:04d}"] = _render_sample(
+            tmp, f"sample_{j:04d}", maps_cache[mat], mat, seed, j, dirty_ratio
+        )
+
+
+def _imported(
+    tmp, sets, size, seed, dirty_ratio, samples_per_material, materials, samples, skipped, progress
+) -> int:
+    """Render ``samples_per_material`` crops of each set; a set that cannot be read is skipped with a warning."""
+    used = 0
+    for index, ts in enumerate(tqdm(sets, desc="material sets", disable=not progress or not sets)):
+        try:
+            src = load_set(ts)
+            info = metadata_of(ts)
+        except DataError as e:
+            skipped.append(Skipped(f"{ts.library} {ts.material_id}", str(e), at_decode=True))
+            _logger.warning(f"skipped {ts.library} {ts.material_id}: {e}")
+            continue
+        used += 1
+        files = {role: _relative(p, ts.root) for role, p in ts.files.items()}
+        if ts.library == "photo":
+            files = {"photo": f"skimage.data.{ts.material_id.split('-q')[0]}"}
+        for k in range(samples_per_material):
+            crop_seed = [seed, 1, index, k]
+            maps, record = sample_crop(src, size, np.random.default_rng(crop_seed))
+            mid = f"{ts.key}_{k:02d}"
+            materials[mid] = {
+                "family": ts.library,
+                "seed": int(np.random.default_rng(crop_seed).integers(1 << 31)),
+                "group": ts.key,
+                "origin": {
+                    "library": ts.library,
+                    "material_id": ts.material_id,
+                    "root": str(ts.root),
+                    "files": files,
+                    **record,
+                    "normal": src.normal_source,
+                    "notes": src.notes,
+                    "info": info,
+                },
+            }
+            write_material(tmp / "output" / mid, maps)
+            j = len(samples)
+            sid = f"sample_{j:04d}"
+            samples[sid] = _render_sample(tmp, sid, torch.from_numpy(maps), mid, seed, j, dirty_ratio)
+    if sets:
+        _logger.info(
+            f"material sets: {len(sets) + sum(1 for s in skipped if not s.at_decode)} found, {used} used, {len(skipped)} skipped"
+            + "".join(f"\n  skipped {s.where}: {s.why}" for s in skipped)
+        )
+    return used
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def _render_sample(
+    tmp: Path, sid: str, maps: torch.Tensor, material: str, seed: int, j: int, dirty_ratio: float
+) -> dict:
+    """Render one sample's three views (and its dirty capture, by chance) from its own seeded generator."""
+    damage = CaptureDamage()
+    s_rng = np.random.default_rng([seed, j])
+    lights = view_lights(
+        float(s_rng.uniform(0, 2 * math.pi)),
+        float(s_rng.uniform(*ELEVATION_RANGE)),
+        LIGHT_DISTANCE,
+    )
+    power = DEFAULT_LIGHT_POWER * float(s_rng.uniform(0.8, 1.2))
+    with torch.no_grad():
+        radiance = render(maps[None], lights[None], power)[0]  # (V, 3, H, W)
+    sources = ["clean"] + (["dirty"] if s_rng.random() < dirty_ratio else [])
+    clean = to_display(radiance).numpy()
+    _write_views(tmp / "input" / "clean" / sid, [v for v in clean])
+    if "dirty" in sources:
+        damaged = to_display(torch.from_numpy(linear_damage(radiance.numpy(), s_rng, damage))).numpy()
+        _write_views(tmp / "input" / "dirty" / sid, [display_damage(v, s_rng, damage) for v in damaged])
+    return {"material": material, "sources": sources, "lights": lights.tolist(), "light_power": power}
 
 
 def _write_views(folder: Path, views: list) -> None:

@@ -13,6 +13,7 @@ share a material differ in lighting. Train/val are split by material, never by s
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -52,6 +53,9 @@ class DatasetSummary:
     dirty: int
     resolution: int
     families: dict[str, int] = field(default_factory=dict)
+    sources: dict[str, int] = field(
+        default_factory=dict
+    )  # samples per material source (procedural, a library)
 
     def table(self) -> str:
         rows = [
@@ -62,6 +66,7 @@ class DatasetSummary:
             ("dirty captures", self.dirty),
             ("resolution", f"{self.resolution}x{self.resolution}"),
             ("families", ", ".join(f"{k} {v}" for k, v in sorted(self.families.items()))),
+            ("samples by source", ", ".join(f"{k} {v}" for k, v in sorted(self.sources.items()))),
         ]
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
@@ -138,6 +143,11 @@ def scan_dataset(root: Path, deep: bool = False) -> tuple[dict, DatasetSummary]:
             if deep:
                 decode_map(name, p, size)  # checks mode, size and decodability
         families[m["family"]] = families.get(m["family"], 0) + 1
+    sources: dict[str, int] = {}
+    for s in meta["samples"].values():
+        origin = meta["materials"][s["material"]].get("origin")
+        kind = origin["library"] if origin else "procedural"
+        sources[kind] = sources.get(kind, 0) + 1
     summary = DatasetSummary(
         str(root),
         len(meta["samples"]),
@@ -146,6 +156,7 @@ def scan_dataset(root: Path, deep: bool = False) -> tuple[dict, DatasetSummary]:
         counts["dirty"],
         size,
         families,
+        sources,
     )
     return meta, summary
 
@@ -158,15 +169,25 @@ def _check_png(path: Path, mode: str, size: int) -> None:
         raise DataError(f"{path}: {img.size[0]}x{img.size[1]}, expected {size}x{size}")
 
 
-def split_materials(materials: list[str], val_fraction: float, seed: int) -> tuple[set[str], set[str]]:
-    """Seeded split by material: no material is in both sets."""
-    mats = sorted(materials)
-    if len(mats) < 2 or val_fraction <= 0:
-        return set(mats), set()
-    order = np.random.default_rng(seed).permutation(len(mats))
-    n_val = min(len(mats) - 1, max(1, round(val_fraction * len(mats))))
-    val = {mats[i] for i in order[:n_val]}
-    return set(mats) - val, val
+def split_materials(groups: Mapping[str, str], val_fraction: float, seed: int) -> tuple[set[str], set[str]]:
+    """Seeded split by material group (``material -> group``): no group has materials in both sets.
+
+    Crops of one imported texture set share its group, so a held-out set is never seen in training;
+    a procedural material is its own group.
+    """
+    names = sorted(set(groups.values()))
+    if len(names) < 2 or val_fraction <= 0:
+        return set(groups), set()
+    order = np.random.default_rng(seed).permutation(len(names))
+    n_val = min(len(names) - 1, max(1, round(val_fraction * len(names))))
+    held_out = {names[i] for i in order[:n_val]}
+    val = {m for m, g in groups.items() if g in held_out}
+    return set(groups) - val, val
+
+
+def material_groups(meta: Mapping) -> dict[str, str]:
+    """Each material's group: its texture set for imported crops, itself for procedural materials."""
+    return {mid: m.get("group") or mid for mid, m in meta["materials"].items()}
 
 
 class PBRDataset(Dataset):
@@ -197,7 +218,7 @@ class PBRDataset(Dataset):
         self.root = Path(root)
         self.meta, self.summary = scan_dataset(self.root)
         self.image_size, self.output_size, self.curriculum = image_size, output_size, curriculum
-        train, val = split_materials(list(self.meta["materials"]), val_fraction, seed)
+        train, val = split_materials(material_groups(self.meta), val_fraction, seed)
         keep = {"train": train, "val": val, "all": train | val}[split]
         sources = CURRICULA[curriculum]
         self.entries: list[tuple[str, str]] = [

@@ -51,10 +51,36 @@ class SampleMeta(BaseModel):
     light_power: float = Field(gt=0)
 
 
+class MaterialOrigin(BaseModel):
+    """Where an imported material came from and how its crop was taken (datagen --materials)."""
+
+    model_config = STRICT
+    library: Literal["ambientcg", "polyhaven", "matsynth", "gltf", "photo"]
+    material_id: str
+    root: str
+    files: dict[str, str]
+    crop: list[int] = Field(min_length=3, max_length=3)  # x0, y0, side in source texels
+    scale: float = Field(gt=0)  # source texels per output pixel
+    rotation: Literal[0, 90, 180, 270]  # counter-clockwise, after the mirror
+    mirror: bool
+    normal: str  # the source normal map's convention and how it was known
+    notes: list[str] = Field(default_factory=list)
+    info: dict[str, str | float] = Field(default_factory=dict)  # e.g. MatSynth's category and physical size
+
+
 class MaterialMeta(BaseModel):
     model_config = STRICT
     family: str
     seed: int
+    group: str | None = None  # split unit: crops of one texture set share it
+    origin: MaterialOrigin | None = None
+
+
+class ImportSummary(BaseModel):
+    model_config = STRICT
+    found: int = Field(ge=0)
+    used: int = Field(ge=0)
+    skipped: list[dict[str, str]]
 
 
 class RenderMetadata(BaseModel):
@@ -70,6 +96,7 @@ class RenderMetadata(BaseModel):
     light_distance: float = Field(gt=0)
     samples: dict[str, SampleMeta]
     materials: dict[str, MaterialMeta]
+    imports: ImportSummary | None = None
 
 
 # --------------------------------------------------------------------------- shard manifest.json

@@ -573,6 +573,12 @@ CASES += [
     ("run --reference garbage", lambda p, o: RUN(p, o, "--reference", p.garbage)),
     ("run --reference pickle", lambda p, o: RUN(p, o, "--reference", p.pickle)),
     ("run --reference missing", lambda p, o: RUN(p, o, "--reference", p.root / "none.pt")),
+    ("datagen --materials a file", lambda p, o: DATAGEN(p, o, "--materials", p.a_file)),
+    ("datagen --materials missing", lambda p, o: DATAGEN(p, o, "--materials", p.root / "none")),
+    (
+        "datagen --materials without sets and --count 0",
+        lambda p, o: ["datagen", "--out", o, "--count", "0", "--materials", p.a_dir],
+    ),
     ("run --emit bogus", lambda p, o: RUN(p, o, "--emit", "gltf,fbx")),
     ("run --emit mtlx --normal dx", lambda p, o: RUN(p, o, "--emit", "mtlx", "--normal", "dx")),
     ("run --validate without --emit", lambda p, o: RUN(p, o, "--validate")),
