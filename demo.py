@@ -213,12 +213,14 @@ def main(out: Path, count: int) -> None:
 def _final_tables(inference: Path) -> None:
     """The run's parity and latency tables once more, so the demo ends with them."""
     from pbrforge.export.parity import table
+    from pbrforge.export.render_parity import render_table
     from pbrforge.fileio import read_json
     from pbrforge.runtime.inference import latency_table
 
     parity, latency = read_json(inference / "parity.json"), read_json(inference / "latency.json")
     click.echo(f"\n=== parity and latency of {parity['backend']} against {parity['reference']}")
     click.echo(table(parity["outputs"], "parity"))
+    click.echo(render_table(parity["render"], "rendered under 11 lights"))
     click.echo(latency_table(latency["backends"], latency["image_size"], latency["output_size"]))
 
 

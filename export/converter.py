@@ -12,6 +12,8 @@ Examples:
     python export/converter.py best.pt --output artifacts/s4 --format coreml --palettization --nbits 4 --min-target iOS18
     python export/converter.py best.pt --output artifacts/s256 --format onnx --test-resolution 256
     python export/converter.py best.pt --output artifacts/student --contract-out mobile_app/contract.json
+    python export/converter.py best.pt --output artifacts/s256 --format onnx --test-resolution 256 \\
+        --quantize int8 --calibration data/demo --render-psnr-min 30
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING
 import click
 
 from pbrforge.errors import ConfigError, ParityError, UnavailableError, fail, user_errors
+from pbrforge.export.gates import render_gate_options
 from pbrforge.options import MAX_SIDE, OUTPUT_FILE, Command, examples_epilog
 
 if TYPE_CHECKING:
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
     import torch
 
     from pbrforge.deploy import DeployContract
+    from pbrforge.export.gates import RenderGate
     from pbrforge.export.parity import ParityReport
 
 _logger = logging.getLogger(__name__)
@@ -139,6 +143,10 @@ def export_artifacts(
     min_target: str = "iOS17",
     contract_out: Path | None = None,
     ane: bool = True,
+    render_psnr_min: float | None = None,
+    normal_p99_max: float | None = None,
+    quantize: str | None = None,
+    calibration: Path | None = None,
 ) -> ExportResult:
     """Export to each format in order; unavailable formats are recorded as skipped, parity failures as failed."""
     from pbrforge.deploy import contract_path
@@ -161,7 +169,24 @@ def export_artifacts(
         tensorrt_module()
         if not output.with_suffix(".onnx").is_file():
             raise ConfigError(NEEDS_ONNX)
+    from pbrforge.export.gates import render_gate
+
+    gate = render_gate(render_psnr_min, normal_p99_max)
+    # 6- and 4-bit palettization is judged by its render figures only where a gate is given
+    asked = render_psnr_min is not None or normal_p99_max is not None
+    palettized_gate = gate if nbits == 8 or asked else None
+    if quantize is not None and calibration is None:
+        raise ConfigError(f"--quantize {quantize} calibrates on real views: give --calibration DATA_ROOT")
+    if quantize == "int8" and "onnx" not in formats:
+        raise ConfigError("--quantize int8 quantizes the ONNX model: use --format onnx or all")
     wrapper, folded, example, reference, contract = prepare(checkpoint, test_resolution, use_sr)
+    held_out = []
+    if quantize is not None and calibration is not None:
+        from pbrforge.export.onnx_quantize import CALIBRATION_VIEWS, PARITY_VIEWS, held_out_views
+
+        held_out = held_out_views(
+            calibration, checkpoint, contract.image_size, CALIBRATION_VIEWS + PARITY_VIEWS
+        )
     with exclusive(output):
         output.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(output.parent)
@@ -175,8 +200,10 @@ def export_artifacts(
                     from pbrforge.export.onnx_export import export_onnx, onnx_parity
 
                     seconds = export_onnx(wrapper, example, staged)
-                    parity = onnx_parity(staged, reference, example)
-                    _keep(result, fmt, staged, final, parity, seconds)
+                    parity = onnx_parity(staged, reference, example, gate)
+                    kept = _keep(result, fmt, staged, final, parity, seconds)
+                    if quantize == "int8" and kept == final:
+                        _int8(result, final, wrapper, held_out, example, gate)
                 elif fmt == "coreml":
                     t0 = time.perf_counter()
                     mlmodel = coreml_export.convert_coreml(folded, example, fp16, min_target, contract)
@@ -185,7 +212,7 @@ def export_artifacts(
                     coreml_export.save_mlpackage(mlmodel, staged)
                     seconds = time.perf_counter() - t0
                     parity = coreml_export.coreml_parity(
-                        staged, folded, reference, example, fp16, bool(nbits)
+                        staged, folded, reference, example, fp16, bool(nbits), gate, palettized_gate
                     )
                     parity.info |= {"fp16": fp16, "nbits": nbits, "min_target": min_target}
                     kept = _keep(result, fmt, staged, final, parity, seconds)
@@ -230,6 +257,46 @@ def export_artifacts(
             if contract_out:
                 contract.save(contract_out)
         return result
+
+
+def _int8(
+    result: ExportResult,
+    fp32: Path,
+    wrapper: torch.nn.Module,
+    held_out: list,
+    example: tuple[torch.Tensor, ...],
+    gate: RenderGate,
+) -> None:
+    """Quantize the passing fp32 ONNX model to static int8 QDQ beside it, judge it, profile both."""
+    from pbrforge.export.onnx_quantize import PARITY_VIEWS, int8_parity, node_census, profile, quantize_onnx
+    from pbrforge.fileio import remove, temp_name
+
+    final = fp32.with_name(fp32.stem + ".int8.onnx")
+    staged = temp_name(final, "staged")
+    judged = held_out[-PARITY_VIEWS:] if len(held_out) > PARITY_VIEWS else held_out
+    calibration = held_out[: len(held_out) - len(judged)] or held_out
+    try:
+        seconds = quantize_onnx(fp32, staged, calibration)
+        parity = int8_parity(staged, wrapper, judged, gate)
+        fp32_profile, int8_profile = profile(fp32, example), profile(staged, example)
+        parity.info |= {
+            "calibration_samples": len(calibration),
+            "calibrated_on_the_judged_samples": calibration is held_out,
+            "ort_nodes_after_fusion": node_census(staged),
+            "profile_fp32": fp32_profile,
+            "profile_int8": int8_profile,
+        }
+        _logger.info(
+            "where ONNX Runtime spends its time (ms per run, %s px):\n  fp32: %s\n  int8: %s\n  int8 time in integer "
+            "kernels and Q/DQ: %.0f%%",
+            example[0].shape[-1],
+            ", ".join(fp32_profile["top"]),
+            ", ".join(int8_profile["top"]),
+            100 * int8_profile["integer_or_qdq_share"],
+        )
+        _keep(result, "onnx-int8", staged, final, parity, seconds)
+    finally:
+        remove(staged)
 
 
 def _keep(
@@ -288,6 +355,19 @@ def _keep(
     help="Also write the deployment contract here (e.g. mobile_app/contract.json).",
 )
 @click.option("--no-ane-report", is_flag=True, help="Skip the static ANE-readiness report.")
+@click.option(
+    "--quantize",
+    type=click.Choice(["int8"]),
+    default=None,
+    help="Also write a static int8 model: int8 = ONNX QDQ (OUTPUT.int8.onnx) calibrated on --calibration.",
+)
+@click.option(
+    "--calibration",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    default=None,
+    help="Data root whose held-out views calibrate --quantize (others judge it).",
+)
+@render_gate_options
 @user_errors
 def main(
     checkpoint: Path,
@@ -301,6 +381,10 @@ def main(
     min_target: str,
     contract_out: Path | None,
     no_ane_report: bool,
+    render_psnr_min: float | None,
+    normal_p99_max: float | None,
+    quantize: str | None,
+    calibration: Path | None,
 ) -> None:
     """Convert a checkpoint to deployable artifacts; exit 2 if any parity gate fails."""
     formats = FORMATS if fmt == "all" else (fmt,)
@@ -315,6 +399,10 @@ def main(
         min_target=min_target,
         contract_out=contract_out,
         ane=not no_ane_report,
+        render_psnr_min=render_psnr_min,
+        normal_p99_max=normal_p99_max,
+        quantize=quantize,
+        calibration=calibration,
     )
     click.echo(result.table())
     if result.failures:

@@ -18,7 +18,8 @@ from torch import nn
 from pbrforge import __version__
 from pbrforge.deploy import INPUT_NAMES, OUTPUT_NAMES, DeployContract
 from pbrforge.errors import ConfigError, ToolFailure, UnavailableError
-from pbrforge.export.parity import COREML_MIN_PSNR, Comparison, ParityReport, compare
+from pbrforge.export.gates import RenderGate
+from pbrforge.export.parity import COREML_MIN_PSNR, ParityReport, comparison
 from pbrforge.fileio import atomic_path
 
 TARGETS = ("iOS17", "iOS18")
@@ -196,8 +197,14 @@ def coreml_parity(
     example: tuple[torch.Tensor, ...],
     fp16: bool,
     palettized: bool,
+    render_gate: RenderGate | None = None,
+    palettized_gate: RenderGate | None = None,
 ) -> ParityReport:
-    """Predict on macOS; elsewhere measure FP16 and read-back palettized numerics in PyTorch. Gate: PSNR >= 35 dB."""
+    """Predict on macOS; elsewhere measure FP16 and read-back palettized numerics in PyTorch.
+
+    Gates: PSNR >= 35 dB per output, and ``render_gate`` (FP16) or ``palettized_gate`` (palettized weights;
+    None records the render figures without judging them).
+    """
     if platform.system() == "Darwin":
         ct = _ct()
         from PIL import Image
@@ -207,20 +214,30 @@ def coreml_parity(
             n: Image.fromarray(x[0].permute(1, 2, 0).numpy().astype(np.uint8), "RGB")
             for n, x in zip(INPUT_NAMES, example, strict=True)
         }
-        outputs = compare(reference, mlmodel.predict(feed))
+        gate = palettized_gate if palettized else render_gate
         return ParityReport(
-            "coreml predict (macOS)", [Comparison("Core ML", outputs, "psnr_db", COREML_MIN_PSNR)]
+            "coreml predict (macOS)",
+            [comparison("Core ML", reference, mlmodel.predict(feed), "psnr_db", COREML_MIN_PSNR, gate)],
         )
     report = ParityReport("pytorch emulation (Core ML cannot predict on this OS)", [])
     if fp16:
-        outputs = compare(reference, _run(folded, example, torch.float16))
-        report.comparisons.append(Comparison("Core ML FP16 (emulated)", outputs, "psnr_db", COREML_MIN_PSNR))
+        outputs = _run(folded, example, torch.float16)
+        report.comparisons.append(
+            comparison("Core ML FP16 (emulated)", reference, outputs, "psnr_db", COREML_MIN_PSNR, render_gate)
+        )
     if palettized:
         dense = dense_lut_weights(path)
         model, matched = apply_readback(folded, dense)
-        outputs = compare(reference, _run(model, example, torch.float32))
+        outputs = _run(model, example, torch.float32)
         report.comparisons.append(
-            Comparison("Core ML palettized (read back)", outputs, "psnr_db", COREML_MIN_PSNR)
+            comparison(
+                "Core ML palettized (read back)",
+                reference,
+                outputs,
+                "psnr_db",
+                COREML_MIN_PSNR,
+                palettized_gate,
+            )
         )
         report.info["readback"] = {"lut_weights": len(dense), "matched_to_pytorch": matched}
         if matched < len(dense):

@@ -10,7 +10,8 @@ import torch
 
 from pbrforge.deploy import INPUT_NAMES, OUTPUT_NAMES
 from pbrforge.errors import UnavailableError
-from pbrforge.export.parity import ONNX_MAX_ABS, Comparison, ParityReport, compare
+from pbrforge.export.gates import RenderGate
+from pbrforge.export.parity import ONNX_MAX_ABS, ParityReport, comparison
 from pbrforge.fileio import atomic_path
 
 MIN_OPSET = 18
@@ -73,8 +74,14 @@ def run_onnx(session, inputs: tuple[torch.Tensor, ...]) -> dict[str, np.ndarray]
 
 
 def onnx_parity(
-    path: Path, reference: dict[str, np.ndarray], example: tuple[torch.Tensor, ...]
+    path: Path,
+    reference: dict[str, np.ndarray],
+    example: tuple[torch.Tensor, ...],
+    render_gate: RenderGate | None = None,
 ) -> ParityReport:
-    """ONNX Runtime vs PyTorch fp32, gated at ONNX_MAX_ABS per output."""
-    outputs = compare(reference, run_onnx(onnx_session(path), example))
-    return ParityReport("onnxruntime", [Comparison("ONNX", outputs, "max_abs", ONNX_MAX_ABS)])
+    """ONNX Runtime vs PyTorch fp32, gated at ONNX_MAX_ABS per output and by the render gate."""
+    outputs = run_onnx(onnx_session(path), example)
+    return ParityReport(
+        "onnxruntime",
+        [comparison("ONNX", reference, outputs, "max_abs", ONNX_MAX_ABS, render_gate or RenderGate())],
+    )

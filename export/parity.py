@@ -15,6 +15,7 @@ import numpy as np
 
 from pbrforge.deploy import OUTPUT_NAMES
 from pbrforge.errors import ParityError
+from pbrforge.export.gates import RenderGate
 
 ONNX_MAX_ABS = 1e-4  # ONNX Runtime fp32 vs PyTorch fp32 (timm's onnx_validate habit)
 COREML_MIN_PSNR = 35.0  # dB per output: ml-stable-diffusion's threshold
@@ -71,10 +72,39 @@ class Comparison:
     gate: str | None = None
     limit: float | None = None
     failure: str | None = None
+    render: dict[str, float] | None = None  # render-space figures (export/render_parity.py)
+    render_gate: RenderGate | None = None
 
     def __post_init__(self) -> None:
         if self.gate is not None and self.failure is None:
             self.failure = _judge(self.outputs, self.gate, float(self.limit or 0.0), self.label)
+        if self.failure is None and self.render is not None and self.render_gate is not None:
+            self.failure = self.render_gate.judge(self.render, self.label)
+
+    @property
+    def judged(self) -> bool:
+        return self.gate is not None or (self.render is not None and self.render_gate is not None)
+
+
+def comparison(
+    label: str,
+    reference: Mapping[str, np.ndarray],
+    outputs: Mapping[str, np.ndarray],
+    gate: str | None = None,
+    limit: float | None = None,
+    render_gate: RenderGate | None = None,
+) -> Comparison:
+    """Compare outputs with the reference as tensors and as rendered material; judge both gates given."""
+    from pbrforge.export.render_parity import render_figures
+
+    return Comparison(
+        label,
+        compare(reference, outputs),
+        gate,
+        limit,
+        render=render_figures(reference, outputs),
+        render_gate=render_gate,
+    )
 
 
 def _judge(outputs: Mapping[str, OutputFigures], gate: str, limit: float, label: str) -> str | None:
@@ -111,7 +141,7 @@ class ParityReport:
         """True when every gate passed, False when one failed, None when nothing was judged (no gate ran)."""
         if self.failure is not None:
             return False
-        return True if any(c.gate is not None for c in self.comparisons) else None
+        return True if any(c.judged for c in self.comparisons) else None
 
     @property
     def outputs(self) -> dict[str, OutputFigures]:
@@ -125,6 +155,7 @@ class ParityReport:
             "passed": self.passed,
             "failure": self.failure,
             "outputs": self.outputs,
+            "render": self.comparisons[-1].render if self.comparisons else None,
             "comparisons": [asdict(c) for c in self.comparisons],
             "problems": self.problems,
             **self.info,
@@ -139,5 +170,18 @@ def table(report: Mapping[str, OutputFigures], title: str) -> str:
 
 
 def tables(report: ParityReport) -> str:
-    """One table per comparison, titled by what was compared."""
-    return "\n".join(table(c.outputs, f"{c.label} vs {report.reference}") for c in report.comparisons)
+    """One table per comparison, titled by what was compared, with its render figures below it."""
+    from pbrforge.export.render_parity import render_table
+
+    parts = []
+    for c in report.comparisons:
+        parts.append(table(c.outputs, f"{c.label} vs {report.reference}"))
+        if c.render is not None:
+            gate = c.render_gate
+            judged = (
+                f" (gates: psnr_db_min >= {gate.psnr_db_min}, normal_deg_p99 <= {gate.normal_deg_p99})"
+                if gate is not None
+                else " (not gated)"
+            )
+            parts.append(render_table(c.render, f"rendered under 11 lights{judged}"))
+    return "\n".join(parts)

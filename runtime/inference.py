@@ -24,7 +24,9 @@ from pbrforge.contract import (
     write_material,
 )
 from pbrforge.deploy import OUTPUT_NAMES, DeployContract
-from pbrforge.export.parity import Comparison, ParityReport, compare, tables
+from pbrforge.errors import ParityError
+from pbrforge.export.gates import RenderGate
+from pbrforge.export.parity import ParityReport, comparison, tables
 from pbrforge.fileio import atomic_path, check_output_dir, exclusive, remove_stale_temps, write_json
 from pbrforge.runtime.backends import Runner, Views, load_runner, torch_runner
 from pbrforge.runtime.emit import AssetRequest, check_request, default_name, emit
@@ -153,6 +155,7 @@ def run_inference(
     final_size: int | None = None,
     threads: int = 0,
     assets: AssetRequest | None = None,
+    gate: RenderGate | None = None,
 ) -> dict:
     """Predict maps for the three photos in ``input_dir`` and write them; with ``reference``, parity and latency.
 
@@ -194,7 +197,10 @@ def run_inference(
         }
         if ref is None:
             return summary
-        report = ParityReport(runner.backend, [Comparison(runner.backend, compare(ref.run(views), outputs))])
+        report = ParityReport(
+            runner.backend,
+            [comparison(runner.backend, ref.run(views), outputs, render_gate=gate or RenderGate())],
+        )
         report.reference = f"PyTorch eager fp32 ({reference})"
         _logger.info(tables(report))
         latency = {"torch eager": measure(ref, views, runs, warmup)}
@@ -214,5 +220,7 @@ def run_inference(
             Path(output) / "latency.png",
             f"{contract.model_name}: {contract.image_size}px -> {contract.output_size}px, {runner.threads} threads",
         )
-        summary |= {"parity": report.outputs, "latency": latency}
+        summary |= {"parity": report.outputs, "render": report.to_dict()["render"], "latency": latency}
+        if report.failure:  # the maps and reports stay: they show what failed
+            raise ParityError(report.failure)
         return summary

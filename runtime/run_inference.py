@@ -8,7 +8,7 @@ renormalised, and written as albedo/roughness/metallic/normal.png plus preview.p
 Examples:
     python runtime/run_inference.py artifacts/student.onnx --input photos/ --output out/
     python runtime/run_inference.py artifacts/student.onnx --input photos/ --output out/ \\
-        --reference runs/student/checkpoints/best.pt --runs 20 --warmup 3
+        --reference runs/student/checkpoints/best.pt --runs 20 --warmup 3 --render-psnr-min 35
     python runtime/run_inference.py runs/student/checkpoints/best.pt --input photos/ --output out/ --final-size 1024
     python runtime/run_inference.py runs/student/checkpoints/best.pt --input photos/ --output out/ --retain-heap
     python runtime/run_inference.py artifacts/student.onnx --input photos/ --output out/ --emit gltf,usdz --name Slate --validate
@@ -22,6 +22,7 @@ from pathlib import Path
 import click
 
 from pbrforge.errors import user_errors
+from pbrforge.export.gates import render_gate, render_gate_options
 from pbrforge.options import MAX_SIDE, OUTPUT_DIR, Command, examples_epilog
 from pbrforge.runtime.backends import BACKENDS
 from pbrforge.runtime.emit import emit_options
@@ -70,6 +71,7 @@ from pbrforge.runtime.emit import emit_options
     "call: faster at high resolution, more resident memory (benchmarks/scaling.py measures both).",
 )
 @emit_options(default=None)
+@render_gate_options
 @user_errors
 def main(
     artifact: Path,
@@ -87,6 +89,8 @@ def main(
     bits: str,
     normal: str,
     run_validators: bool,
+    render_psnr_min: float | None,
+    normal_p99_max: float | None,
 ) -> None:
     """Predict PBR maps with an artifact; optionally compare it with PyTorch."""
     from pbrforge.allocator import retain_freed_memory
@@ -98,7 +102,10 @@ def main(
     if run_validators and not formats:
         raise click.UsageError("--validate checks the files --emit writes: give --emit too")
     assets = AssetRequest(formats, material, int(bits), normal, run_validators) if formats else None
-    run_inference(artifact, input_dir, output, backend, reference, runs, warmup, final_size, threads, assets)
+    gate = render_gate(render_psnr_min, normal_p99_max)
+    run_inference(
+        artifact, input_dir, output, backend, reference, runs, warmup, final_size, threads, assets, gate
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,54 @@
+"""8-bit activations: static int8 QDQ ONNX calibrated on held-out views, with its parity and profile."""
+
+from __future__ import annotations
+
+import json
+
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from pbrforge.cli import main as cli
+
+
+@pytest.mark.slow
+def test_int8_onnx_is_static_qdq_judged_and_profiled(tiny_student_ckpt, tiny_data, tmp_path):
+    r = CliRunner().invoke(
+        cli,
+        ["export", str(tiny_student_ckpt), "--output", str(tmp_path / "s"), "--format", "onnx", "--quantize", "int8",
+         "--calibration", str(tiny_data), "--render-psnr-min", "5", "--normal-p99-max", "180"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    model = onnx.load(str(tmp_path / "s.int8.onnx"))
+    ops = {n.op_type for n in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    weights_int8 = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert weights_int8 and any(
+        len(t.dims) == 1 and t.dims[0] > 1 for t in model.graph.initializer if t.name.endswith("_scale")
+    )  # per channel
+    report = json.loads((tmp_path / "s.int8.onnx.parity.json").read_text())
+    assert report["passed"] is True and report["render"]["psnr_db_min"] > 5
+    assert report["held_out_samples"] >= 1 and report["calibration_samples"] >= 1
+    assert report["profile_int8"]["total_kernel_ms"] > 0 and report["profile_int8"]["top"]
+    assert any(
+        op.startswith("QLinear") for op in report["ort_nodes_after_fusion"]
+    )  # ORT took integer kernels
+    assert "int8 time in integer kernels" in r.output
+
+
+@pytest.mark.slow
+def test_int8_render_gate_fails_by_default_naming_the_figure_or_passes_honestly(
+    tiny_student_ckpt, tiny_data, tmp_path
+):
+    """With the default 40 dB gate the verdict is the figure's: a pass, or exit 2 with a .failed artifact."""
+    r = CliRunner().invoke(
+        cli,
+        ["export", str(tiny_student_ckpt), "--output", str(tmp_path / "s"), "--format", "onnx", "--quantize", "int8",
+         "--calibration", str(tiny_data)],
+    )  # fmt: skip
+    report = json.loads(next(tmp_path.glob("s.int8*.onnx.parity.json")).read_text())
+    if report["render"]["psnr_db_min"] >= 40 and report["render"]["normal_deg_p99"] <= 2:
+        assert r.exit_code == 0 and (tmp_path / "s.int8.onnx").is_file()
+    else:
+        assert r.exit_code == 2 and "render parity failed" in r.output
+        assert (tmp_path / "s.int8.failed.onnx").is_file() and not (tmp_path / "s.int8.onnx").exists()
