@@ -14,6 +14,7 @@ Examples:
     python export/converter.py best.pt --output artifacts/student --contract-out mobile_app/contract.json
     python export/converter.py best.pt --output artifacts/s256 --format onnx --test-resolution 256 \\
         --quantize int8 --calibration data/demo --render-psnr-min 30
+    python export/converter.py best.pt --output artifacts/student --format coreml --quantize w8a8 --calibration data/demo
 """
 
 from __future__ import annotations
@@ -179,6 +180,8 @@ def export_artifacts(
         raise ConfigError(f"--quantize {quantize} calibrates on real views: give --calibration DATA_ROOT")
     if quantize == "int8" and "onnx" not in formats:
         raise ConfigError("--quantize int8 quantizes the ONNX model: use --format onnx or all")
+    if quantize == "w8a8" and "coreml" not in formats:
+        raise ConfigError("--quantize w8a8 writes a Core ML package: use --format coreml or all")
     wrapper, folded, example, reference, contract = prepare(checkpoint, test_resolution, use_sr)
     held_out = []
     if quantize is not None and calibration is not None:
@@ -216,6 +219,8 @@ def export_artifacts(
                     )
                     parity.info |= {"fp16": fp16, "nbits": nbits, "min_target": min_target}
                     kept = _keep(result, fmt, staged, final, parity, seconds)
+                    if quantize == "w8a8" and kept == final:
+                        _w8a8(result, final, folded, wrapper, held_out, example, min_target, contract, gate)
                     if ane:
                         from pbrforge.export.ane_report import ane_report, report_table
                         from pbrforge.fileio import write_json
@@ -259,6 +264,52 @@ def export_artifacts(
         return result
 
 
+def _split(held_out: list) -> tuple[list, list]:
+    """Held-out samples into (calibration, judged); both the same when there are too few to split."""
+    from pbrforge.export.onnx_quantize import PARITY_VIEWS
+
+    judged = held_out[-PARITY_VIEWS:] if len(held_out) > PARITY_VIEWS else held_out
+    return held_out[: len(held_out) - len(judged)] or held_out, judged
+
+
+def _w8a8(
+    result: ExportResult,
+    fp16: Path,
+    folded: torch.nn.Module,
+    wrapper: torch.nn.Module,
+    held_out: list,
+    example: tuple[torch.Tensor, ...],
+    min_target: str,
+    contract: DeployContract,
+    gate: RenderGate,
+) -> None:
+    """The W8A8 package beside the FP16 one, judged by its fake-quant numerics; which ops stay float, logged."""
+    from pbrforge.export.coreml_w8a8 import export_w8a8
+    from pbrforge.fileio import remove, temp_name
+
+    final = fp16.with_name(fp16.stem + ".w8a8.mlpackage")
+    staged = temp_name(final, "staged")
+    calibration, judged = _split(held_out)
+    try:
+        parity, seconds = export_w8a8(
+            folded, wrapper, example, calibration, judged, staged, min_target, contract, gate
+        )
+        parity.info["calibrated_on_the_judged_samples"] = calibration is held_out
+        mil = parity.info["mil"]
+        _logger.info(
+            "W8A8 program: %d quantize, %d dequantize, %d int8 weights; ops between dequantize and quantize: %s; "
+            "ops left in float: %s",
+            mil["quantize"],
+            mil["dequantize"],
+            mil["int8_weights"],
+            ", ".join(f"{k} {v}" for k, v in mil["int8_ops"].items()) or "none",
+            ", ".join(f"{k} {v}" for k, v in mil["float_ops"].items()) or "none",
+        )
+        _keep(result, "coreml-w8a8", staged, final, parity, seconds)
+    finally:
+        remove(staged)
+
+
 def _int8(
     result: ExportResult,
     fp32: Path,
@@ -268,13 +319,12 @@ def _int8(
     gate: RenderGate,
 ) -> None:
     """Quantize the passing fp32 ONNX model to static int8 QDQ beside it, judge it, profile both."""
-    from pbrforge.export.onnx_quantize import PARITY_VIEWS, int8_parity, node_census, profile, quantize_onnx
+    from pbrforge.export.onnx_quantize import int8_parity, node_census, profile, quantize_onnx
     from pbrforge.fileio import remove, temp_name
 
     final = fp32.with_name(fp32.stem + ".int8.onnx")
     staged = temp_name(final, "staged")
-    judged = held_out[-PARITY_VIEWS:] if len(held_out) > PARITY_VIEWS else held_out
-    calibration = held_out[: len(held_out) - len(judged)] or held_out
+    calibration, judged = _split(held_out)
     try:
         seconds = quantize_onnx(fp32, staged, calibration)
         parity = int8_parity(staged, wrapper, judged, gate)
@@ -357,9 +407,10 @@ def _keep(
 @click.option("--no-ane-report", is_flag=True, help="Skip the static ANE-readiness report.")
 @click.option(
     "--quantize",
-    type=click.Choice(["int8"]),
+    type=click.Choice(["int8", "w8a8"]),
     default=None,
-    help="Also write a static int8 model: int8 = ONNX QDQ (OUTPUT.int8.onnx) calibrated on --calibration.",
+    help="Also write an 8-bit-activation model calibrated on --calibration: int8 = ONNX static QDQ "
+    "(OUTPUT.int8.onnx), w8a8 = Core ML int8 weights and activations (OUTPUT.w8a8.mlpackage, iOS17).",
 )
 @click.option(
     "--calibration",

@@ -123,7 +123,8 @@ def unpack(x: torch.Tensor) -> dict[str, torch.Tensor]:
 
 def activate(raw: torch.Tensor) -> torch.Tensor:
     """Map raw network outputs (..., 8, H, W) into contract ranges: sigmoid maps, L2-normalised normals."""
-    unpack(raw)  # checks the channel count
+    if not isinstance(raw, torch.fx.Proxy):  # symbolic tracing (Core ML's quantizer) has no shape to check
+        unpack(raw)  # checks the channel count
     normal = torch.nn.functional.normalize(raw[..., NORMAL_CHANNELS, :, :], dim=-3, eps=1e-6)
     return torch.cat([torch.sigmoid(raw[..., UNIT_CHANNELS, :, :]), normal], dim=-3)
 

@@ -52,3 +52,24 @@ def test_int8_render_gate_fails_by_default_naming_the_figure_or_passes_honestly(
     else:
         assert r.exit_code == 2 and "render parity failed" in r.output
         assert (tmp_path / "s.int8.failed.onnx").is_file() and not (tmp_path / "s.int8.onnx").exists()
+
+
+@pytest.mark.slow
+def test_coreml_w8a8_has_int8_weights_and_activations_and_says_what_stays_float(
+    tiny_student_ckpt, tiny_data, tmp_path
+):
+    r = CliRunner().invoke(
+        cli,
+        ["export", str(tiny_student_ckpt), "--output", str(tmp_path / "s"), "--format", "coreml", "--quantize", "w8a8",
+         "--calibration", str(tiny_data), "--render-psnr-min", "5", "--normal-p99-max", "180", "--no-ane-report"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "s.w8a8.mlpackage").is_dir() and "ops left in float" in r.output
+    report = json.loads((tmp_path / "s.w8a8.mlpackage.parity.json").read_text())
+    mil = report["mil"]
+    assert mil["quantize"] > 0 and mil["dequantize"] > 0 and mil["int8_weights"] > 0
+    assert mil["int8_ops"].get("conv", 0) > 0  # convolutions run between dequantize and quantize
+    assert set(report["render"]) >= {"psnr_db_min", "normal_deg_p99"} and report["passed"] is True
+    fp16 = sum(p.stat().st_size for p in (tmp_path / "s.mlpackage").rglob("*") if p.is_file())
+    w8a8 = sum(p.stat().st_size for p in (tmp_path / "s.w8a8.mlpackage").rglob("*") if p.is_file())
+    assert w8a8 < 0.7 * fp16  # int8 weights: about half of FP16

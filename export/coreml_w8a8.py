@@ -1,0 +1,176 @@
+"""Core ML W8A8 (int8 weights and activations, iOS17): what recent Neural Engines run fastest.
+
+Core ML's own ``linear_quantize_activations`` calibrates by running the model, which needs macOS, so this
+takes the PyTorch side: ``coremltools.optimize.torch.quantization.LinearQuantizer`` inserts fake-quant
+observers, calibration views pass through with no training step, ``finalize`` fixes the scales, and the
+traced result converts to MIL ``quantize``/``dequantize`` pairs and int8 weights. The finalized
+fake-quant model is the package's numerics on Linux, so parity is measured with it.
+
+The PLK bottleneck's two functional convolutions (a kernel shared across blocks, and per-sample dynamic
+3x3 weights) are left in float: their weights are not parameters an observer can own.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pbrforge.deploy import INPUT_NAMES, OUTPUT_NAMES, DeployContract
+from pbrforge.errors import ToolFailure
+from pbrforge.export.gates import RenderGate
+from pbrforge.export.parity import ParityReport, comparison
+
+Inputs = tuple[torch.Tensor, ...]
+QDQ = ("quantize", "dequantize")
+NOT_COMPUTE = (
+    "const",
+    "constexpr_affine_dequantize",
+    "constexpr_blockwise_shift_scale",
+    *QDQ,
+)  # constants first
+
+
+def fake_quant_model(folded: nn.Module, example: Inputs, calibration: list[Inputs]) -> nn.Module:
+    """The finalized W8A8 fake-quant model, calibrated on ``calibration`` without a training step."""
+    from coremltools.optimize.torch.quantization import (
+        LinearQuantizer,
+        LinearQuantizerConfig,
+        ModuleLinearQuantizerConfig,
+    )
+
+    # milestones: observers on from step 0, never frozen by step count, no BN re-estimation: calibration only
+    module = ModuleLinearQuantizerConfig(quantization_scheme="symmetric", milestones=[0, 1000, 1000, 0])
+    config = LinearQuantizerConfig(global_config=module, module_type_configs={F.conv2d: None})
+    try:
+        quantizer = LinearQuantizer(copy.deepcopy(folded).train(), config)
+        prepared = quantizer.prepare(example_inputs=example, inplace=False)
+        quantizer.step()
+        prepared.eval()  # observers still record in eval mode; batch statistics of one sample would not
+        with torch.no_grad():
+            for batch in calibration:
+                prepared(*batch)
+                quantizer.step()
+        return quantizer.finalize(inplace=False).eval()
+    except Exception as e:  # torch.fx and coremltools raise many types
+        raise ToolFailure(f"W8A8 quantization failed ({type(e).__name__}: {e}); no model was written") from e
+
+
+def convert_w8a8(final: nn.Module, example: Inputs, min_target: str, contract: DeployContract):
+    """Trace the fake-quant model and convert it to an mlprogram with int8 weights and activations."""
+    from pbrforge.export.coreml_export import _ct, set_metadata
+
+    ct = _ct()
+    with torch.no_grad():
+        traced = torch.jit.trace(final, example)
+    mlmodel = ct.convert(
+        traced,
+        inputs=[
+            ct.ImageType(name=n, shape=tuple(x.shape), color_layout=ct.colorlayout.RGB, scale=1.0)
+            for n, x in zip(INPUT_NAMES, example, strict=True)
+        ],
+        outputs=[ct.TensorType(name=n) for n in OUTPUT_NAMES],
+        convert_to="mlprogram",
+        compute_precision=ct.precision.FLOAT16,
+        minimum_deployment_target=getattr(ct.target, min_target),
+        compute_units=ct.ComputeUnit.CPU_AND_NE,
+    )
+    set_metadata(mlmodel, contract, fp16=True)
+    mlmodel.short_description += " W8A8: int8 weights and activations."
+    return mlmodel
+
+
+def op_census(mlmodel) -> dict:
+    """Which compute ops of the converted program sit between dequantize and quantize, and which stay float.
+
+    An op counts as int8 when every non-constant input comes from ``dequantize`` and its output feeds a
+    ``quantize``: the Neural Engine can then run it on int8 tensors.
+    """
+    ops = list(mlmodel._mil_program.functions["main"].operations)
+    int8, floats = Counter(), Counter()
+    for op in ops:
+        if op.op_type in NOT_COMPUTE:
+            continue
+        sources = [v.op for v in _vars(op.inputs.values())]
+        sources = [
+            s for s in sources if s is not None and s.op_type not in NOT_COMPUTE[:3]
+        ]  # weights, not data
+        fed_q = all(s.op_type == "dequantize" for s in sources) and sources
+        to_q = any(child.op_type == "quantize" for out in op.outputs for child in out.child_ops)
+        (int8 if fed_q and to_q else floats)[op.op_type] += 1
+    counts = Counter(op.op_type for op in ops)
+    return {
+        "quantize": counts["quantize"],
+        "dequantize": counts["dequantize"],
+        "int8_weights": counts["constexpr_affine_dequantize"] + counts["constexpr_blockwise_shift_scale"],
+        "int8_ops": dict(int8.most_common()),
+        "float_ops": dict(floats.most_common()),
+    }
+
+
+def _vars(values) -> list:
+    """An op's input variables, with the lists some ops take (concat's values) flattened."""
+    out = []
+    for v in values:
+        out.extend(v if isinstance(v, list | tuple) else [v])
+    return [v for v in out if hasattr(v, "op")]
+
+
+def w8a8_parity(
+    final: nn.Module, wrapper: nn.Module, views: list[Inputs], render_gate: RenderGate | None
+) -> ParityReport:
+    """The fake-quant model (the package's numerics) against PyTorch fp32 on held-out views."""
+    import numpy as np
+
+    ref: dict[str, list] = {n: [] for n in OUTPUT_NAMES}
+    got: dict[str, list] = {n: [] for n in OUTPUT_NAMES}
+    with torch.no_grad():
+        for batch in views:
+            for n, a, b in zip(OUTPUT_NAMES, wrapper(*batch), final(*batch), strict=True):
+                ref[n].append(a.numpy())
+                got[n].append(b.numpy())
+    report = ParityReport(
+        "pytorch fake-quant (the W8A8 package's numerics; Core ML cannot predict on this OS)",
+        [
+            comparison(
+                "Core ML W8A8 (fake-quant)",
+                {n: np.concatenate(v) for n, v in ref.items()},
+                {n: np.concatenate(v) for n, v in got.items()},
+                render_gate=render_gate or RenderGate(),
+            )
+        ],
+    )
+    report.info["held_out_samples"] = len(views)
+    return report
+
+
+def export_w8a8(
+    folded: nn.Module,
+    wrapper: nn.Module,
+    example: Inputs,
+    calibration: list[Inputs],
+    judged: list[Inputs],
+    staged: Path,
+    min_target: str,
+    contract: DeployContract,
+    gate: RenderGate,
+) -> tuple[ParityReport, float]:
+    """Quantize, convert, save to ``staged`` and judge; returns the report and seconds taken."""
+    from pbrforge.export.coreml_export import save_mlpackage
+
+    t0 = time.perf_counter()
+    final = fake_quant_model(folded, example, calibration)
+    mlmodel = convert_w8a8(final, example, min_target, contract)
+    census = op_census(mlmodel)
+    if census["quantize"] == 0:
+        raise ToolFailure("the converted W8A8 program holds no quantize op; no model was written")
+    save_mlpackage(mlmodel, staged)
+    seconds = time.perf_counter() - t0
+    report = w8a8_parity(final, wrapper, judged, gate)
+    report.info |= {"mil": census, "calibration_samples": len(calibration), "min_target": min_target}
+    return report, seconds
