@@ -10,6 +10,8 @@ Examples:
     python export/converter.py runs/student/checkpoints/best.pt --output artifacts/student --format all
     python export/converter.py best.pt --output artifacts/student --format coreml --palettization --nbits 6
     python export/converter.py best.pt --output artifacts/s4 --format coreml --palettization --nbits 4 --min-target iOS18
+    python export/converter.py best.pt --output artifacts/sm --format coreml --palettization --nbits mixed --budget-db 40
+    python export/converter.py best.pt --output artifacts/sm2 --format coreml --recipe artifacts/sm.recipe.json
     python export/converter.py best.pt --output artifacts/s256 --format onnx --test-resolution 256
     python export/converter.py best.pt --output artifacts/student --contract-out mobile_app/contract.json
     python export/converter.py best.pt --output artifacts/s256 --format onnx --test-resolution 256 \\
@@ -29,7 +31,7 @@ import click
 
 from pbrforge.errors import ConfigError, ParityError, UnavailableError, fail, user_errors
 from pbrforge.export.gates import render_gate_options
-from pbrforge.options import MAX_SIDE, OUTPUT_FILE, Command, examples_epilog
+from pbrforge.options import MAX_SIDE, OUTPUT_FILE, Command, FiniteFloatRange, examples_epilog
 
 if TYPE_CHECKING:
     import numpy as np
@@ -148,6 +150,8 @@ def export_artifacts(
     normal_p99_max: float | None = None,
     quantize: str | None = None,
     calibration: Path | None = None,
+    budget_db: float | None = None,
+    recipe: Path | None = None,
 ) -> ExportResult:
     """Export to each format in order; unavailable formats are recorded as skipped, parity failures as failed."""
     from pbrforge.deploy import contract_path
@@ -170,12 +174,23 @@ def export_artifacts(
         tensorrt_module()
         if not output.with_suffix(".onnx").is_file():
             raise ConfigError(NEEDS_ONNX)
-    from pbrforge.export.gates import render_gate
+    from pbrforge.export.gates import RenderGate, render_gate
 
     gate = render_gate(render_psnr_min, normal_p99_max)
     # 6- and 4-bit palettization is judged by its render figures only where a gate is given
     asked = render_psnr_min is not None or normal_p99_max is not None
     palettized_gate = gate if nbits == 8 or asked else None
+    mixed = budget_db is not None or recipe is not None
+    if mixed and "coreml" not in formats:
+        raise ConfigError("mixed-bit palettization is for Core ML: use --format coreml or all")
+    recipe_data = None
+    if recipe is not None:
+        from pbrforge.export.mixed_bits import load_recipe
+
+        recipe_data = load_recipe(recipe)
+    if mixed:  # a mixed recipe is chosen for its render budget: that is its gate
+        target = budget_db if budget_db is not None else float((recipe_data or {})["budget_db"])
+        palettized_gate = RenderGate(target if render_psnr_min is None else render_psnr_min, normal_p99_max)
     if quantize is not None and calibration is None:
         raise ConfigError(f"--quantize {quantize} calibrates on real views: give --calibration DATA_ROOT")
     if quantize == "int8" and "onnx" not in formats:
@@ -210,15 +225,34 @@ def export_artifacts(
                 elif fmt == "coreml":
                     t0 = time.perf_counter()
                     mlmodel = coreml_export.convert_coreml(folded, example, fp16, min_target, contract)
-                    if nbits:
+                    chosen = None
+                    if mixed:
+                        mlmodel, chosen = _mixed(
+                            mlmodel, folded, wrapper, example, held_out, budget_db, recipe_data
+                        )
+                    elif nbits:
                         mlmodel = coreml_export.palettize(mlmodel, nbits)
                     coreml_export.save_mlpackage(mlmodel, staged)
                     seconds = time.perf_counter() - t0
                     parity = coreml_export.coreml_parity(
-                        staged, folded, reference, example, fp16, bool(nbits), gate, palettized_gate
+                        staged,
+                        folded,
+                        reference,
+                        example,
+                        fp16,
+                        bool(nbits) or mixed,
+                        gate,
+                        palettized_gate,
+                        palettized_tensor_gate=not mixed,
                     )
-                    parity.info |= {"fp16": fp16, "nbits": nbits, "min_target": min_target}
+                    parity.info |= {
+                        "fp16": fp16,
+                        "nbits": "mixed" if mixed else nbits,
+                        "min_target": min_target,
+                    }
                     kept = _keep(result, fmt, staged, final, parity, seconds)
+                    if chosen is not None:
+                        _write_recipe(chosen, final)
                     if quantize == "w8a8" and kept == final:
                         _w8a8(result, final, folded, wrapper, held_out, example, min_target, contract, gate)
                     if ane:
@@ -262,6 +296,41 @@ def export_artifacts(
             if contract_out:
                 contract.save(contract_out)
         return result
+
+
+def _mixed(mlmodel, folded, wrapper, example, held_out: list, budget_db: float | None, recipe: dict | None):
+    """Palettize with bits per layer: searched for ``budget_db`` on held-out views (or the example), or from a recipe."""
+    import numpy as np
+    import torch
+
+    from pbrforge.deploy import OUTPUT_NAMES
+    from pbrforge.export.mixed_bits import apply_recipe, search
+
+    if recipe is not None:
+        return apply_recipe(mlmodel, recipe), None
+    # held-out views, and the example the parity gate will judge, so the budget holds for both
+    judged = [*(_split(held_out)[1] if held_out else []), example]
+    with torch.no_grad():
+        outs = [dict(zip(OUTPUT_NAMES, (o.numpy() for o in wrapper(*b)), strict=True)) for b in judged]
+    reference = {n: np.concatenate([o[n] for o in outs]) for n in OUTPUT_NAMES}
+    chosen, sens = search(folded, mlmodel, judged, reference, float(budget_db or 0))
+    return apply_recipe(mlmodel, chosen), (chosen, sens)
+
+
+def _write_recipe(chosen: tuple, final: Path) -> None:
+    """OUTPUT.recipe.json (reusable with --recipe) and OUTPUT.pareto.png beside the package."""
+    from pbrforge.export.mixed_bits import pareto_chart
+    from pbrforge.fileio import write_json
+
+    recipe, sens = chosen
+    stem = final.with_suffix("")
+    write_json(stem.with_name(stem.name + ".recipe.json"), recipe)
+    pareto_chart(sens, recipe, stem.with_name(stem.name + ".pareto.png"))
+    _logger.info(
+        f"recipe: {recipe['bits_used']} (bits: layers), {recipe['predicted_bytes'] / 2**20:.2f} of "
+        f"{recipe['fp16_bytes'] / 2**20:.2f} MiB FP16, measured render PSNR "
+        f"{recipe['measured_render']['psnr_db_min']:.1f} dB; {stem.name}.recipe.json, {stem.name}.pareto.png"
+    )
 
 
 def _split(held_out: list) -> tuple[list, list]:
@@ -385,10 +454,23 @@ def _keep(
 @click.option("--palettization", is_flag=True, help="k-means palettize the Core ML weights.")
 @click.option(
     "--nbits",
-    type=click.Choice(["8", "6", "4"]),
+    type=click.Choice(["8", "6", "4", "mixed"]),
     default="6",
     show_default=True,
-    help="Palettization bits (4 needs --min-target iOS18).",
+    help="Palettization bits (4 needs --min-target iOS18); mixed chooses bits per layer for --budget-db.",
+)
+@click.option(
+    "--budget-db",
+    type=FiniteFloatRange(10.0, 150.0),
+    default=40.0,
+    show_default=True,
+    help="With --nbits mixed: the render PSNR (worst of 11 lights) the chosen bits must keep.",
+)
+@click.option(
+    "--recipe",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="Palettize with the bits of an OUTPUT.recipe.json written by --nbits mixed.",
 )
 @click.option(
     "--test-resolution",
@@ -436,15 +518,18 @@ def main(
     normal_p99_max: float | None,
     quantize: str | None,
     calibration: Path | None,
+    budget_db: float,
+    recipe: Path | None,
 ) -> None:
     """Convert a checkpoint to deployable artifacts; exit 2 if any parity gate fails."""
     formats = FORMATS if fmt == "all" else (fmt,)
+    mixed = palettization and nbits == "mixed"
     result = export_artifacts(
         checkpoint,
         output,
         formats,
         fp16=not no_fp16,
-        nbits=int(nbits) if palettization else None,
+        nbits=int(nbits) if palettization and not mixed else None,
         test_resolution=test_resolution,
         use_sr=use_sr,
         min_target=min_target,
@@ -454,6 +539,8 @@ def main(
         normal_p99_max=normal_p99_max,
         quantize=quantize,
         calibration=calibration,
+        budget_db=budget_db if mixed and recipe is None else None,
+        recipe=recipe,
     )
     click.echo(result.table())
     if result.failures:

@@ -150,6 +150,11 @@ def count_lut_ops(mlmodel) -> int:
 def dense_lut_weights(path: Path) -> list[tuple[str, np.ndarray]]:
     """Every palettized weight of a saved package, expanded from its LUT and indices."""
     program, _ = load_program(path)
+    return program_lut_weights(program)
+
+
+def program_lut_weights(program) -> list[tuple[str, np.ndarray]]:
+    """Every palettized weight of a MIL program (saved or in memory), expanded from its LUT and indices."""
     out = []
     for op in program.functions["main"].operations:
         if op.op_type.startswith("constexpr_lut_to_dense"):
@@ -157,30 +162,37 @@ def dense_lut_weights(path: Path) -> list[tuple[str, np.ndarray]]:
     return out
 
 
+def match_weights(folded: nn.Module, dense: list[tuple[str, np.ndarray]]) -> dict[str, str]:
+    """Each dense weight's PyTorch parameter: the unused same-sized one it is closest to (within tolerance)."""
+    params = {n: p.detach().float() for n, p in folded.named_parameters() if p.ndim >= 2}
+    used: dict[str, str] = {}
+    for mil_name, w in dense:
+        best, best_err = None, float("inf")
+        cand = torch.from_numpy(w)
+        for name, p in params.items():
+            if name in used.values() or p.numel() != cand.numel():
+                continue
+            err = float((cand.reshape(p.shape) - p).norm() / (p.norm() + 1e-12))
+            if err < best_err:
+                best, best_err = name, err
+        if best is not None and best_err <= READBACK_MATCH_TOLERANCE:
+            used[mil_name] = best
+    return used
+
+
 def apply_readback(folded: nn.Module, dense: list[tuple[str, np.ndarray]]) -> tuple[nn.Module, int]:
     """Put each dense weight into the same-shaped parameter it is closest to; returns (model, matched)."""
     import copy
 
     model = copy.deepcopy(folded).float()
-    params = {n: p for n, p in model.named_parameters() if p.ndim >= 2}
-    used: set[str] = set()
-    matched = 0
+    params = dict(model.named_parameters())
+    matched = match_weights(model, dense)
     with torch.no_grad():
-        for _, w in dense:
-            best, best_err = None, float("inf")
-            cand = torch.from_numpy(w)
-            for name, p in params.items():
-                if name in used or p.numel() != cand.numel():
-                    continue
-                c = cand.reshape(p.shape)
-                err = float((c - p).norm() / (p.norm() + 1e-12))
-                if err < best_err:
-                    best, best_err = name, err
-            if best is not None and best_err <= READBACK_MATCH_TOLERANCE:
-                params[best].copy_(cand.reshape(params[best].shape))
-                used.add(best)
-                matched += 1
-    return model, matched
+        for mil_name, w in dense:
+            if mil_name in matched:
+                target = params[matched[mil_name]]
+                target.copy_(torch.from_numpy(w).reshape(target.shape))
+    return model, len(matched)
 
 
 def _run(model: nn.Module, example: tuple[torch.Tensor, ...], dtype: torch.dtype) -> dict[str, np.ndarray]:
@@ -199,11 +211,13 @@ def coreml_parity(
     palettized: bool,
     render_gate: RenderGate | None = None,
     palettized_gate: RenderGate | None = None,
+    palettized_tensor_gate: bool = True,
 ) -> ParityReport:
     """Predict on macOS; elsewhere measure FP16 and read-back palettized numerics in PyTorch.
 
-    Gates: PSNR >= 35 dB per output, and ``render_gate`` (FP16) or ``palettized_gate`` (palettized weights;
-    None records the render figures without judging them).
+    Gates: PSNR >= 35 dB per output (for palettized weights only if ``palettized_tensor_gate``: a mixed-bit
+    recipe is judged in render space alone), and ``render_gate`` (FP16) or ``palettized_gate`` (palettized
+    weights; None records the render figures without judging them).
     """
     if platform.system() == "Darwin":
         ct = _ct()

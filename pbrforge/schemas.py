@@ -153,3 +153,15 @@ class CheckpointHead(BaseModel):
     config: dict[str, Any]
     model: dict[str, Any] = Field(min_length=1)
     ema: dict[str, Any] = Field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- palettization recipe
+
+
+class PaletteRecipe(BaseModel):
+    """``OUTPUT.recipe.json`` of a mixed-bit palettization: bits per weight (16 = left in FP16)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    format: Literal["pbrforge-palettization-recipe-1"]
+    budget_db: float = Field(ge=0, le=200)
+    layers: dict[str, Literal[4, 6, 8, 16]] = Field(min_length=1)

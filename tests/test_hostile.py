@@ -603,6 +603,28 @@ CASES += [
         "export --calibration not a data set",
         lambda p, o: EXPORT(p, o, "--quantize", "int8", "--calibration", p.a_dir),
     ),
+    ("export --nbits mixed --format onnx", lambda p, o: EXPORT(p, o, "--palettization", "--nbits", "mixed")),
+    (
+        "export --budget-db nan",
+        lambda p, o: EXPORT(p, o, "--palettization", "--nbits", "mixed", "--budget-db", "nan"),
+    ),
+    (
+        "export --recipe garbage",
+        lambda p, o: ["export", p.student, "--output", o / "s", "--format", "coreml", "--recipe", p.garbage],
+    ),
+    (
+        "export --recipe of the wrong format",
+        lambda p, o: [
+            "export",
+            p.student,
+            "--output",
+            o / "s",
+            "--format",
+            "coreml",
+            "--recipe",
+            p.json_file,
+        ],
+    ),
     ("export --render-psnr-min nan", lambda p, o: EXPORT(p, o, "--render-psnr-min", "nan")),
     ("export --normal-p99-max -1", lambda p, o: EXPORT(p, o, "--normal-p99-max", "-1")),
     ("run --render-psnr-min abc", lambda p, o: RUN(p, o, "--render-psnr-min", "abc")),

@@ -73,3 +73,47 @@ def test_coreml_w8a8_has_int8_weights_and_activations_and_says_what_stays_float(
     fp16 = sum(p.stat().st_size for p in (tmp_path / "s.mlpackage").rglob("*") if p.is_file())
     w8a8 = sum(p.stat().st_size for p in (tmp_path / "s.w8a8.mlpackage").rglob("*") if p.is_file())
     assert w8a8 < 0.7 * fp16  # int8 weights: about half of FP16
+
+
+@pytest.mark.slow
+def test_mixed_bits_meet_the_render_budget_and_the_recipe_replays(tiny_student_ckpt, tiny_data, tmp_path):
+    r = CliRunner().invoke(
+        cli,
+        ["export", str(tiny_student_ckpt), "--output", str(tmp_path / "m"), "--format", "coreml", "--palettization",
+         "--nbits", "mixed", "--budget-db", "45", "--calibration", str(tiny_data), "--no-ane-report"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    recipe = json.loads((tmp_path / "m.recipe.json").read_text())
+    assert set(recipe["layers"].values()) <= {4, 6, 8, 16} and len(recipe["layers"]) >= 3
+    assert recipe["measured_render"]["psnr_db_min"] >= 45
+    assert recipe["predicted_bytes"] < recipe["fp16_bytes"]
+    assert set(recipe["sensitivity_psnr_db"]) == set(recipe["layers"])
+    assert (tmp_path / "m.pareto.png").stat().st_size > 1000
+    report = json.loads((tmp_path / "m.mlpackage.parity.json").read_text())
+    assert report["passed"] is True and report["render"]["psnr_db_min"] >= 45  # judged in render space
+    # the recipe replays: the same bits per layer without a search
+    r = CliRunner().invoke(
+        cli,
+        ["export", str(tiny_student_ckpt), "--output", str(tmp_path / "again"), "--format", "coreml",
+         "--recipe", str(tmp_path / "m.recipe.json"), "--no-ane-report"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    again = json.loads((tmp_path / "again.mlpackage.parity.json").read_text())
+    assert again["render"]["psnr_db_min"] == pytest.approx(report["render"]["psnr_db_min"], abs=1e-6)
+    # a recipe of another model is refused in one sentence
+    other = dict(recipe, layers={"not_a_weight_of_this_model": 4})
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    r = CliRunner().invoke(
+        cli,
+        [
+            "export",
+            str(tiny_student_ckpt),
+            "--output",
+            str(tmp_path / "x"),
+            "--format",
+            "coreml",
+            "--recipe",
+            str(tmp_path / "other.json"),
+        ],
+    )
+    assert r.exit_code == 2 and "made for another model" in r.output, r.output
