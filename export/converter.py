@@ -293,6 +293,14 @@ def export_artifacts(
                 remove(staged)
         if any(r.status in ("ok", "built", "unverified") for r in result.rows):
             contract.save(contract_path(output.with_suffix(".x")))
+            for r in result.rows:  # OUTPUT.int8.onnx and OUTPUT.w8a8.mlpackage carry the same contract
+                beside = contract_path(Path(r.path)) if r.path else None
+                if (
+                    r.status == "ok"
+                    and beside is not None
+                    and beside != contract_path(output.with_suffix(".x"))
+                ):
+                    contract.save(beside)
             if contract_out:
                 contract.save(contract_out)
         return result
