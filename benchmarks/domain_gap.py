@@ -14,6 +14,7 @@ Examples:
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -45,11 +46,14 @@ def evaluate(model, val: PBRDataset) -> dict[str, float]:
 
 def make_data(root: Path, domain: str, count: int, size: int) -> Path:
     data = root / f"data_{domain}"
-    if not (data / "input" / "render_metadata.json").exists():
+    meta = data / "input" / "render_metadata.json"
+    per = max(1, round(count / 12))
+    expected = count if domain == "procedural" else 12 * per
+    cached = json.loads(meta.read_text()) if meta.exists() else {}
+    if (cached.get("size"), cached.get("count")) != (size, expected):  # made for other options: make it again
         if domain == "procedural":
             generate_dataset(data, count=count, size=size, seed=21, overwrite=True)
         else:  # 12 photo materials (3 photos x 4 quadrants): as many samples as the procedural set
-            per = max(1, round(count / 12))
             generate_dataset(
                 data,
                 count=0,

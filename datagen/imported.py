@@ -41,6 +41,7 @@ PHOTOS = {  # scikit-image's texture photographs (grayscale) and the tint that m
     "gravel": (0.72, 0.68, 0.60),
 }
 PHOTO_BUMP = 6.0  # normal strength of photo-derived height
+HANDEDNESS_MIN_CORRELATION = 0.05  # below this the height map cannot tell OpenGL from DirectX
 _logger = logging.getLogger(__name__)
 
 
@@ -109,24 +110,30 @@ def _rgb(x: np.ndarray) -> np.ndarray:
     return np.repeat(x[..., :1], 3, axis=-1) if x.shape[-1] < 3 else x[..., :3]
 
 
-def normals_from_height(height: np.ndarray, strength: float) -> np.ndarray:
-    """OpenGL unit normals (H, W, 3) of a height field by central differences (+x right, +y up the image)."""
-    h = height * strength
-    dx = (np.roll(h, -1, axis=1) - np.roll(h, 1, axis=1)) * 0.5
-    d_row = (np.roll(h, -1, axis=0) - np.roll(h, 1, axis=0)) * 0.5
-    n = np.stack([-dx, d_row, np.ones_like(h)], axis=-1)
+def normals_from_height(height: np.ndarray, strength: float, tiled: bool = True) -> np.ndarray:
+    """OpenGL unit normals (H, W, 3) of a height field by central differences (+x right, +y up the image).
+
+    ``tiled`` wraps around the edges (texture sets tile); a photo does not, so its edges are one-sided.
+    """
+    h = np.pad(height * strength, 1, mode="wrap" if tiled else "edge")
+    dx = (h[1:-1, 2:] - h[1:-1, :-2]) * 0.5
+    d_row = (h[2:, 1:-1] - h[:-2, 1:-1]) * 0.5
+    n = np.stack([-dx, d_row, np.ones_like(dx)], axis=-1)
     return (n / np.linalg.norm(n, axis=-1, keepdims=True)).astype(np.float32)
 
 
-def handedness_from_height(normal: np.ndarray, height: np.ndarray) -> str:
-    """'gl' or 'dx': does the map's green channel agree with the height's slope the way its red one does?
+def handedness_from_height(normal: np.ndarray, height: np.ndarray) -> str | None:
+    """'gl', 'dx' or None (undecided): does the map's green channel agree with the height's slope the way its red one does?
 
     Independent of the height's sign and scale: for an OpenGL map both channels correlate with the
     height-derived normal with the same sign; a DirectX map flips green only.
     """
     ref = normals_from_height(height, 1.0)
-    cx = np.corrcoef(normal[..., 0].ravel(), ref[..., 0].ravel())[0, 1]
-    cy = np.corrcoef(normal[..., 1].ravel(), ref[..., 1].ravel())[0, 1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cx = np.corrcoef(normal[..., 0].ravel(), ref[..., 0].ravel())[0, 1]
+        cy = np.corrcoef(normal[..., 1].ravel(), ref[..., 1].ravel())[0, 1]
+    if not (np.isfinite(cx) and np.isfinite(cy)) or min(abs(cx), abs(cy)) < HANDEDNESS_MIN_CORRELATION:
+        return None  # a flat or unrelated height map says nothing
     return "gl" if np.sign(cx) == np.sign(cy) else "dx"
 
 
@@ -144,7 +151,15 @@ def _unit_normal(raw: np.ndarray, where: str) -> np.ndarray:
 def load_set(ts: TextureSet) -> SourceMaps:
     """Decode a texture set; DataError (one sentence naming the file) when a file cannot be used."""
     if ts.library == "gltf":
-        return _load_gltf(ts)
+        try:
+            return _load_gltf(ts)
+        except DataError:
+            raise
+        except (OSError, ValueError, IndexError, KeyError, TypeError, AttributeError) as e:
+            # a texture without a PNG/JPEG source (KHR_texture_basisu, EXT_texture_webp), a bad index, a lost .bin
+            raise DataError(
+                f"{ts.files['gltf']}: material {ts.material_id} cannot be read ({type(e).__name__}: {e})"
+            ) from e
     if ts.library == "photo":
         return photo_source(ts.material_id)
     f = ts.files
@@ -194,15 +209,16 @@ def load_set(ts: TextureSet) -> SourceMaps:
             convention, source = "gl", "OpenGL, by file name"
         elif "normal_dx" in f:
             convention, source = "dx", "DirectX, by file name, converted"
-        elif height is not None:
-            convention = handedness_from_height(normal, height)
+        elif height is not None and (judged := handedness_from_height(normal, height)) is not None:
+            convention = judged
             source = (
                 f"{'OpenGL' if convention == 'gl' else 'DirectX, converted'}, judged against the height map"
             )
         else:
             convention, source = "gl", "assumed OpenGL"
+            why = "its height map is flat or unrelated" if height is not None else "there is no height map"
             notes.append(
-                f"{normal_file.name}: the name does not say OpenGL or DirectX and there is no height map; assumed OpenGL"
+                f"{normal_file.name}: the name does not say OpenGL or DirectX and {why}; assumed OpenGL"
             )
         if convention == "dx":
             normal = normal * np.array([1, -1, 1], np.float32)
@@ -280,11 +296,15 @@ def _load_gltf(ts: TextureSet) -> SourceMaps:
 
 def _buffer(gltf, index: int, path: Path) -> bytes:
     import base64
+    import urllib.parse
 
     uri = gltf.buffers[index].uri or ""
     if uri.startswith("data:"):
         return base64.b64decode(uri.split(",", 1)[1])
-    return (path.parent / uri).read_bytes()
+    file = (path.parent / urllib.parse.unquote(uri)).resolve()
+    if not file.is_file() or path.parent.resolve() not in file.parents:
+        raise DataError(f"{path}: buffer {uri!r} is not a file beside {path.name}")
+    return file.read_bytes()
 
 
 def _resize_hwc(x: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -327,7 +347,7 @@ def photo_source(name: str) -> SourceMaps:
         albedo.astype(np.float32),
         roughness.astype(np.float32),
         np.zeros_like(gray),
-        normals_from_height(height, PHOTO_BUMP),
+        normals_from_height(height, PHOTO_BUMP, tiled=False),
         "derived from the photo's height",
     )
 

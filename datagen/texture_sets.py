@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pbrforge.errors import DataError
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 AMBIENTCG = re.compile(
@@ -73,7 +75,7 @@ class TextureSet:
 
     @property
     def key(self) -> str:
-        """A stable, file-name-safe identity: library and material."""
+        """A file-name-safe identity: library and material (the writer makes repeated keys unique)."""
         return f"{self.library}_{re.sub(r'[^A-Za-z0-9]+', '-', self.material_id).strip('-')}"
 
 
@@ -90,17 +92,22 @@ def _res_value(res: str) -> int:
 
 
 def _by_name(files: list[Path], pattern: re.Pattern, roles: dict[str, str], library: str, root: Path):
-    """Group files named by ``pattern`` into sets, keeping the highest resolution of each material."""
-    found: dict[tuple[Path, str], dict[str, dict[str, Path]]] = {}
+    """Group files named by ``pattern`` into sets, one per material id, keeping its highest resolution.
+
+    Libraries ship one download per resolution, often unzipped into folders of their own
+    (``Bricks076_1K-PNG/``, ``Bricks076_2K-PNG/``): one material, however many folders.
+    """
+    found: dict[str, dict[tuple[int, str, str], dict[str, Path]]] = {}
     for f in files:
         m = pattern.match(f.stem)
         if not m:
             continue
-        found.setdefault((f.parent, m["id"]), {}).setdefault(m["res"], {})[roles[m["role"].lower()]] = f
+        version = (_res_value(m["res"]), m["res"], str(f.parent))
+        found.setdefault(m["id"], {}).setdefault(version, {})[roles[m["role"].lower()]] = f
     sets = []
-    for (_folder, mid), by_res in sorted(found.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
-        res = max(by_res, key=_res_value)
-        sets.append(TextureSet(library, mid, dict(sorted(by_res[res].items())), root))
+    for mid, versions in sorted(found.items()):
+        best = max(versions, key=lambda v: (v[0], "color" in versions[v], v[2]))
+        sets.append(TextureSet(library, mid, dict(sorted(versions[best].items())), root))
     return sets
 
 
@@ -119,7 +126,14 @@ def _matsynth(folders: list[Path], root: Path) -> list[TextureSet]:
 
 
 def _gltf(paths: list[Path], root: Path, skipped: list[Skipped]) -> list[TextureSet]:
-    import pygltflib
+    if not paths:
+        return []
+    try:
+        import pygltflib
+    except ImportError as e:
+        raise DataError(
+            f"{root} holds glTF files, and reading them needs pygltflib: pip install 'pbrforge[assets]'"
+        ) from e
 
     sets = []
     for path in paths:

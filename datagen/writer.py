@@ -121,10 +121,10 @@ def find_all_sets(
     """The texture sets of every --materials folder (refused in one sentence if one is not a folder)."""
     sets: list[TextureSet] = []
     skipped: list[Skipped] = []
-    for d in material_dirs:
-        if not Path(d).is_dir():
+    for d in dict.fromkeys(Path(d).resolve() for d in material_dirs):  # a folder given twice counts once
+        if not d.is_dir():
             raise DataError(f"--materials {d} is not a folder")
-        found, passed = find_sets(Path(d))
+        found, passed = find_sets(d)
         sets += found
         skipped += passed
     if photo_textures:
@@ -173,6 +173,7 @@ def _imported(
 ) -> int:
     """Render ``samples_per_material`` crops of each set; a set that cannot be read is skipped with a warning."""
     used = 0
+    keys: dict[str, int] = {}
     for index, ts in enumerate(tqdm(sets, desc="material sets", disable=not progress or not sets)):
         try:
             src = load_set(ts)
@@ -182,17 +183,19 @@ def _imported(
             _logger.warning(f"skipped {ts.library} {ts.material_id}: {e}")
             continue
         used += 1
+        keys[ts.key] = keys.get(ts.key, 0) + 1  # two MatSynth folders or glTF files may share a name
+        key = ts.key if keys[ts.key] == 1 else f"{ts.key}-{keys[ts.key]}"
         files = {role: _relative(p, ts.root) for role, p in ts.files.items()}
         if ts.library == "photo":
             files = {"photo": f"skimage.data.{ts.material_id.split('-q')[0]}"}
         for k in range(samples_per_material):
             crop_seed = [seed, 1, index, k]
             maps, record = sample_crop(src, size, np.random.default_rng(crop_seed))
-            mid = f"{ts.key}_{k:02d}"
+            mid = f"{key}_{k:02d}"
             materials[mid] = {
                 "family": ts.library,
                 "seed": int(np.random.default_rng(crop_seed).integers(1 << 31)),
-                "group": ts.key,
+                "group": key,
                 "origin": {
                     "library": ts.library,
                     "material_id": ts.material_id,

@@ -199,7 +199,9 @@ def export_artifacts(
         raise ConfigError("--quantize w8a8 writes a Core ML package: use --format coreml or all")
     wrapper, folded, example, reference, contract = prepare(checkpoint, test_resolution, use_sr)
     held_out = []
-    if quantize is not None and calibration is not None:
+    if calibration is not None and not (quantize or mixed):
+        raise ConfigError("--calibration is for --quantize and --nbits mixed; neither was asked for")
+    if calibration is not None:
         from pbrforge.export.onnx_quantize import CALIBRATION_VIEWS, PARITY_VIEWS, held_out_views
 
         held_out = held_out_views(
@@ -532,6 +534,14 @@ def main(
     """Convert a checkpoint to deployable artifacts; exit 2 if any parity gate fails."""
     formats = FORMATS if fmt == "all" else (fmt,)
     mixed = palettization and nbits == "mixed"
+    source = click.get_current_context().get_parameter_source
+    explicit = click.core.ParameterSource.COMMANDLINE
+    if not palettization and explicit in (source("nbits"), source("budget_db")):
+        raise click.UsageError("--nbits and --budget-db choose a palettization: give --palettization too")
+    if recipe is not None and palettization and nbits != "mixed":
+        raise click.UsageError(f"--recipe sets the bits of every weight: it cannot go with --nbits {nbits}")
+    if source("budget_db") == explicit and not mixed:
+        raise click.UsageError("--budget-db is the render budget of --nbits mixed")
     result = export_artifacts(
         checkpoint,
         output,

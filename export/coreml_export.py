@@ -248,7 +248,7 @@ def coreml_parity(
                 "Core ML palettized (read back)",
                 reference,
                 outputs,
-                "psnr_db",
+                "psnr_db" if palettized_tensor_gate else None,
                 COREML_MIN_PSNR,
                 palettized_gate,
             )

@@ -9,8 +9,10 @@ After ml-stable-diffusion's mixed-bit recipes, judged in render space:
 2. **Choice.** Errors are taken to add as noise power, 10^(-PSNR/10) per layer. Starting from FP16 (no
    palette) everywhere, the step that saves the most bytes per unit of added noise is taken while the
    predicted total stays within the budget.
-3. **Check.** The chosen recipe is palettized for real and read back; if its measured render PSNR misses
-   the budget, the noise budget is scaled by the miss and the choice repeated.
+3. **Check.** The chosen combination is measured with the read-back weights of those conversions (per-tensor
+   k-means gives each weight the same palette alone or with the others); if its render PSNR misses the
+   budget, the target is raised by the miss and the choice repeated. The converter then palettizes the
+   recipe for real, and its read-back parity is the final judge.
 
 The recipe (``OUTPUT.recipe.json``) maps each weight's MIL name to its bits (16 = not palettized) and is
 reused with ``--recipe``; ``OUTPUT.pareto.png`` plots predicted size against render PSNR.
@@ -171,6 +173,9 @@ def search(
             break
         target += budget_db - measured["psnr_db_min"] + 0.5  # the noise did not add up: ask for more margin
     else:
+        _logger.warning(
+            f"no mix of 8, 6 and 4 bits met {budget_db:g} dB in {CHECKS} tries: every weight stays FP16"
+        )
         layers, measured = dict.fromkeys(sens.psnr, FP16), sens.measure({})
     bits_used = {str(b): sum(1 for v in layers.values() if v == b) for b in (FP16, *WIDTHS)}
     recipe = {

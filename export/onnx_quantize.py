@@ -142,7 +142,7 @@ def profile(path: Path, example: Inputs, runs: int = 10, threads: int = 2) -> di
     integer = sum(
         v
         for k, v in by_op.items()
-        if k.startswith(("QLinear", "MatMulInteger", "ConvInteger", "QGemm", "QuickGelu"))
+        if k.startswith(("QLinear", "MatMulInteger", "ConvInteger", "QGemm"))
         or k in ("QuantizeLinear", "DequantizeLinear")
     )
     ranked = sorted(by_op.items(), key=lambda kv: -kv[1])

@@ -11,7 +11,8 @@ shifted. Every parity report carries these figures under ``render``:
 * ``roughness_mae``.
 
 The lights are the three capture lights of the data set (45 degrees up, 120 degrees apart) and eight
-more: four grazing (20 degrees) and four steep (70 degrees), so a highlight is seen from every side.
+more: four grazing (20 degrees up, azimuths 45 + 90k) and four steep (70 degrees, azimuths 90k), so a
+highlight is seen from every side.
 """
 
 from __future__ import annotations
@@ -30,9 +31,16 @@ from pbrforge.render import render, to_display, view_lights
 def parity_lights() -> torch.Tensor:
     """(11, 3) light positions: the three capture lights and eight more around and above the patch."""
     capture = view_lights(0.0, 45.0)
-    grazing = torch.cat([view_lights(a, 20.0)[:2] for a in (math.pi / 4, 3 * math.pi / 4)])
-    steep = torch.cat([view_lights(a, 70.0)[:2] for a in (math.pi / 6, 5 * math.pi / 6)])
-    return torch.cat([capture, grazing, steep])
+    distance = float(capture[0].norm())
+
+    def ring(elevation: float, first_azimuth: float) -> torch.Tensor:  # four lights 90 degrees apart
+        el, az = math.radians(elevation), torch.tensor([first_azimuth + k * math.pi / 2 for k in range(4)])
+        flat = distance * math.cos(el)
+        return torch.stack(
+            [flat * torch.cos(az), flat * torch.sin(az), torch.full((4,), distance * math.sin(el))], -1
+        )
+
+    return torch.cat([capture, ring(20.0, math.pi / 4), ring(70.0, 0.0)])
 
 
 def _maps(outputs: Mapping[str, np.ndarray]) -> torch.Tensor:

@@ -96,8 +96,8 @@ class AssetRequest:
     validate: bool = False
 
 
-def check_request(formats: tuple[str, ...], normal: str) -> None:
-    """Refuse a combination that cannot be written, before anything is."""
+def check_request(formats: tuple[str, ...], normal: str, validate: bool = False) -> None:
+    """Refuse a combination that cannot be written (or validated), before anything is."""
     from pbrforge.errors import DataError
 
     if "mtlx" in formats and normal == "dx":
@@ -112,6 +112,10 @@ def check_request(formats: tuple[str, ...], normal: str) -> None:
         raise DataError(
             f"{', '.join(absent)} is not installed: pip install 'pbrforge[assets]' (make install does)"
         )
+    if validate and "gltf" in formats:
+        from pbrforge.runtime.validators import gltf_validator
+
+        gltf_validator()  # Node and the npm package, or one sentence now rather than after the writing
 
 
 def default_name(folder: Path) -> str:

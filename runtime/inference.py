@@ -163,7 +163,7 @@ def run_inference(
     """
     check_output_dir(output, "--output")
     if assets is not None:
-        check_request(assets.formats, assets.normal)
+        check_request(assets.formats, assets.normal, assets.validate)
     runner = load_runner(artifact, backend, threads)
     contract = runner.contract
     views, used = preprocess(input_dir, contract)

@@ -46,7 +46,7 @@ def main(
 
     out = out or maps_dir
     check_output_dir(out, "--out")
-    check_request(formats, normal)
+    check_request(formats, normal, run_validators)
     maps = read_material(maps_dir)
     material = material or default_name(out)
     with exclusive(out):

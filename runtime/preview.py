@@ -17,6 +17,7 @@ import base64
 import html
 import json
 import logging
+import re
 import shutil
 import subprocess
 import tempfile
@@ -31,7 +32,15 @@ WEB = Path(__file__).resolve().parent / "web"
 BUNDLE = WEB / "dist" / "viewer.js"
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 SHOT_SIZE = (1280, 720)
+SHOT_TIMEOUT = 300  # seconds: software WebGL compiles its shaders on the CPU
 _logger = logging.getLogger(__name__)
+
+
+def parse_title(ctx: click.Context | None, param: click.Parameter | None, value: str | None) -> str | None:
+    """1-120 printable characters (the page escapes them)."""
+    if value is not None and not (0 < len(value) <= 120 and value.isprintable()):
+        raise click.BadParameter(f"{value[:40]!r} is not a title: 1-120 printable characters")
+    return value
 
 
 def _data_uri(png: bytes) -> str:
@@ -70,10 +79,9 @@ def page(maps, name: str, views: list[Path]) -> str:
         "VIEWS_NOTE": "the three input views" if thumbs else "no input views were given (--views)",
         **script_safe,
     }
-    text = (WEB / "page.html").read_text("utf-8")
-    for key, value in fields.items():
-        text = text.replace("{{" + key + "}}", value)
-    return text
+    template = (WEB / "page.html").read_text("utf-8")
+    # one pass: a value that happens to hold "{{...}}" is never expanded again
+    return re.sub(r"\{\{([A-Z_]+)\}\}", lambda m: fields[m.group(1)], template)
 
 
 def browser() -> str:
@@ -107,7 +115,12 @@ def screenshot(page_path: Path, png: Path, size: tuple[int, int] = SHOT_SIZE) ->
             f"--screenshot={tmp}",
             Path(page_path).resolve().as_uri() + "#still",
         ]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=SHOT_TIMEOUT)
+        except subprocess.TimeoutExpired as e:
+            raise ToolFailure(
+                f"Chromium did not finish the screenshot of {page_path} in {SHOT_TIMEOUT} s"
+            ) from e
         if r.returncode != 0 or not tmp.is_file():
             raise ToolFailure(f"Chromium could not screenshot {page_path}: {r.stderr.strip()[-300:]}")
     return png
@@ -125,7 +138,9 @@ def screenshot(page_path: Path, png: Path, size: tuple[int, int] = SHOT_SIZE) ->
 @click.option(
     "--screenshot", "shot", type=OUTPUT_FILE, default=None, help="Also render the page to this PNG."
 )
-@click.option("--name", default=None, help="Title of the page [default: MAPS_DIR's name].")
+@click.option(
+    "--name", default=None, callback=parse_title, help="Title of the page [default: MAPS_DIR's name]."
+)
 @user_errors
 def main(maps_dir: Path, views: Path | None, out: Path | None, shot: Path | None, name: str | None) -> None:
     """Write a 3D preview page of a material folder, and optionally a screenshot of it."""

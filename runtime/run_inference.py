@@ -99,8 +99,16 @@ def main(
 
     if retain_heap and not retain_freed_memory():
         logging.getLogger(__name__).warning("--retain-heap does nothing here: the C library is not glibc")
-    if run_validators and not formats:
-        raise click.UsageError("--validate checks the files --emit writes: give --emit too")
+    if not formats:
+        ctx = click.get_current_context()
+        given = [
+            f"--{n}"
+            for n in ("validate", "name", "bits", "normal")
+            if ctx.get_parameter_source({"validate": "run_validators", "name": "material"}.get(n, n))
+            == click.core.ParameterSource.COMMANDLINE
+        ]
+        if given:
+            raise click.UsageError(f"{given[0]} is about the files --emit writes: give --emit too")
     assets = AssetRequest(formats, material, int(bits), normal, run_validators) if formats else None
     gate = render_gate(render_psnr_min, normal_p99_max)
     run_inference(

@@ -49,15 +49,24 @@ class Verdict:
         }
 
 
-def validate_glb(path: Path) -> Verdict:
+def gltf_validator() -> list[str]:
+    """The command that runs the Khronos validator, or one sentence saying how to install it."""
     node = shutil.which("node")
-    script = WEB / "validate_gltf.mjs"
     if node is None or not (WEB / "node_modules" / "gltf-validator").is_dir():
         raise UnavailableError("the glTF validator needs Node and runtime/web/node_modules: run make install")
-    r = subprocess.run([node, str(script), str(path)], capture_output=True, text=True, timeout=300)
-    if r.returncode != 0:
-        raise UnavailableError(f"the glTF validator failed on {path}: {r.stderr.strip()[-400:]}")
-    report = json.loads(r.stdout)
+    return [node, str(WEB / "validate_gltf.mjs")]
+
+
+def validate_glb(path: Path) -> Verdict:
+    from pbrforge.errors import ToolFailure
+
+    try:
+        r = subprocess.run([*gltf_validator(), str(path)], capture_output=True, text=True, timeout=300)
+        report = json.loads(r.stdout) if r.returncode == 0 else None
+    except (subprocess.TimeoutExpired, ValueError) as e:
+        raise ToolFailure(f"the glTF validator gave no report on {path} ({type(e).__name__})") from e
+    if report is None:
+        raise ToolFailure(f"the glTF validator failed on {path}: {r.stderr.strip()[-400:]}")
     issues = report["issues"]
     severity = {0: "error", 1: "warning", 2: "info", 3: "hint"}
     messages = [
@@ -114,7 +123,7 @@ def validate_mtlx(path: Path) -> Verdict:
         "mtlx",
         Path(path),
         f"MaterialX {mx.getVersionString()} Document.validate",
-        0 if valid and not missing else max(1, len(problems)) + len(missing),
+        (0 if valid else max(1, len(problems))) + len(missing),
         0,
         problems + missing,
     )

@@ -625,6 +625,18 @@ CASES += [
             p.json_file,
         ],
     ),
+    ("export --nbits without --palettization", lambda p, o: EXPORT(p, o, "--nbits", "8")),
+    (
+        "export --budget-db without mixed",
+        lambda p, o: ["export", p.student, "--output", o / "s", "--format", "coreml", "--budget-db", "40"],
+    ),
+    ("export --calibration without a use", lambda p, o: EXPORT(p, o, "--calibration", p.data)),
+    ("run --name without --emit", lambda p, o: RUN(p, o, "--name", "x")),
+    ("run --bits without --emit", lambda p, o: RUN(p, o, "--bits", "16")),
+    (
+        "preview --name with a newline",
+        lambda p, o: ["preview", p.maps, "--out", o / "p.html", "--name", "a\nb"],
+    ),
     ("export --render-psnr-min nan", lambda p, o: EXPORT(p, o, "--render-psnr-min", "nan")),
     ("export --normal-p99-max -1", lambda p, o: EXPORT(p, o, "--normal-p99-max", "-1")),
     ("run --render-psnr-min abc", lambda p, o: RUN(p, o, "--render-psnr-min", "abc")),

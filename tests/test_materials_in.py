@@ -338,8 +338,66 @@ def test_photo_textured_materials_are_plausible_and_held_out_by_quadrant(tmp_pat
         assert (
             maps[0].min() >= 0.3 and maps[0].max() <= 0.95 and maps[0].std() > 0.01
         )  # roughness varies with contrast
+    groups = material_groups(meta)
+    assert len(set(groups.values())) == 12  # each quadrant its own group
+    train = PBRDataset(tmp_path / "p", "train", 32, 32, val_fraction=0.25, seed=0)
+    val = PBRDataset(tmp_path / "p", "val", 32, 32, val_fraction=0.25, seed=0)
+    held = {groups[val.material_of(s)] for s, _ in val.entries}
+    assert len(held) == 3 and not held & {groups[train.material_of(s)] for s, _ in train.entries}
     normal = np.asarray(
         Image.open(tmp_path / "p" / "output" / "photo_gravel-q1_00" / "normal.png"), np.float32
     )
     assert normal[..., :2].std() > 5  # the height of a gravel photo is not flat
     assert not math.isnan(float(normal.mean()))
+
+
+def test_one_material_in_per_resolution_folders_is_one_set_at_its_highest_resolution(tmp_path):
+    maps, _ = truth()
+    for res, side in (("1K", 32), ("2K", 64)):
+        folder = tmp_path / f"Rock020_{res}-PNG"
+        folder.mkdir()
+        save8(
+            folder / f"Rock020_{res}-PNG_Color.png",
+            np.asarray(Image.fromarray(np.round(maps[..., :3] * 255).astype(np.uint8)).resize((side, side)))
+            / 255,
+        )
+    sets, _ = find_sets(tmp_path)
+    assert len(sets) == 1 and sets[0].files["color"].parent.name == "Rock020_2K-PNG"
+
+
+def test_sets_sharing_a_name_keep_their_own_maps(tmp_path):
+    maps, height = truth()
+    for i, parent in enumerate(("train", "test")):
+        ms = tmp_path / parent / "Tile001"
+        ms.mkdir(parents=True)
+        save8(ms / "basecolor.png", np.full((SIZE, SIZE, 3), 0.2 + 0.5 * i))
+        (ms / "metadata.json").write_text("{}")
+    meta = generate_dataset(
+        tmp_path / "d",
+        count=0,
+        size=16,
+        samples_per_material=1,
+        progress=False,
+        material_dirs=[tmp_path, tmp_path],
+    )
+    assert sorted(meta["materials"]) == [
+        "matsynth_Tile001-2_00",
+        "matsynth_Tile001_00",
+    ]  # the folder given twice counts once
+    colours = {
+        m: np.asarray(Image.open(tmp_path / "d" / "output" / m / "albedo.png")).mean()
+        for m in meta["materials"]
+    }
+    assert len({round(c) for c in colours.values()}) == 2
+
+
+def test_a_flat_height_map_does_not_decide_handedness(tmp_path):
+    maps, _ = truth()
+    ms = tmp_path / "Flat001"
+    ms.mkdir()
+    save8(ms / "basecolor.png", maps[..., :3])
+    save8(ms / "normal.png", encode_normal(maps[..., 5:], dx=True))
+    save8(ms / "height.png", np.full((SIZE, SIZE), 0.5))
+    (ms / "metadata.json").write_text("{}")
+    src = load_set(find_sets(tmp_path)[0][0])
+    assert src.normal_source == "assumed OpenGL" and any("flat or unrelated" in n for n in src.notes)

@@ -32,6 +32,10 @@ def test_eleven_lights_include_the_three_capture_lights():
     elevations = torch.rad2deg(torch.asin(lights[:, 2] / lights.norm(dim=1)))
     assert torch.allclose(elevations[:3], torch.tensor(45.0), atol=1e-4)
     assert (elevations[3:7] < 25).all() and (elevations[7:] > 65).all()
+    assert torch.cdist(lights, lights).add(torch.eye(11) * 10).min() > 0.5  # eleven distinct directions
+    azimuths = torch.rad2deg(torch.atan2(lights[:, 1], lights[:, 0])) % 360
+    assert sorted(azimuths[3:7].round().tolist()) == [45, 135, 225, 315]
+    assert sorted(azimuths[7:].round().tolist()) == [0, 90, 180, 270]
 
 
 def test_identical_maps_are_perfect(material):

@@ -46,7 +46,8 @@ async function main() {
     return;
   }
   renderer.setPixelRatio(still ? 1 : window.devicePixelRatio);
-  renderer.toneMapping = THREE.NoToneMapping; // clipped per channel, a metal highlight keeps its tint (tone mappers whiten it)
+  // exposure then a clip per channel: a metal highlight keeps its tint (curved tone mappers whiten it)
+  renderer.toneMapping = THREE.LinearToneMapping;
   renderer.outputColorSpace = THREE.SRGBColorSpace;
 
   const scene = new THREE.Scene();
