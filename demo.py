@@ -1,9 +1,10 @@
 """``make demo``: the whole pipeline end to end on generated data, ending with a parity + latency table.
 
-datagen -> teacher (short) -> teacher_infer shards -> student (short) -> export (Core ML, ONNX; TensorRT
-skipped with its sentence) -> run_inference with --reference on a held-out sample, emitting the material as
-a PNG set, glb, usdz and MaterialX checked by their own validators -> a 3D preview page and its screenshot
--> the parity and latency tables again. It runs each stage's own command, so it lives here, above every
+datagen -> teacher (short) -> teacher_infer shards -> student (short) -> export (Core ML, ONNX, ExecuTorch;
+TensorRT skipped with its sentence) -> run_inference with --reference on a held-out sample, emitting the
+material as a PNG set, glb, usdz and MaterialX checked by their own validators -> the ExecuTorch .pte run the
+same way -> both artifacts' self-check against their test vectors -> a 3D preview page and its screenshot
+-> the parity and latency tables of ONNX and ExecuTorch again. It runs each stage's own command, so it lives here, above every
 stage, and not in the library.
 
 Example:
@@ -149,7 +150,7 @@ def main(out: Path, count: int) -> None:
     )
     artifact = out / "artifacts" / "student"
     times["export"] = _step(
-        "export (Core ML FP16 + ONNX; TensorRT where available)",
+        "export (Core ML FP16, ONNX, ExecuTorch XNNPACK; TensorRT where available)",
         export,
         [str(student_ckpt), "--output", str(artifact), "--format", "all"],
     )
@@ -179,6 +180,29 @@ def main(out: Path, count: int) -> None:
             "--validate",
         ],
     )
+    times["run_executorch"] = _step(
+        f"run_inference of the ExecuTorch .pte (XNNPACK) on {sample}",
+        run,
+        [
+            str(artifact.with_suffix(".pte")),
+            "--input",
+            str(held_out),
+            "--output",
+            str(out / "inference_pte"),
+            "--reference",
+            str(student_ckpt),
+            "--runs",
+            "20",
+            "--warmup",
+            "3",
+        ],
+    )
+    for suffix in (".onnx", ".pte"):
+        times[f"self_check{suffix}"] = _step(
+            f"self-check of {artifact.name}{suffix} against {artifact.name}.testvectors (no checkpoint, no photos)",
+            run,
+            [str(artifact.with_suffix(suffix)), "--self-check"],
+        )
     times["preview"] = _step(
         "3D preview in headless Chromium",
         preview,
@@ -203,7 +227,8 @@ def main(out: Path, count: int) -> None:
     from pbrforge.provenance import write_result
 
     write_result(out / "timings.json", {"seconds": times | {"total": total}})
-    _final_tables(inference)
+    for folder in (inference, out / "inference_pte"):
+        _final_tables(folder)
     click.echo(
         f"look at: {out / 'contact_sheet.png'}, {out / 'teacher' / 'grids'}, {inference / 'preview.png'},"
         f" {inference / 'latency.png'}, {out / 'preview_3d.png'} (open {out / 'preview_3d.html'} to turn the light)"

@@ -1,8 +1,12 @@
-"""Latency of the demo student by backend and input size, as a ratio to PyTorch eager in the same run.
+"""Latency and memory of the demo student in every runtime that runs here, as a ratio to PyTorch eager.
 
-For each input size the student is exported to ONNX (SR head kept) and ONNX Runtime is tried at every
-graph-optimisation level and thread count; the best setting is reported beside eager, plus the share of
-the machine's peak FLOP/s reached (peak measured with a large matmul in this run). Goal: ORT >= 2.0x at 512.
+For each input size the student (SR head kept) is exported once to ONNX and ExecuTorch, fp32 and int8
+(calibrated on the demo's held-out views). Then each of PyTorch eager, ONNX Runtime fp32 and int8, and
+ExecuTorch XNNPACK fp32 and int8 runs in a fresh process of its own on the same threads: median latency,
+ratio to eager, and the process's peak RSS. Beside each artifact stands its render PSNR against PyTorch
+(worst of 11 lights) and, for fp32, its largest per-value difference.
+
+Goal, reported met or not: the fastest on-device artifact >= 2.5x eager at 512 px with render PSNR >= 35 dB.
 
 Examples:
     python benchmarks/runtime.py
@@ -11,128 +15,254 @@ Examples:
 
 from __future__ import annotations
 
-import time
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import click
-import numpy as np
-import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from pbrforge.export.converter import export_artifacts
-from pbrforge.export.onnx_export import onnx_session, run_onnx
-from pbrforge.export.wrappers import PBRExportWrapper, example_inputs
-from pbrforge.models import model_from_checkpoint
 from pbrforge.options import examples_epilog
 from pbrforge.provenance import write_result
 
-GOAL_AT_512 = 2.0
-LEVELS = ("disable", "basic", "extended", "all")
+GOAL_SPEEDUP, GOAL_PSNR = 2.5, 35.0
+RECORD_ONLY = {"render_psnr_min": 0.0, "normal_p99_max": 180.0, "fp32_max_abs": 1e-2}  # measure, gate none
+COLUMNS = {  # label -> artifact suffix after the stem ("" = the checkpoint in eager)
+    "eager": "",
+    "ort fp32": ".onnx",
+    "ort int8": ".int8.onnx",
+    "et fp32": ".pte",
+    "et int8": ".int8.pte",
+}
 
 
-def timed(fn, runs: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts))
+def _status_mib(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise click.ClickException(f"/proc/self/status has no {field}")
 
 
-def peak_flops(threads: int, n: int = 2048) -> float:
+def measure_one(artifact: str, checkpoint: str, size: int, runs: int, threads: int) -> dict:
+    """Run in a child process: load one runner, time it, report median ms and memory.
+
+    Memory: the peak RSS while loading and running (VmHWM, reset after the imports every runtime shares)
+    and that peak less the RSS the imports left, i.e. what this runtime and model added.
+    With a ``checkpoint`` it is eager PyTorch, built for the contract of ``artifact`` (its size and head).
+    """
+    import torch
+
+    from pbrforge.export.wrappers import example_inputs
+    from pbrforge.runtime.backends import load_runner, torch_runner
+    from pbrforge.runtime.inference import measure
+
+    if checkpoint == "-" and Path(artifact).suffix == ".pte":
+        import executorch.runtime  # noqa: F401
+    elif checkpoint == "-":
+        import onnxruntime  # noqa: F401
+    Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the peak RSS to the current RSS
+    baseline = _status_mib("VmRSS")
     torch.set_num_threads(threads)
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    return 2 * n**3 / timed(lambda: a @ b, 5)
+    if checkpoint == "-":
+        runner = load_runner(Path(artifact), "auto", threads)
+    else:
+        from pbrforge.deploy import DeployContract, contract_path
+
+        runner = torch_runner(Path(checkpoint), threads, DeployContract.load(contract_path(Path(artifact))))
+    timing = measure(runner, example_inputs(size), runs, 3)
+    peak = _status_mib("VmHWM")
+    return {"median_ms": timing["median_ms"], "peak_rss_mib": peak, "added_rss_mib": peak - baseline}
+
+
+def export_size(checkpoint: Path, data: Path, base: Path, size: int) -> dict[str, dict]:
+    """Every artifact at ``size``; per column its render PSNR and fp32 max abs as the converter measured."""
+    from pbrforge.export.converter import export_artifacts
+
+    result = export_artifacts(
+        checkpoint,
+        base,
+        ("onnx", "executorch"),
+        test_resolution=size,
+        use_sr=True,
+        quantize="int8",
+        calibration=data,
+        **RECORD_ONLY,
+    )
+    figures = {}
+    by_path = {Path(r.path).name: r for r in result.rows if r.path}
+    formats = {
+        ".onnx": "onnx",
+        ".int8.onnx": "onnx-int8",
+        ".pte": "executorch",
+        ".int8.pte": "executorch-int8",
+    }
+    for label, suffix in COLUMNS.items():
+        row = by_path.get(base.name + suffix) if suffix else None
+        if suffix and (row is None or row.status != "ok"):  # recorded with the converter's reason, not timed
+            why = next((r.detail for r in result.rows if r.format == formats[suffix]), "not exported")
+            figures[label] = {"missing": why}
+            continue
+        parity = row.parity.to_dict() if row else None
+        figures[label] = {
+            "render_psnr_db": parity["render"]["psnr_db_min"] if parity else None,
+            "max_abs": max(o["max_abs"] for o in parity["outputs"].values()) if parity else None,
+        }
+    return figures
 
 
 @click.command(epilog=examples_epilog(__doc__))
 @click.option(
     "--checkpoint",
-    type=click.Path(path_type=Path),
+    type=click.Path(path_type=Path, dir_okay=False),
     default=Path("demo_out/student/checkpoints/best.pt"),
     show_default=True,
 )
-@click.option("--sizes", type=int, multiple=True, default=(64, 128, 256, 512), show_default=True)
-@click.option("--runs", type=int, default=10, show_default=True)
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("demo_out/data"),
+    show_default=True,
+    help="The data root whose held-out views calibrate the int8 artifacts.",
+)
+@click.option(
+    "--sizes", type=click.IntRange(64, 1024), multiple=True, default=(64, 128, 256, 512), show_default=True
+)
+@click.option("--runs", type=click.IntRange(1, 1000), default=10, show_default=True)
+@click.option("--threads", type=click.IntRange(1, 256), default=2, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("benchmarks/results"), show_default=True)
-def main(checkpoint: Path, sizes: tuple[int, ...], runs: int, out: Path) -> None:
-    """Eager vs ONNX Runtime (best of levels x threads) per input size; table, JSON and chart."""
-    if not checkpoint.exists():
-        raise click.ClickException(f"{checkpoint} is missing: run `make demo` first or pass --checkpoint")
-    threads = torch.get_num_threads()
-    peak = peak_flops(threads)
-    model, _, _ = model_from_checkpoint(checkpoint)
-    wrapper = PBRExportWrapper(model, use_sr=True).eval()
+@click.option(
+    "--one", nargs=5, type=str, default=None, hidden=True
+)  # the child: artifact ckpt|- size runs threads
+def main(
+    checkpoint: Path,
+    data: Path,
+    sizes: tuple[int, ...],
+    runs: int,
+    threads: int,
+    out: Path,
+    one: tuple[str, ...] | None,
+) -> None:
+    """Eager, ONNX Runtime and ExecuTorch (fp32, int8) per input size: table, JSON and chart."""
+    if one:
+        artifact, ckpt, size, n, t = one
+        print(json.dumps(measure_one(artifact, ckpt, int(size), int(n), int(t))))
+        return
+    for path, what in ((checkpoint, "a student checkpoint"), (data, "the demo's data root")):
+        if not path.exists():
+            raise click.ClickException(f"{path} is missing ({what}): run `make demo` first or pass it")
+    if any(s % 32 for s in sizes):
+        raise click.BadParameter("every size must be a multiple of 32", param_hint="--sizes")
     rows = []
     for size in sizes:
-        x = example_inputs(size)
-        with FlopCounterMode(display=False) as fc, torch.inference_mode():
-            wrapper(*x)
-        flops = fc.get_total_flops()
-        torch.set_num_threads(threads)
-        with torch.inference_mode():
-            eager = timed(lambda x=x: wrapper(*x), runs)
         base = out / "runtime_work" / f"student_{size}"
-        export_artifacts(checkpoint, base, ("onnx",), test_resolution=size, use_sr=True)
-        tries = {}
-        for level in LEVELS:
-            for t in sorted({1, threads}):
-                sess = onnx_session(base.with_suffix(".onnx"), threads=t, level=level)
-                tries[f"{level}/{t}t"] = timed(lambda s=sess, x=x: run_onnx(s, x), runs)
-        best = min(tries, key=tries.get)
-        rows.append(
-            {
-                "size": size,
-                "gflops": flops / 1e9,
-                "eager_ms": eager * 1e3,
-                "ort_best_ms": tries[best] * 1e3,
-                "ort_best_setting": best,
-                "ort_all_ms": {k: v * 1e3 for k, v in tries.items()},
-                "speedup": eager / tries[best],
-                "eager_peak_fraction": flops / eager / peak,
-                "ort_peak_fraction": flops / tries[best] / peak,
-            }
-        )
+        figures = export_size(checkpoint, data, base, size)
+        row: dict = {"size": size, "columns": {}}
+        for label, suffix in COLUMNS.items():
+            if "missing" in figures[label]:
+                row["columns"][label] = figures[label]
+                continue
+            if suffix:
+                args = [base.with_name(base.name + suffix), "-", size, runs, threads]
+            else:  # eager, built for the exported contract (size, head)
+                args = [base.with_suffix(".onnx"), checkpoint, size, runs, threads]
+            child = subprocess.run(
+                [sys.executable, __file__, "--one", *map(str, args)], capture_output=True, text=True
+            )
+            if child.returncode != 0:
+                raise click.ClickException(f"{label} at {size} px failed:\n{child.stderr[-2000:]}")
+            row["columns"][label] = json.loads(child.stdout.strip().splitlines()[-1]) | figures[label]
+        eager = row["columns"]["eager"]["median_ms"]
+        for c in row["columns"].values():
+            if "median_ms" in c:
+                c["speedup_vs_eager"] = eager / c["median_ms"]
+        rows.append(row)
+        _print_row(row)
+    goal = _goal(rows)
     print(
-        f"\nruntime benchmark: {checkpoint}; peak {peak / 1e9:.1f} GFLOP/s (2048^2 matmul, {threads} threads)"
+        f"\nruntime benchmark: {checkpoint}, {threads} threads, median of {runs} runs (each runtime its own process)"
     )
+    print(_table(rows))
+    print(goal["sentence"])
+    write_result(out / "runtime.json", {"threads": threads, "runs": runs, "rows": rows, "goal": goal})
+    _chart(rows, threads, out / "runtime.png")
+    print(f"wrote {out / 'runtime.json'} and {out / 'runtime.png'}")
+
+
+def _print_row(row: dict) -> None:
     print(
-        f"{'size':>5} {'GFLOP':>7} {'eager ms':>9} {'ORT ms':>8} {'ORT setting':>13} {'speed-up':>8} "
-        f"{'eager %peak':>11} {'ORT %peak':>9}"
+        f"{row['size']} px: "
+        + ", ".join(f"{k} {v['median_ms']:.1f} ms" for k, v in row["columns"].items() if "median_ms" in v)
     )
-    for r in rows:
-        print(
-            f"{r['size']:5d} {r['gflops']:7.2f} {r['eager_ms']:9.1f} {r['ort_best_ms']:8.1f} {r['ort_best_setting']:>13} "
-            f"{r['speedup']:7.2f}x {100 * r['eager_peak_fraction']:10.1f}% {100 * r['ort_peak_fraction']:8.1f}%"
-        )
+
+
+def _table(rows: list[dict]) -> str:
+    lines = [
+        f"{'size':>5} {'runtime':<9} {'median ms':>10} {'x eager':>8} {'peak RSS MiB':>13} {'added MiB':>10} {'render dB':>10} {'max abs':>9}"
+    ]
+    for row in rows:
+        for label, c in row["columns"].items():
+            if "missing" in c:
+                lines.append(f"{row['size']:>5} {label:<9} not run: {c['missing'][:90]}")
+                continue
+            psnr = "" if c["render_psnr_db"] is None else f"{c['render_psnr_db']:.1f}"
+            max_abs = "" if c["max_abs"] is None or "int8" in label else f"{c['max_abs']:.1e}"
+            lines.append(
+                f"{row['size']:>5} {label:<9} {c['median_ms']:10.1f} {c['speedup_vs_eager']:7.2f}x "
+                f"{c['peak_rss_mib']:13.0f} {c['added_rss_mib']:10.0f} {psnr:>10} {max_abs:>9}"
+            )
+    return "\n".join(lines)
+
+
+def _goal(rows: list[dict]) -> dict:
     at512 = next((r for r in rows if r["size"] == 512), None)
-    if at512:
-        print(
-            f"goal ORT >= {GOAL_AT_512}x eager at 512: {'met' if at512['speedup'] >= GOAL_AT_512 else 'NOT met'} "
-            f"({at512['speedup']:.2f}x)"
+    if at512 is None:
+        return {"met": None, "sentence": "goal at 512 px: not measured (512 not in --sizes)"}
+    fit = {
+        k: c
+        for k, c in at512["columns"].items()
+        if k != "eager" and "median_ms" in c and (c["render_psnr_db"] or 0) >= GOAL_PSNR
+    }
+    best = max(fit, key=lambda k: fit[k]["speedup_vs_eager"], default=None)
+    met = best is not None and fit[best]["speedup_vs_eager"] >= GOAL_SPEEDUP
+    detail = (
+        "no artifact kept render PSNR >= 35 dB"
+        if best is None
+        else (
+            f"fastest within render PSNR >= {GOAL_PSNR:g} dB: {best} {fit[best]['speedup_vs_eager']:.2f}x eager, "
+            f"{fit[best]['render_psnr_db']:.1f} dB"
         )
-    write_result(out / "runtime.json", {"peak_gflops": peak / 1e9, "threads": threads, "rows": rows})
+    )
+    return {
+        "met": met,
+        "fastest": best,
+        "sentence": f"goal: fastest on-device artifact >= {GOAL_SPEEDUP}x eager at 512 px: {'met' if met else 'NOT met'} ({detail})",
+    }
+
+
+def _chart(rows: list[dict], threads: int, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.4), dpi=120)
-    ax.plot([r["size"] for r in rows], [r["eager_ms"] for r in rows], "o-", label="PyTorch eager")
-    ax.plot([r["size"] for r in rows], [r["ort_best_ms"] for r in rows], "o-", label="ONNX Runtime (best)")
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=120)
+    for label in COLUMNS:
+        timed = [
+            (r["size"], r["columns"][label]["median_ms"]) for r in rows if "median_ms" in r["columns"][label]
+        ]
+        if timed:
+            ax.plot(*zip(*timed, strict=True), "o-", label=label)
     ax.set(
         xlabel="input size (px per side)",
         ylabel="latency, ms (median)",
         yscale="log",
         title=f"demo student, {threads} CPU threads",
     )
-    ax.legend()
+    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out / "runtime.png")
-    print(f"wrote {out / 'runtime.json'} and {out / 'runtime.png'}")
+    fig.savefig(path)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

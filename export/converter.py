@@ -1,10 +1,14 @@
-"""Export a pbrforge checkpoint (student or teacher) to Core ML, ONNX and TensorRT, each gated by parity.
+"""Export a pbrforge checkpoint (student or teacher) to Core ML, ONNX, ExecuTorch and TensorRT, each gated by parity.
 
 Each artifact is written under a staging name and checked against PyTorch there: only an artifact whose
 gate passed replaces ``OUTPUT.<ext>``; one that failed is kept beside it as ``OUTPUT.failed.<ext>`` with its
 report, and the artifact from an earlier run stays untouched. Every kept artifact gets
 ``<artifact>.parity.json``; Core ML also gets ``<name>.ane.json``, and ``<output>.contract.json`` (the
-deployment contract) is written once an artifact passed.
+deployment contract) is written once an artifact passed. ``OUTPUT.testvectors/`` then holds two input
+triplets, PyTorch's outputs for them and each artifact's tolerance, so that
+``run_inference.py ARTIFACT --self-check`` (or the app's ``selfCheck()``) can check a runtime on its own.
+ExecuTorch (``OUTPUT.pte``, XNNPACK) runs here in ExecuTorch's runtime; its Core ML-delegated
+``OUTPUT.coreml.pte`` is built but, like the ``.mlpackage``, cannot be run here.
 
 Examples:
     python export/converter.py runs/student/checkpoints/best.pt --output artifacts/student --format all
@@ -17,6 +21,7 @@ Examples:
     python export/converter.py best.pt --output artifacts/s256 --format onnx --test-resolution 256 \\
         --quantize int8 --calibration data/demo --render-psnr-min 30
     python export/converter.py best.pt --output artifacts/student --format coreml --quantize w8a8 --calibration data/demo
+    python export/converter.py best.pt --output artifacts/student --format executorch --quantize int8 --calibration data/demo
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import click
 
 from pbrforge.errors import ConfigError, ParityError, UnavailableError, fail, user_errors
 from pbrforge.export.gates import render_gate_options
+from pbrforge.export.parity import FP32_MAX_ABS
 from pbrforge.options import MAX_SIDE, OUTPUT_FILE, Command, FiniteFloatRange, examples_epilog
 
 if TYPE_CHECKING:
@@ -43,8 +49,8 @@ if TYPE_CHECKING:
 
 _logger = logging.getLogger(__name__)
 
-FORMATS = ("coreml", "onnx", "tensorrt")
-SUFFIXES = {"coreml": ".mlpackage", "onnx": ".onnx", "tensorrt": ".plan"}
+FORMATS = ("coreml", "onnx", "executorch", "tensorrt")
+SUFFIXES = {"coreml": ".mlpackage", "onnx": ".onnx", "executorch": ".pte", "tensorrt": ".plan"}
 NEEDS_ONNX = "the TensorRT engine is built from the ONNX file: export onnx first (--format all does)"
 FOLDING_MIN_PSNR = 70.0  # dB: folding is exact algebra, so only float rounding may differ
 
@@ -152,6 +158,7 @@ def export_artifacts(
     calibration: Path | None = None,
     budget_db: float | None = None,
     recipe: Path | None = None,
+    fp32_max_abs: float = FP32_MAX_ABS,
 ) -> ExportResult:
     """Export to each format in order; unavailable formats are recorded as skipped, parity failures as failed."""
     from pbrforge.deploy import contract_path
@@ -193,8 +200,10 @@ def export_artifacts(
         palettized_gate = RenderGate(target if render_psnr_min is None else render_psnr_min, normal_p99_max)
     if quantize is not None and calibration is None:
         raise ConfigError(f"--quantize {quantize} calibrates on real views: give --calibration DATA_ROOT")
-    if quantize == "int8" and "onnx" not in formats:
-        raise ConfigError("--quantize int8 quantizes the ONNX model: use --format onnx or all")
+    if quantize == "int8" and not {"onnx", "executorch"} & set(formats):
+        raise ConfigError(
+            "--quantize int8 quantizes the ONNX and ExecuTorch models: use --format onnx, executorch or all"
+        )
     if quantize == "w8a8" and "coreml" not in formats:
         raise ConfigError("--quantize w8a8 writes a Core ML package: use --format coreml or all")
     wrapper, folded, example, reference, contract = prepare(checkpoint, test_resolution, use_sr)
@@ -207,6 +216,9 @@ def export_artifacts(
         held_out = held_out_views(
             calibration, checkpoint, contract.image_size, CALIBRATION_VIEWS + PARITY_VIEWS
         )
+    from pbrforge.export.test_vectors import vectors_dir
+
+    contract.test_vectors = vectors_dir(output).name  # before Core ML embeds the contract in its metadata
     with exclusive(output):
         output.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(output.parent)
@@ -220,10 +232,17 @@ def export_artifacts(
                     from pbrforge.export.onnx_export import export_onnx, onnx_parity
 
                     seconds = export_onnx(wrapper, example, staged)
-                    parity = onnx_parity(staged, reference, example, gate)
+                    parity = onnx_parity(staged, reference, example, gate, fp32_max_abs)
                     kept = _keep(result, fmt, staged, final, parity, seconds)
+                    if kept == final:
+                        _ort(result, final, reference, example, gate, fp32_max_abs)
                     if quantize == "int8" and kept == final:
                         _int8(result, final, wrapper, held_out, example, gate)
+                elif fmt == "executorch":
+                    _executorch(result, staged, final, wrapper, example, gate, fp32_max_abs)
+                    if quantize == "int8" and result.rows[-1].status == "ok":
+                        _executorch(result, staged, final, wrapper, example, gate, None, held_out)
+                    _executorch_coreml(result, final, folded, example)
                 elif fmt == "coreml":
                     t0 = time.perf_counter()
                     mlmodel = coreml_export.convert_coreml(folded, example, fp16, min_target, contract)
@@ -294,6 +313,8 @@ def export_artifacts(
             finally:
                 remove(staged)
         if any(r.status in ("ok", "built", "unverified") for r in result.rows):
+            _vectors(result, output, wrapper, example, held_out, contract)
+            _deployment_report(result, output)
             contract.save(contract_path(output.with_suffix(".x")))
             for r in result.rows:  # OUTPUT.int8.onnx and OUTPUT.w8a8.mlpackage carry the same contract
                 beside = contract_path(Path(r.path)) if r.path else None
@@ -340,6 +361,190 @@ def _write_recipe(chosen: tuple, final: Path) -> None:
         f"recipe: {recipe['bits_used']} (bits: layers), {recipe['predicted_bytes'] / 2**20:.2f} of "
         f"{recipe['fp16_bytes'] / 2**20:.2f} MiB FP16, measured render PSNR "
         f"{recipe['measured_render']['psnr_db_min']:.1f} dB; {stem.name}.recipe.json, {stem.name}.pareto.png"
+    )
+
+
+def _vectors(
+    result: ExportResult,
+    output: Path,
+    wrapper: torch.nn.Module,
+    example: tuple[torch.Tensor, ...],
+    held_out: list,
+    contract: DeployContract,
+) -> None:
+    """OUTPUT.testvectors/: two input triplets (held-out views when given, else the parity example and a
+    second seed), PyTorch's outputs for them, and the tolerance of every artifact that passed or is unverified."""
+    import numpy as np
+    import torch
+
+    from pbrforge.deploy import OUTPUT_NAMES
+    from pbrforge.export.test_vectors import SAMPLES, tolerance, vectors_dir, write_vectors
+    from pbrforge.export.wrappers import example_inputs
+
+    samples = list(_split(held_out)[1][:SAMPLES]) if held_out else [example]
+    seed = 1
+    while len(samples) < SAMPLES:
+        samples.append(example_inputs(contract.image_size, seed=seed))
+        seed += 1
+    # the PNGs hold whole numbers: the expected outputs are for exactly those
+    samples = [tuple(v.round().clamp(0, 255) for v in views) for views in samples]
+    with torch.no_grad():
+        outs = [wrapper(*views) for views in samples]
+    expected = {n: np.concatenate([o[i].numpy() for o in outs]) for i, n in enumerate(OUTPUT_NAMES)}
+    tolerances = {
+        Path(r.path).name: tolerance(r.parity)
+        for r in result.rows
+        # an unverified artifact with nothing measured (Core ML FP32 off macOS) has no tolerance to give
+        if r.parity is not None and r.parity.comparisons and r.status in ("ok", "unverified") and r.path
+    }
+    write_vectors(
+        vectors_dir(output), samples, expected, tolerances, contract.image_size, contract.model_hash
+    )
+    _logger.info(
+        f"self-check vectors: {vectors_dir(output)} ({len(samples)} samples; {', '.join(tolerances)})"
+    )
+
+
+def _ort(
+    result: ExportResult,
+    onnx_final: Path,
+    reference: dict[str, np.ndarray],
+    example: tuple[torch.Tensor, ...],
+    gate: RenderGate,
+    max_abs: float,
+) -> None:
+    """OUTPUT.ort for ONNX Runtime's mobile builds, gated like the .onnx, with the mobile usability report."""
+    from pbrforge.export.onnx_export import onnx_parity
+    from pbrforge.export.ort_mobile import mobile_usability, usability_table, write_ort
+    from pbrforge.fileio import remove, temp_name
+
+    final = onnx_final.with_suffix(".ort")
+    staged = temp_name(final, "staged")
+    try:
+        seconds = write_ort(onnx_final, staged)
+        parity = onnx_parity(staged, reference, example, gate, max_abs)
+        parity.info["mobile_usability"] = mobile_usability(onnx_final)
+        _logger.info(usability_table(parity.info["mobile_usability"]))
+        _keep(result, "onnx-ort", staged, final, parity, seconds)
+    finally:
+        remove(staged)
+
+
+def _deployment_report(result: ExportResult, output: Path) -> None:
+    """OUTPUT.deployment.json: what each on-device runtime would run where, from every artifact kept.
+
+    Core ML's ANE heuristics (from OUTPUT.ane.json), ONNX Runtime mobile's NNAPI / Core ML partitions, and
+    ExecuTorch's delegated and non-delegated ops, side by side.
+    """
+    from pbrforge.fileio import read_json, write_json
+
+    report: dict[str, object] = {}
+    for r in result.rows:
+        if not r.path or r.status not in ("ok", "unverified"):
+            continue
+        path = Path(r.path)
+        info = r.parity.info if r.parity is not None else {}
+        if r.format == "coreml" and path.with_suffix(".ane.json").is_file():
+            report["coreml_ane"] = read_json(path.with_suffix(".ane.json"))
+        if "mobile_usability" in info:
+            report["onnxruntime_mobile"] = info["mobile_usability"]
+        if "delegation" in info:
+            report[f"executorch {path.name}"] = info["delegation"]
+        if r.format == "executorch-coreml":
+            report[f"executorch {path.name}"] = read_json(path.with_name(path.name + ".delegation.json"))
+    if report:
+        write_json(output.with_name(output.name + ".deployment.json"), report)
+
+
+def _executorch(
+    result: ExportResult,
+    staged: Path,
+    fp32: Path,
+    wrapper: torch.nn.Module,
+    example: tuple[torch.Tensor, ...],
+    gate: RenderGate,
+    max_abs: float | None,
+    held_out: list | None = None,
+) -> None:
+    """OUTPUT.pte (XNNPACK fp32, gated like ONNX) or, with ``held_out``, OUTPUT.int8.pte calibrated on them and
+    judged on the others by the render gate; each run in ExecuTorch's runtime and kept only if it passed."""
+    from pbrforge.export.executorch_export import executorch_available, export_pte, pte_parity
+    from pbrforge.fileio import remove, temp_name
+
+    executorch_available()
+    if held_out is None:
+        final, samples, calibration, label = fp32, [example], [], "ExecuTorch"
+    else:
+        final = fp32.with_name(fp32.stem + ".int8.pte")
+        staged = temp_name(final, "staged")
+        calibration, samples = _split(held_out)
+        label = "ExecuTorch int8"
+    try:
+        seconds, delegation = export_pte(wrapper, example, staged, "xnnpack", calibration)
+        try:
+            parity = pte_parity(staged, wrapper, samples, label, max_abs, gate)
+        except RuntimeError as e:  # the runtime refused to run the program it was given: nothing to judge
+            result.rows.append(
+                ExportRow(_pte_format(held_out), "", "skipped", detail=f"ExecuTorch could not run it ({e})")
+            )
+            return
+        parity.info["delegation"] = delegation
+        if held_out is not None:
+            parity.info["calibration_samples"] = len(calibration)
+            parity.info["calibrated_on_the_judged_samples"] = calibration is held_out
+        _logger.info(
+            "%s delegation: %d XNNPACK subgraphs hold %d nodes; left to portable kernels: %s",
+            label,
+            delegation["delegated_subgraphs"],
+            delegation["delegated_nodes"],
+            ", ".join(f"{k} {v}" for k, v in delegation["non_delegated_ops"].items()) or "none",
+        )
+        _keep(result, _pte_format(held_out), staged, final, parity, seconds)
+    finally:
+        remove(staged)
+
+
+def _pte_format(held_out: list | None) -> str:
+    return "executorch" if held_out is None else "executorch-int8"
+
+
+def _executorch_coreml(
+    result: ExportResult, fp32: Path, folded: torch.nn.Module, example: tuple[torch.Tensor, ...]
+) -> None:
+    """OUTPUT.coreml.pte, delegated to Core ML: built here, runnable only on Apple devices, so unverified."""
+    from pbrforge.export.executorch_export import export_pte
+    from pbrforge.fileio import remove, replace_path, temp_name, write_json
+
+    final = fp32.with_name(fp32.stem + ".coreml.pte")
+    staged = temp_name(final, "staged")
+    try:
+        seconds, delegation = export_pte(folded, example, staged, "coreml")
+        replace_path(staged, final)
+    except UnavailableError:
+        raise
+    except Exception as e:  # the Core ML delegate's converter raises its own types
+        result.rows.append(
+            ExportRow(
+                "executorch-coreml",
+                "",
+                "skipped",
+                detail=f"Core ML delegate failed ({type(e).__name__}: {e})",
+            )
+        )
+        return
+    finally:
+        remove(staged)
+    write_json(final.with_name(final.name + ".delegation.json"), delegation)
+    result.rows.append(
+        ExportRow(
+            "executorch-coreml",
+            str(final),
+            "unverified",
+            seconds,
+            artifact_bytes(final),
+            f"(unverified: the Core ML delegate runs only on Apple devices; {delegation['delegated_nodes']} "
+            f"nodes delegated, {delegation['non_delegated_nodes']} not)",
+        )
     )
 
 
@@ -502,13 +707,21 @@ def _keep(
     type=click.Choice(["int8", "w8a8"]),
     default=None,
     help="Also write an 8-bit-activation model calibrated on --calibration: int8 = ONNX static QDQ "
-    "(OUTPUT.int8.onnx), w8a8 = Core ML int8 weights and activations (OUTPUT.w8a8.mlpackage, iOS17).",
+    "(OUTPUT.int8.onnx) and XNNPACK int8 (OUTPUT.int8.pte), w8a8 = Core ML int8 weights and activations (OUTPUT.w8a8.mlpackage, iOS17).",
 )
 @click.option(
     "--calibration",
     type=click.Path(path_type=Path, file_okay=False, exists=True),
     default=None,
     help="Data root whose held-out views calibrate --quantize (others judge it).",
+)
+@click.option(
+    "--fp32-max-abs",
+    type=FiniteFloatRange(1e-7, 1e-2),
+    default=FP32_MAX_ABS,
+    show_default=True,
+    help="fp32 gate of ONNX Runtime and ExecuTorch: largest per-value difference from PyTorch. Float rounding through the normal "
+    "map's normalize grows with the pixel count (1.3e-4 seen at 512 px).",
 )
 @render_gate_options
 @user_errors
@@ -530,6 +743,7 @@ def main(
     calibration: Path | None,
     budget_db: float,
     recipe: Path | None,
+    fp32_max_abs: float,
 ) -> None:
     """Convert a checkpoint to deployable artifacts; exit 2 if any parity gate fails."""
     formats = FORMATS if fmt == "all" else (fmt,)
@@ -559,6 +773,7 @@ def main(
         calibration=calibration,
         budget_db=budget_db if mixed and recipe is None else None,
         recipe=recipe,
+        fp32_max_abs=fp32_max_abs,
     )
     click.echo(result.table())
     if result.failures:

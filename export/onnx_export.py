@@ -11,7 +11,7 @@ import torch
 from pbrforge.deploy import INPUT_NAMES, OUTPUT_NAMES
 from pbrforge.errors import UnavailableError
 from pbrforge.export.gates import RenderGate
-from pbrforge.export.parity import ONNX_MAX_ABS, ParityReport, comparison
+from pbrforge.export.parity import FP32_MAX_ABS, ParityReport, comparison
 from pbrforge.fileio import atomic_path
 
 MIN_OPSET = 18
@@ -78,10 +78,11 @@ def onnx_parity(
     reference: dict[str, np.ndarray],
     example: tuple[torch.Tensor, ...],
     render_gate: RenderGate | None = None,
+    max_abs: float = FP32_MAX_ABS,
 ) -> ParityReport:
-    """ONNX Runtime vs PyTorch fp32, gated at ONNX_MAX_ABS per output and by the render gate."""
+    """ONNX Runtime vs PyTorch fp32, gated at ``max_abs`` per output and by the render gate."""
     outputs = run_onnx(onnx_session(path), example)
     return ParityReport(
         "onnxruntime",
-        [comparison("ONNX", reference, outputs, "max_abs", ONNX_MAX_ABS, render_gate or RenderGate())],
+        [comparison("ONNX", reference, outputs, "max_abs", max_abs, render_gate or RenderGate())],
     )

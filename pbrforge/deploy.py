@@ -52,6 +52,8 @@ class DeployContract:
     version: int = CONTRACT_VERSION
     # sha256 (16 hex) of the model config it was exported from: a --reference must have the same ("" = unknown)
     model_hash: str = ""
+    # the self-check vectors' folder beside the artifact (export/test_vectors.py); "" = none written
+    test_vectors: str = ""
 
     def save(self, path: Path) -> None:
         write_json(path, asdict(self))
@@ -83,6 +85,10 @@ class DeployContract:
         ):
             raise DataError(
                 f"{path}: sizes {c.image_size}/{c.output_size}/{c.final_size} are outside 32..{MAX_SIDE}"
+            )
+        if c.test_vectors and (Path(c.test_vectors).name != c.test_vectors or c.test_vectors in (".", "..")):
+            raise DataError(
+                f"{path}: test_vectors must be a folder name beside the artifact, not {c.test_vectors!r}"
             )
         return c
 

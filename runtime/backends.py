@@ -22,11 +22,13 @@ SUFFIX_BACKEND = {
     ".pt": "torch",
     ".pth": "torch",
     ".onnx": "onnx",
+    ".ort": "onnx",  # ONNX Runtime's mobile format: the same runtime loads it
     ".mlpackage": "coreml",
+    ".pte": "executorch",
     ".plan": "tensorrt",
     ".engine": "tensorrt",
 }
-BACKENDS = ("torch", "onnx", "coreml", "tensorrt")
+BACKENDS = ("torch", "onnx", "executorch", "coreml", "tensorrt")
 
 Views = tuple["torch.Tensor", ...]  # three (1, 3, H, W) float tensors of whole numbers in 0..255
 
@@ -112,6 +114,39 @@ def onnx_runner(path: Path, threads: int, level: str = "all") -> Runner:
     return Runner("onnx", contract, lambda v: run_onnx(session, v), threads)
 
 
+def executorch_runner(path: Path, threads: int) -> Runner:
+    """ExecuTorch's own runtime with the delegates built into its Python wheel (XNNPACK; not Core ML)."""
+    from pbrforge.deploy import INPUT_NAMES, OUTPUT_NAMES, DeployContract, contract_path
+    from pbrforge.export.executorch_export import load_method, run_pte
+
+    contract = DeployContract.load(contract_path(path))
+    try:
+        method = load_method(path, threads)
+    except UnavailableError:
+        raise
+    except Exception as e:  # the runtime raises RuntimeError for any file it cannot load
+        if path.name.endswith(".coreml.pte"):
+            raise UnavailableError(
+                f"{path} is delegated to Core ML, which runs only on Apple devices (not in this runtime)"
+            ) from e
+        raise DataError(f"{path} is not an ExecuTorch program this runtime can load ({type(e).__name__})") from e
+    meta = method.metadata
+    wanted = [1, 3, contract.image_size, contract.image_size]
+    shapes = [list(meta.input_tensor_meta(i).sizes()) for i in range(meta.num_inputs())]
+    sides = [list(meta.output_tensor_meta(i).sizes())[-1] for i in range(meta.num_outputs())]
+    if len(shapes) != len(INPUT_NAMES) or len(sides) != len(OUTPUT_NAMES):
+        raise DataError(
+            f"{path} is not a pbrforge model: it takes {len(shapes)} inputs and returns {len(sides)} outputs, "
+            f"expected {len(INPUT_NAMES)} and {len(OUTPUT_NAMES)}"
+        )
+    if any(shape != wanted for shape in shapes) or any(side != contract.output_size for side in sides):
+        raise DataError(
+            f"{path} takes {shapes[0]} and returns maps of side {sides[0]}, its contract says {wanted} "
+            f"and {contract.output_size}"
+        )
+    return Runner("executorch", contract, lambda v: run_pte(method, v), threads)
+
+
 def coreml_runner(path: Path, threads: int) -> Runner:
     if platform.system() != "Darwin":
         raise UnavailableError(
@@ -164,6 +199,7 @@ def load_runner(artifact: Path, backend: str = "auto", threads: int = 0) -> Runn
     factories = {
         "torch": torch_runner,
         "onnx": onnx_runner,
+        "executorch": executorch_runner,
         "coreml": coreml_runner,
         "tensorrt": tensorrt_runner,
     }

@@ -24,7 +24,7 @@ from pbrforge.contract import (
     write_material,
 )
 from pbrforge.deploy import OUTPUT_NAMES, DeployContract
-from pbrforge.errors import ParityError
+from pbrforge.errors import DataError, ParityError
 from pbrforge.export.gates import RenderGate
 from pbrforge.export.parity import ParityReport, comparison, tables
 from pbrforge.fileio import atomic_path, check_output_dir, exclusive, remove_stale_temps, write_json
@@ -224,3 +224,23 @@ def run_inference(
         if report.failure:  # the maps and reports stay: they show what failed
             raise ParityError(report.failure)
         return summary
+
+
+def self_check(artifact: Path, backend: str = "auto", threads: int = 0) -> dict:
+    """Run the artifact on the self-check vectors its contract lists; ParityError naming the worst output."""
+    from pbrforge.export.test_vectors import check
+
+    runner = load_runner(artifact, backend, threads)
+    contract = runner.contract
+    if not contract.test_vectors:
+        raise DataError(
+            f"the contract of {artifact} lists no self-check vectors (exported before they existed: export again)"
+        )
+    folder = Path(artifact).parent / contract.test_vectors
+    label = f"{runner.backend} self-check"
+    report, failure = check(runner.run, folder, Path(artifact).name, contract.image_size, label)
+    _logger.info(tables(report))
+    if failure:
+        raise ParityError(failure)
+    _logger.info(f"self-check passed: {Path(artifact).name} against {folder}")
+    return report.to_dict()

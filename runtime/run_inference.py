@@ -12,6 +12,7 @@ Examples:
     python runtime/run_inference.py runs/student/checkpoints/best.pt --input photos/ --output out/ --final-size 1024
     python runtime/run_inference.py runs/student/checkpoints/best.pt --input photos/ --output out/ --retain-heap
     python runtime/run_inference.py artifacts/student.onnx --input photos/ --output out/ --emit gltf,usdz --name Slate --validate
+    python runtime/run_inference.py artifacts/student.pte --self-check
 """
 
 from __future__ import annotations
@@ -34,14 +35,20 @@ from pbrforge.runtime.emit import emit_options
     "--input",
     "input_dir",
     type=click.Path(path_type=Path, file_okay=False),
-    required=True,
-    help="Folder with 3 photos.",
+    default=None,
+    help="Folder with 3 photos (required unless --self-check).",
 )
 @click.option(
     "--output",
     type=OUTPUT_DIR,
-    required=True,
-    help="Folder for maps, preview and reports.",
+    default=None,
+    help="Folder for maps, preview and reports (required unless --self-check).",
+)
+@click.option(
+    "--self-check",
+    is_flag=True,
+    help="Check the artifact against the test vectors its contract lists (inputs and PyTorch's outputs, "
+    "written by the exporter): no checkpoint or photos needed; exit 2 naming the worst output.",
 )
 @click.option("--backend", type=click.Choice(("auto",) + BACKENDS), default="auto", show_default=True)
 @click.option(
@@ -75,8 +82,9 @@ from pbrforge.runtime.emit import emit_options
 @user_errors
 def main(
     artifact: Path,
-    input_dir: Path,
-    output: Path,
+    input_dir: Path | None,
+    output: Path | None,
+    self_check: bool,
     backend: str,
     reference: Path | None,
     runs: int,
@@ -99,8 +107,35 @@ def main(
 
     if retain_heap and not retain_freed_memory():
         logging.getLogger(__name__).warning("--retain-heap does nothing here: the C library is not glibc")
+    ctx = click.get_current_context()
+    if self_check:
+        given = [
+            o
+            for o, v in (
+                ("--input", input_dir),
+                ("--output", output),
+                ("--reference", reference),
+                ("--emit", formats),
+            )
+            if v
+        ]
+        given += [
+            "--" + n.replace("_", "-")
+            for n in ("runs", "warmup", "final_size", "render_psnr_min", "normal_p99_max")
+            if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE
+        ]
+        if given:
+            raise click.UsageError(
+                f"--self-check needs no {given[0]}: the vectors are the inputs and the reference"
+            )
+        from pbrforge.runtime.inference import self_check as check_vectors
+
+        check_vectors(artifact, backend, threads)
+        return
+    for name, value in (("--input", input_dir), ("--output", output)):
+        if value is None:
+            raise click.UsageError(f"Missing option '{name}' (or give --self-check).")
     if not formats:
-        ctx = click.get_current_context()
         given = [
             f"--{n}"
             for n in ("validate", "name", "bits", "normal")

@@ -71,7 +71,19 @@ def tiny_onnx(tiny_student_ckpt, tmp_path_factory) -> Path:
     return out.with_suffix(".onnx")
 
 
-SLOW_FIXTURES = {"tiny_onnx"}  # an ONNX export and its parity run: ~15 s on 2 cores
+@pytest.fixture(scope="session")
+def tiny_pte(tiny_student_ckpt, tmp_path_factory) -> Path:
+    """The tiny student as ExecuTorch programs: XNNPACK fp32 (run and gated here) and Core ML (built only)."""
+    pytest.importorskip("executorch")
+    from pbrforge.export.converter import export_artifacts
+
+    out = tmp_path_factory.mktemp("pte") / "student"
+    result = export_artifacts(tiny_student_ckpt, out, ("executorch",))
+    assert not result.failures, result.failures
+    return out.with_suffix(".pte")
+
+
+SLOW_FIXTURES = {"tiny_onnx", "tiny_pte"}  # an export and its parity run: ~15 s on 2 cores
 
 
 def pytest_collection_modifyitems(items):

@@ -1,77 +1,148 @@
 // Loads the compiled Core ML model, builds the three image inputs, predicts on the Neural Engine,
-// upscales every map to the contract's final size with Lanczos (vImage) and saves PNGs.
+// upscales every map to the contract's final size with Lanczos (vImage) and writes the PNGs map by map.
+// An actor: loading and prediction never block the caller, and one model is never run twice at once.
 import Accelerate
-import CoreML
 import CoreGraphics
+import CoreML
 import Foundation
 import ImageIO
 import UniformTypeIdentifiers
 import Vision
 
-final class PBRPredictor {
-    let contract: PBRContract
-    private let model: MLModel
+/// One photo as the model must see it: upright (EXIF orientation) and in sRGB.
+struct PBRView {
+    let image: CGImage
+    let orientation: CGImagePropertyOrientation
 
-    /// - Parameters:
-    ///   - modelURL: the compiled model (`PBRStudent.mlmodelc`; Xcode compiles the .mlpackage you add).
-    ///   - contractURL: `contract.json` from the exporter.
-    init(modelURL: URL, contractURL: URL) throws {
-        contract = try PBRContract.load(from: contractURL)
-        let config = MLModelConfiguration()
-        config.computeUnits = .cpuAndNeuralEngine  // what the exporter's ANE report targets
-        model = try MLModel(contentsOf: modelURL, configuration: config)
+    /// Reads a photo file; Display P3 (and any other colour space) is converted to sRGB, the space the
+    /// model was trained in, and the EXIF orientation is kept for Core ML to apply.
+    init(contentsOf url: URL) throws {
+        guard let source = CGImageSourceCreateWithURL(url as CFURL, nil),
+              let decoded = CGImageSourceCreateImageAtIndex(source, 0, nil)
+        else { throw PBRError.badInput("\(url.lastPathComponent) is not an image") }
+        let properties = CGImageSourceCopyPropertiesAtIndex(source, 0, nil) as? [CFString: Any]
+        let raw = (properties?[kCGImagePropertyOrientation] as? UInt32) ?? 1
+        orientation = CGImagePropertyOrientation(rawValue: raw) ?? .up
+        image = try Self.sRGB(decoded)
     }
 
-    /// Predicts the four maps from three photos (any size; Core ML scales them to the input size).
-    /// Returns planar float maps at `contract.finalSize`, keyed by output name.
-    func predict(views: [CGImage]) throws -> [String: [[Float]]] {
-        guard views.count == contract.inputNames.count else {
-            throw PBRError.badInput("need \(contract.inputNames.count) views, got \(views.count)")
-        }
-        var features: [String: MLFeatureValue] = [:]
-        for (name, image) in zip(contract.inputNames, views) {
-            guard let constraint = model.modelDescription.inputDescriptionsByName[name]?.imageConstraint else {
-                throw PBRError.badContract("the model has no image input named \(name)")
-            }
-            features[name] = try MLFeatureValue(cgImage: image, constraint: constraint, options: [
-                .cropAndScale: VNImageCropAndScaleOption.scaleFill.rawValue,
-            ])
-        }
-        let output = try model.prediction(from: MLDictionaryFeatureProvider(dictionary: features))
+    init(image: CGImage, orientation: CGImagePropertyOrientation = .up) throws {
+        self.image = try Self.sRGB(image)
+        self.orientation = orientation
+    }
+
+    /// Drawing into an sRGB context colour-matches; `copy(colorSpace:)` would only relabel the pixels.
+    private static func sRGB(_ image: CGImage) throws -> CGImage {
+        let srgb = CGColorSpace(name: CGColorSpace.sRGB)!
+        if image.colorSpace?.name == CGColorSpace.sRGB { return image }
+        guard let context = CGContext(data: nil, width: image.width, height: image.height, bitsPerComponent: 8,
+                                      bytesPerRow: 0, space: srgb,
+                                      bitmapInfo: CGImageAlphaInfo.noneSkipLast.rawValue)
+        else { throw PBRError.badInput("cannot convert a \(image.width)x\(image.height) photo to sRGB") }
+        context.draw(image, in: CGRect(x: 0, y: 0, width: image.width, height: image.height))
+        guard let converted = context.makeImage() else { throw PBRError.badInput("cannot convert a photo to sRGB") }
+        return converted
+    }
+}
+
+actor PBRPredictor {
+    nonisolated let contract: PBRContract
+    private let model: MLModel
+
+    /// - Parameter modelURL: the compiled model (`student.mlmodelc`; Xcode compiles the .mlpackage you add).
+    ///   The contract is read from the model's own metadata, which the converter embeds.
+    init(modelURL: URL) async throws {
+        let config = MLModelConfiguration()
+        config.computeUnits = .cpuAndNeuralEngine  // what the exporter's ANE report targets
+        model = try await MLModel.load(contentsOf: modelURL, configuration: config)
+        contract = try PBRContract.load(from: model)
+    }
+
+    /// The model's raw maps at `contract.outputSize`: per output name, its channels as planar float planes.
+    func predictRaw(views: [PBRView]) async throws -> [String: [[Float]]] {
+        let output = try await model.prediction(from: features(views))
         var maps: [String: [[Float]]] = [:]
         for name in contract.outputNames {
-            guard let array = output.featureValue(for: name)?.multiArrayValue else {
-                throw PBRError.badOutput("missing output \(name)")
-            }
-            let planes = Self.planes(of: array, channels: contract.outputChannels[name] ?? 1, side: contract.outputSize)
-            maps[name] = planes.map { Self.lanczos($0, from: contract.outputSize, to: contract.finalSize) }
-        }
-        if var normal = maps["normal"] { Self.renormalize(&normal); maps["normal"] = normal }
-        for name in ["albedo", "roughness", "metallic"] {
-            maps[name] = maps[name]?.map { $0.map { min(max($0, 0), 1) } }
+            maps[name] = try planes(output, name)
         }
         return maps
     }
 
-    /// Writes albedo/roughness/metallic/normal.png (normal encoded as (n + 1) / 2) into `folder`.
-    func save(_ maps: [String: [[Float]]], to folder: URL) throws {
-        for (name, planes) in maps {
-            let encoded = name == "normal" ? planes.map { $0.map { ($0 + 1) / 2 } } : planes
-            try Self.writePNG(encoded, side: contract.finalSize, to: folder.appendingPathComponent("\(name).png"))
+    /// Predicts and writes albedo/roughness/metallic/normal.png at `contract.finalSize` into `folder`, one map
+    /// at a time, so that only one upscaled map is ever in memory (about 50 MiB at 2048 px, not 400).
+    func predict(views: [PBRView], writingTo folder: URL) async throws {
+        let output = try await model.prediction(from: features(views))
+        for name in contract.outputNames {
+            var map = try planes(output, name).map { Self.lanczos($0, from: contract.outputSize, to: contract.finalSize) }
+            if name == "normal" {
+                Self.renormalize(&map)
+                map = map.map { $0.map { ($0 + 1) / 2 } }  // PNG stores (n + 1) / 2
+            }
+            // colour (albedo) is sRGB; data maps (roughness, metallic, normal) carry no colour profile
+            try Self.writePNG(map, side: contract.finalSize, colour: name == "albedo",
+                              to: folder.appendingPathComponent("\(name).png"))
         }
     }
 
     // MARK: - helpers
 
-    private static func planes(of array: MLMultiArray, channels: Int, side: Int) -> [[Float]] {
-        let count = side * side
-        var out = [[Float]](repeating: [Float](repeating: 0, count: count), count: channels)
-        for c in 0..<channels {
-            for i in 0..<count {
-                out[c][i] = array[[0, NSNumber(value: c), NSNumber(value: i / side), NSNumber(value: i % side)]].floatValue
+    private func features(_ views: [PBRView]) throws -> MLDictionaryFeatureProvider {
+        guard views.count == contract.inputNames.count else {
+            throw PBRError.badInput("need \(contract.inputNames.count) views, got \(views.count)")
+        }
+        var features: [String: MLFeatureValue] = [:]
+        for (name, view) in zip(contract.inputNames, views) {
+            guard let constraint = model.modelDescription.inputDescriptionsByName[name]?.imageConstraint else {
+                throw PBRError.badContract("the model has no image input named \(name)")
+            }
+            features[name] = try MLFeatureValue(cgImage: view.image, orientation: view.orientation,
+                                                constraint: constraint,
+                                                options: [.cropAndScale: VNImageCropAndScaleOption.scaleFill.rawValue])
+        }
+        return try MLDictionaryFeatureProvider(dictionary: features)
+    }
+
+    /// One output's channels, read through its raw bytes with its own strides (FP16 converted by vImage):
+    /// never element by element through NSNumber, and never without checking shape and type.
+    private func planes(_ output: MLFeatureProvider, _ name: String) throws -> [[Float]] {
+        guard let array = output.featureValue(for: name)?.multiArrayValue else {
+            throw PBRError.badOutput("missing output \(name)")
+        }
+        let side = contract.outputSize, channels = contract.outputChannels[name] ?? 1
+        let shape = array.shape.map(\.intValue), strides = array.strides.map(\.intValue)
+        guard shape == [1, channels, side, side], strides[3] == 1 else {
+            throw PBRError.badOutput("\(name) has shape \(shape) and strides \(strides), the contract says [1, \(channels), \(side), \(side)]")
+        }
+        let width: Int
+        switch array.dataType {
+        case .float32: width = 4
+        case .float16: width = 2
+        default: throw PBRError.badOutput("\(name) is neither float32 nor float16")
+        }
+        return try array.withUnsafeBytes { raw in
+            try (0..<channels).map { c in
+                var plane = [Float](repeating: 0, count: side * side)
+                let base = raw.baseAddress! + c * strides[1] * width
+                if width == 4 {
+                    for y in 0..<side {
+                        let row = base + y * strides[2] * 4
+                        plane.withUnsafeMutableBytes { dst in
+                            (dst.baseAddress! + y * side * 4).copyMemory(from: row, byteCount: side * 4)
+                        }
+                    }
+                } else {
+                    try plane.withUnsafeMutableBytes { dst in
+                        var src = vImage_Buffer(data: UnsafeMutableRawPointer(mutating: base), height: vImagePixelCount(side),
+                                                width: vImagePixelCount(side), rowBytes: strides[2] * 2)
+                        var out = vImage_Buffer(data: dst.baseAddress, height: vImagePixelCount(side),
+                                                width: vImagePixelCount(side), rowBytes: side * 4)
+                        guard vImageConvert_Planar16FtoPlanarF(&src, &out, vImage_Flags(kvImageNoFlags)) == kvImageNoError
+                        else { throw PBRError.badOutput("cannot convert \(name) from float16") }
+                    }
+                }
+                return plane
             }
         }
-        return out
     }
 
     /// vImage's high-quality scaler is Lanczos-based.
@@ -98,7 +169,7 @@ final class PBRPredictor {
         }
     }
 
-    private static func writePNG(_ planes: [[Float]], side: Int, to url: URL) throws {
+    private static func writePNG(_ planes: [[Float]], side: Int, colour: Bool, to url: URL) throws {
         let channels = planes.count == 1 ? 1 : 3
         var bytes = [UInt8](repeating: 0, count: side * side * channels)
         for i in 0..<(side * side) {
@@ -106,7 +177,8 @@ final class PBRPredictor {
                 bytes[i * channels + c] = UInt8((min(max(planes[c][i], 0), 1) * 255).rounded())
             }
         }
-        let space = channels == 1 ? CGColorSpaceCreateDeviceGray() : CGColorSpace(name: CGColorSpace.sRGB)!
+        let space = channels == 1 ? CGColorSpaceCreateDeviceGray()
+            : colour ? CGColorSpace(name: CGColorSpace.sRGB)! : CGColorSpaceCreateDeviceRGB()  // device RGB: no profile
         guard let provider = CGDataProvider(data: Data(bytes) as CFData),
               let image = CGImage(width: side, height: side, bitsPerComponent: 8, bitsPerPixel: 8 * channels,
                                   bytesPerRow: side * channels, space: space, bitmapInfo: CGBitmapInfo(rawValue: 0),

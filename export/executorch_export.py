@@ -1,0 +1,187 @@
+"""ExecuTorch: the model lowered for PyTorch's on-device runtime and checked by running it here.
+
+``OUTPUT.pte`` is delegated to XNNPACK, the CPU path of ExecuTorch on Android and iOS, in fp32; ExecuTorch's
+own Python runtime runs it for parity, so this artifact is verified on this machine, not emulated.
+``OUTPUT.int8.pte`` is quantized by the XNNPACK quantizer (per-channel int8 weights, int8 activations)
+calibrated on the same held-out views as the ONNX int8 model. ``OUTPUT.coreml.pte`` is delegated to Core ML
+(the ANE path); like the ``.mlpackage`` it needs Apple's runtime, so it is built and reported unverified.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pbrforge.errors import ParityError, UnavailableError
+
+if TYPE_CHECKING:
+    import torch
+
+    from pbrforge.export.gates import RenderGate
+    from pbrforge.export.parity import ParityReport
+
+    Inputs = tuple[torch.Tensor, ...]
+
+INSTALL = "ExecuTorch is not installed: pip install 'pbrforge[executorch]' (make install does)"
+
+
+def executorch_available() -> None:
+    """One sentence (UnavailableError) when the extra is missing."""
+    try:
+        import executorch.exir  # noqa: F401
+        import executorch.runtime  # noqa: F401
+    except ImportError as e:
+        raise UnavailableError(INSTALL) from e
+
+
+def _dynamic_weight_modules(captured: torch.fx.GraphModule) -> list[str]:
+    """Modules whose convolutions take computed weights (the PLK block's per-sample 3x3).
+
+    XNNPACK takes a quantized convolution only with constant weights; quantized, these would be left to
+    portable quantize kernels that ExecuTorch's Python runtime lacks, so they stay fp32.
+    """
+    names = []
+    for node in captured.graph.nodes:
+        if node.op == "call_function" and "conv" in str(node.target) and node.args[1].op != "get_attr":
+            stack = list(node.meta.get("nn_module_stack", {}).values())
+            if stack and stack[-1][0] not in names:
+                names.append(stack[-1][0])
+    return names
+
+
+def _quantized(
+    module: torch.nn.Module, example: Inputs, calibration: Sequence[Inputs]
+) -> tuple[torch.nn.Module, list[str]]:
+    """PT2E post-training quantization with XNNPACK's scheme, observers fed the calibration views; returns
+    the quantized module and the modules kept in fp32."""
+    import torch
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from executorch.kernels import quantized  # noqa: F401  (out variants of the ops XNNPACK leaves to portable kernels)
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    captured = torch.export.export(module, example).module()
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    kept_float = _dynamic_weight_modules(captured)
+    for kind in {type(module.get_submodule(name)) for name in kept_float}:
+        quantizer.set_module_type(kind, None)  # by type: the quantizer refuses no-config by module name
+    prepared = prepare_pt2e(captured, quantizer)
+    with torch.no_grad():
+        for views in calibration:
+            prepared(*views)
+    return convert_pt2e(prepared), kept_float
+
+
+def export_pte(
+    module: torch.nn.Module,
+    example: Inputs,
+    path: Path,
+    delegate: str = "xnnpack",
+    calibration: Sequence[Inputs] = (),
+) -> tuple[float, dict[str, Any]]:
+    """Lower ``module`` to a ``.pte`` at ``path``; returns seconds and the delegation report.
+
+    With ``calibration`` the model is int8-quantized first (XNNPACK only).
+    """
+    import torch
+    from executorch.devtools.backend_debug import get_delegation_info
+    from executorch.exir import to_edge_transform_and_lower
+
+    t0 = time.perf_counter()
+    if delegate == "xnnpack":
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+        partitioner = XnnpackPartitioner()
+    elif delegate == "coreml":
+        from executorch.backends.apple.coreml.partition import CoreMLPartitioner
+
+        partitioner = CoreMLPartitioner()
+    else:
+        raise ValueError(f"unknown ExecuTorch delegate {delegate!r}")
+    source, kept_float = _quantized(module, example, calibration) if calibration else (module, [])
+    with torch.no_grad():
+        exported = torch.export.export(source, example)
+        edge = to_edge_transform_and_lower(exported, partitioner=[partitioner])
+    info = get_delegation_info(edge.exported_program().graph_module)
+    left = {
+        b.op_type: b.non_delegated
+        for b in info.delegation_by_operator.values()
+        if b.non_delegated and b.op_type != "getitem"  # tuple unpacking of a delegate's outputs, not an op
+    }
+    outside = [op for op in left if op.startswith("quantized_decomposed")]
+    if outside:  # ExecuTorch's Python runtime has no kernels for them: running it would abort the process
+        raise ParityError(
+            f"the XNNPACK delegate left quantized ops outside it ({', '.join(outside)}): not written"
+        )
+    program = edge.to_executorch()
+    Path(path).write_bytes(program.buffer)
+    report = {
+        "delegate": delegate,
+        "delegated_subgraphs": info.num_delegated_subgraphs,
+        "delegated_nodes": info.num_delegated_nodes,
+        "non_delegated_nodes": sum(left.values()),
+        "non_delegated_ops": dict(sorted(left.items(), key=lambda kv: -kv[1])),
+        "kept_float": kept_float,
+    }
+    return time.perf_counter() - t0, report
+
+
+def load_method(path: Path, threads: int = 0):
+    """The ``forward`` method of a ``.pte`` in ExecuTorch's runtime, on ``threads`` threads (0 = its default)."""
+    executorch_available()
+    from executorch.extension.pybindings import portable_lib
+    from executorch.runtime import Runtime
+
+    if threads:
+        portable_lib._unsafe_reset_threadpool(threads)  # the one knob the Python runtime exposes
+    return Runtime.get().load_program(Path(path)).load_method("forward")
+
+
+def run_pte(method, views: Inputs) -> dict[str, np.ndarray]:
+    from pbrforge.deploy import OUTPUT_NAMES
+
+    outs = method.execute([v.contiguous() for v in views])
+    return {n: o.numpy() for n, o in zip(OUTPUT_NAMES, outs, strict=True)}
+
+
+def pte_parity(
+    path: Path,
+    wrapper: torch.nn.Module,
+    samples: Sequence[Inputs],
+    label: str,
+    max_abs: float | None,
+    render_gate: RenderGate,
+) -> ParityReport:
+    """The ``.pte`` run in ExecuTorch against PyTorch fp32 on ``samples``, batched as one comparison.
+
+    fp32 is gated per value (``max_abs``) and by the render gate; int8 (``max_abs=None``) by the render gate.
+    """
+    import torch
+
+    from pbrforge.deploy import OUTPUT_NAMES
+    from pbrforge.export.parity import ParityReport, comparison
+
+    method = load_method(path)
+    ref: dict[str, list[np.ndarray]] = {n: [] for n in OUTPUT_NAMES}
+    got: dict[str, list[np.ndarray]] = {n: [] for n in OUTPUT_NAMES}
+    with torch.no_grad():
+        for views in samples:
+            for name, o in zip(OUTPUT_NAMES, wrapper(*views), strict=True):
+                ref[name].append(o.numpy())
+            for name, o in run_pte(method, views).items():
+                got[name].append(o)
+    reference = {k: np.concatenate(v) for k, v in ref.items()}
+    outputs = {k: np.concatenate(v) for k, v in got.items()}
+    gate = "max_abs" if max_abs is not None else None
+    report = ParityReport(
+        "executorch xnnpack",
+        [comparison(label, reference, outputs, gate, max_abs, render_gate)],
+    )
+    report.info["samples"] = len(samples)
+    return report

@@ -1,0 +1,205 @@
+"""On-device runtimes run here: ExecuTorch programs, and the self-check vectors any runtime checks itself with."""
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from helpers import ROOT
+from safetensors.numpy import load_file
+
+from pbrforge.cli import main as cli
+from pbrforge.deploy import OUTPUT_NAMES, DeployContract, contract_path
+from pbrforge.export.test_vectors import EXPECTED, TOLERANCES
+
+
+def _run(*args):
+    return CliRunner().invoke(cli, ["run", *map(str, args)])
+
+
+def _copy_artifact(artifact, dest):
+    """The artifact, its contract and its vectors in another folder (as an app bundle would hold them)."""
+    dest.mkdir()
+    contract = DeployContract.load(contract_path(artifact))
+    shutil.copy(contract_path(artifact), dest / contract_path(artifact).name)
+    shutil.copytree(artifact.parent / contract.test_vectors, dest / contract.test_vectors)
+    if artifact.is_dir():
+        shutil.copytree(artifact, dest / artifact.name)
+    else:
+        shutil.copy(artifact, dest / artifact.name)
+    return dest / artifact.name
+
+
+def test_pte_is_delegated_gated_and_listed(tiny_pte):
+    parity = json.loads(tiny_pte.with_name(tiny_pte.name + ".parity.json").read_text())
+    assert parity["backend"] == "executorch xnnpack" and parity["passed"] is True
+    assert all(r["max_abs"] <= 1e-4 for r in parity["outputs"].values())
+    delegation = parity["delegation"]
+    assert delegation["delegate"] == "xnnpack" and delegation["delegated_subgraphs"] >= 1
+    assert delegation["delegated_nodes"] > delegation["non_delegated_nodes"]
+    contract = DeployContract.load(contract_path(tiny_pte))
+    assert contract.test_vectors == "student.testvectors"
+    meta = json.loads((tiny_pte.parent / contract.test_vectors / TOLERANCES).read_text())
+    assert meta["artifacts"]["student.pte"]["tensor"] == {"figure": "max_abs", "limit": 1e-4}
+    expected = load_file(str(tiny_pte.parent / contract.test_vectors / EXPECTED))
+    assert [expected[n].shape[0] for n in OUTPUT_NAMES] == [2, 2, 2, 2]
+    coreml = tiny_pte.with_name("student.coreml.pte")
+    assert coreml.is_file() or not coreml.exists()  # built where the delegate converts; never gated here
+    assert "student.coreml.pte" not in meta["artifacts"]
+
+
+def test_pte_runs_with_reference(tiny_pte, tiny_student_ckpt, tiny_data, tmp_path):
+    views = tiny_data / "input" / "clean" / "sample_0002"
+    r = _run(
+        tiny_pte,
+        "--input",
+        views,
+        "--output",
+        tmp_path / "out",
+        "--reference",
+        tiny_student_ckpt,
+        "--runs",
+        3,
+    )
+    assert r.exit_code == 0, r.output
+    parity = json.loads((tmp_path / "out" / "parity.json").read_text())
+    assert parity["backend"] == "executorch" and parity["passed"] is True
+    latency = json.loads((tmp_path / "out" / "latency.json").read_text())
+    assert {"torch eager", "executorch"} <= set(latency["backends"])
+
+
+@pytest.mark.parametrize("which", ["tiny_onnx", "tiny_pte"])
+def test_self_check_passes_without_checkpoint_or_photos(which, request, tmp_path):
+    artifact = _copy_artifact(request.getfixturevalue(which), tmp_path / "bundle")
+    r = _run(artifact, "--self-check")
+    assert r.exit_code == 0, r.output
+    assert "self-check passed" in r.output
+
+
+def _shift_output(model_path, name, by, dest):
+    """A perturbed artifact: ``by`` added to one output only, after the model's last node."""
+    model = onnx.load(str(model_path))
+    for node in model.graph.node:
+        node.output[:] = [f"{name}_raw" if o == name else o for o in node.output]
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(by, np.float32), f"{name}_shift"))
+    model.graph.node.append(onnx.helper.make_node("Add", [f"{name}_raw", f"{name}_shift"], [name]))
+    onnx.checker.check_model(model)
+    onnx.save(model, str(dest))
+
+
+@pytest.mark.parametrize("name", ["albedo", "metallic"])
+def test_self_check_fails_naming_the_perturbed_output(name, tiny_onnx, tmp_path):
+    artifact = _copy_artifact(tiny_onnx, tmp_path / "bundle")
+    _shift_output(tiny_onnx, name, 0.05, artifact)
+    r = _run(artifact, "--self-check")
+    assert r.exit_code == 2, r.output
+    assert f"self-check failed for {artifact.name}" in r.output and f"worst output {name}" in r.output
+
+
+def test_self_check_fails_on_nan(tiny_onnx, tmp_path):
+    artifact = _copy_artifact(tiny_onnx, tmp_path / "bundle")
+    _shift_output(tiny_onnx, "roughness", float("nan"), artifact)
+    r = _run(artifact, "--self-check")
+    assert r.exit_code == 2 and "output roughness holds NaN" in r.output, r.output
+
+
+def test_self_check_hostile_vectors(tiny_onnx, tmp_path):
+    artifact = _copy_artifact(tiny_onnx, tmp_path / "bundle")
+    vectors = artifact.parent / "student.testvectors"
+    meta = json.loads((vectors / TOLERANCES).read_text())
+    cases = {
+        "outside its folder": {**meta, "inputs": [["../../etc/passwd"] * 3]},
+        "is not a pbrforge self-check file": {**meta, "version": 99},
+        "has no tolerance for student.onnx": {**meta, "artifacts": {}},
+        "judges nothing": {
+            **meta,
+            "artifacts": {
+                "student.onnx": {"tensor": None, "render": {"psnr_db_min": None, "normal_deg_p99": None}}
+            },
+        },
+    }
+    for sentence, broken in cases.items():
+        (vectors / TOLERANCES).write_text(json.dumps(broken))
+        r = _run(artifact, "--self-check")
+        assert r.exit_code == 2 and sentence in r.output and "Traceback" not in r.output, (sentence, r.output)
+    (vectors / TOLERANCES).write_text(json.dumps(meta))
+    (vectors / EXPECTED).write_bytes(b"not safetensors")
+    r = _run(artifact, "--self-check")
+    assert r.exit_code == 2 and "not a readable safetensors file" in r.output, r.output
+    shutil.rmtree(vectors)
+    r = _run(artifact, "--self-check")
+    assert r.exit_code == 2 and "missing self-check vectors" in r.output, r.output
+
+
+def test_self_check_refuses_other_options(tiny_onnx, tmp_path):
+    r = _run(tiny_onnx, "--self-check", "--input", tmp_path)
+    assert r.exit_code == 2 and "--self-check needs no --input" in r.output, r.output
+    r = _run(tiny_onnx)
+    assert r.exit_code == 2 and "Missing option '--input'" in r.output, r.output
+
+
+def test_int8_pte_is_calibrated_and_smaller_or_skipped_with_the_runtime_error(
+    tiny_student_ckpt, tiny_data, tmp_path
+):
+    pytest.importorskip("executorch")
+    from pbrforge.export.converter import export_artifacts
+
+    out = tmp_path / "student"
+    result = export_artifacts(
+        tiny_student_ckpt, out, ("executorch",), quantize="int8", calibration=tiny_data, render_psnr_min=0.0
+    )
+    rows = {r.format: r for r in result.rows}
+    assert rows["executorch"].status == "ok" and not result.failures, result.table()
+    int8 = out.with_name("student.int8.pte")
+    if rows["executorch-int8"].status == "skipped":  # XNNPACK 1.5.1 fails to resize some int8 subgraphs
+        assert "ExecuTorch could not run it" in rows["executorch-int8"].detail
+        assert not int8.exists() and not [p for p in tmp_path.iterdir() if ".staged-" in p.name]
+        return
+    assert rows["executorch-int8"].status == "ok", result.table()
+    assert int8.stat().st_size < 0.5 * out.with_suffix(".pte").stat().st_size  # int8 weights, not fp32
+    parity = json.loads(int8.with_name(int8.name + ".parity.json").read_text())
+    assert parity["calibration_samples"] >= 1 and parity["render"]["psnr_db_min"] > 0
+    r = _run(int8, "--self-check")  # its own tolerance: what it reached at export, less a margin
+    assert r.exit_code == 0, r.output
+
+
+SWIFT = ROOT / "mobile_app" / "ios" / "PBRForge"
+
+
+def _swift_keys(struct: str) -> set[str]:
+    """The JSON keys a Swift Codable struct reads: the raw values of its CodingKeys."""
+    source = "\n".join(p.read_text() for p in SWIFT.glob("*.swift"))
+    body = re.search(
+        rf"struct {struct}\b.*?enum CodingKeys: String, CodingKey \{{(.*?)\n\s*\}}", source, re.S
+    )
+    assert body, f"no CodingKeys in {struct}"
+    keys = set(re.findall(r'=\s*"([a-z_]+)"', body.group(1)))
+    cases = re.findall(r"\bcase\b([^\n]*)", body.group(1))
+    assert sum(len(c.split(",")) for c in cases) == len(keys), "every key is spelled out as a raw value"
+    return keys
+
+
+def test_swift_reads_only_fields_the_exporter_writes(tiny_onnx):
+    from dataclasses import asdict
+
+    contract = DeployContract.load(contract_path(tiny_onnx))
+    assert _swift_keys("PBRContract") <= set(asdict(contract))
+    vectors = tiny_onnx.parent / contract.test_vectors
+    meta = json.loads((vectors / TOLERANCES).read_text())
+    assert _swift_keys("PBRTestVectors") <= set(meta)
+    tolerance = meta["artifacts"][tiny_onnx.name]
+    assert _swift_keys("PBRTolerance") <= set(tolerance)
+    assert _swift_keys("PBRTensorTolerance") <= set(tolerance["tensor"])
+    assert meta["expected"] == EXPECTED and meta["output_names"] == list(OUTPUT_NAMES)
+    for name in OUTPUT_NAMES:  # what SafeTensors.floats accepts: float32, (N, C, S, S)
+        header_len = int.from_bytes((vectors / EXPECTED).read_bytes()[:8], "little")
+        header = json.loads((vectors / EXPECTED).read_bytes()[8 : 8 + header_len])
+        assert header[name]["dtype"] == "F32" and header[name]["shape"][0] == len(meta["inputs"])
+    from pbrforge.export import coreml_export
+
+    key = re.search(r'metadataKey = "([^"]+)"', (SWIFT / "PBRContract.swift").read_text()).group(1)
+    assert f'user_defined_metadata["{key}"]' in Path(coreml_export.__file__).read_text()
