@@ -35,8 +35,7 @@ from typing import TYPE_CHECKING
 import click
 
 from pbrforge.errors import ConfigError, ParityError, UnavailableError, fail, user_errors
-from pbrforge.export.gates import render_gate_options
-from pbrforge.export.parity import FP32_MAX_ABS
+from pbrforge.export.gates import FP32_MAX_ABS, render_gate_options
 from pbrforge.options import MAX_SIDE, OUTPUT_FILE, Command, FiniteFloatRange, examples_epilog
 
 if TYPE_CHECKING:
@@ -316,10 +315,10 @@ def export_artifacts(
             _vectors(result, output, wrapper, example, held_out, contract)
             _deployment_report(result, output)
             contract.save(contract_path(output.with_suffix(".x")))
-            for r in result.rows:  # OUTPUT.int8.onnx and OUTPUT.w8a8.mlpackage carry the same contract
+            for r in result.rows:  # OUTPUT.int8.onnx, OUTPUT.w8a8.mlpackage, OUTPUT.coreml.pte: the same contract
                 beside = contract_path(Path(r.path)) if r.path else None
                 if (
-                    r.status == "ok"
+                    r.status in ("ok", "unverified")
                     and beside is not None
                     and beside != contract_path(output.with_suffix(".x"))
                 ):

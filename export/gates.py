@@ -9,6 +9,8 @@ import click
 
 from pbrforge.options import FiniteFloatRange
 
+# an fp32 runtime (ONNX Runtime, ExecuTorch XNNPACK) vs PyTorch fp32, per value (timm's onnx_validate habit)
+FP32_MAX_ABS = 1e-4
 RENDER_MIN_PSNR = 40.0  # dB, default gate for fp32, FP16 and 8-bit artifacts
 NORMAL_MAX_P99 = 2.0  # degrees, default gate
 RENDER_KEYS = (

@@ -10,8 +10,8 @@ import torch
 
 from pbrforge.deploy import INPUT_NAMES, OUTPUT_NAMES
 from pbrforge.errors import UnavailableError
-from pbrforge.export.gates import RenderGate
-from pbrforge.export.parity import FP32_MAX_ABS, ParityReport, comparison
+from pbrforge.export.gates import FP32_MAX_ABS, RenderGate
+from pbrforge.export.parity import ParityReport, comparison
 from pbrforge.fileio import atomic_path
 
 MIN_OPSET = 18

@@ -17,9 +17,6 @@ from pbrforge.deploy import OUTPUT_NAMES
 from pbrforge.errors import ParityError
 from pbrforge.export.gates import RenderGate
 
-FP32_MAX_ABS = (
-    1e-4  # an fp32 runtime (ONNX Runtime, ExecuTorch XNNPACK) vs PyTorch fp32 (timm's onnx_validate habit)
-)
 COREML_MIN_PSNR = 35.0  # dB per output: ml-stable-diffusion's threshold
 PSNR_CAP = 200.0  # reported when outputs are bit-identical
 

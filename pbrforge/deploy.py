@@ -52,7 +52,7 @@ class DeployContract:
     version: int = CONTRACT_VERSION
     # sha256 (16 hex) of the model config it was exported from: a --reference must have the same ("" = unknown)
     model_hash: str = ""
-    # the self-check vectors' folder beside the artifact (export/test_vectors.py); "" = none written
+    # the self-check vectors' folder beside the artifact, written by the exporter; "" = none written
     test_vectors: str = ""
 
     def save(self, path: Path) -> None:

@@ -129,7 +129,9 @@ def executorch_runner(path: Path, threads: int) -> Runner:
             raise UnavailableError(
                 f"{path} is delegated to Core ML, which runs only on Apple devices (not in this runtime)"
             ) from e
-        raise DataError(f"{path} is not an ExecuTorch program this runtime can load ({type(e).__name__})") from e
+        raise DataError(
+            f"{path} is not an ExecuTorch program this runtime can load ({type(e).__name__})"
+        ) from e
     meta = method.metadata
     wanted = [1, 3, contract.image_size, contract.image_size]
     shapes = [list(meta.input_tensor_meta(i).sizes()) for i in range(meta.num_inputs())]

@@ -72,18 +72,26 @@ def tiny_onnx(tiny_student_ckpt, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_pte(tiny_student_ckpt, tmp_path_factory) -> Path:
-    """The tiny student as ExecuTorch programs: XNNPACK fp32 (run and gated here) and Core ML (built only)."""
+def tiny_pte_export(tiny_student_ckpt, tiny_data, tmp_path_factory):
+    """The tiny student as ExecuTorch programs, in one export: XNNPACK fp32 (run and gated here), int8
+    calibrated on the tiny data's held-out views (render recorded, not gated), Core ML (built only)."""
     pytest.importorskip("executorch")
     from pbrforge.export.converter import export_artifacts
 
     out = tmp_path_factory.mktemp("pte") / "student"
-    result = export_artifacts(tiny_student_ckpt, out, ("executorch",))
+    result = export_artifacts(
+        tiny_student_ckpt, out, ("executorch",), quantize="int8", calibration=tiny_data, render_psnr_min=0.0
+    )
     assert not result.failures, result.failures
-    return out.with_suffix(".pte")
+    return out.with_suffix(".pte"), result
 
 
-SLOW_FIXTURES = {"tiny_onnx", "tiny_pte"}  # an export and its parity run: ~15 s on 2 cores
+@pytest.fixture(scope="session")
+def tiny_pte(tiny_pte_export) -> Path:
+    return tiny_pte_export[0]
+
+
+SLOW_FIXTURES = {"tiny_onnx", "tiny_pte", "tiny_pte_export"}  # an export and its parity run: ~15 s on 2 cores
 
 
 def pytest_collection_modifyitems(items):

@@ -47,9 +47,20 @@ def test_pte_is_delegated_gated_and_listed(tiny_pte):
     assert meta["artifacts"]["student.pte"]["tensor"] == {"figure": "max_abs", "limit": 1e-4}
     expected = load_file(str(tiny_pte.parent / contract.test_vectors / EXPECTED))
     assert [expected[n].shape[0] for n in OUTPUT_NAMES] == [2, 2, 2, 2]
-    coreml = tiny_pte.with_name("student.coreml.pte")
-    assert coreml.is_file() or not coreml.exists()  # built where the delegate converts; never gated here
-    assert "student.coreml.pte" not in meta["artifacts"]
+    assert "student.coreml.pte" not in meta["artifacts"]  # never run here, so no tolerance
+
+
+def test_coreml_delegated_pte_is_built_and_unverified(tiny_pte_export):
+    pte, result = tiny_pte_export
+    row = next(r for r in result.rows if r.format == "executorch-coreml")
+    coreml = pte.with_name("student.coreml.pte")
+    assert row.status == "unverified" and row.path == str(coreml) and "unverified" in row.detail, (
+        result.table()
+    )
+    delegation = json.loads(coreml.with_name(coreml.name + ".delegation.json").read_text())
+    assert delegation["delegate"] == "coreml" and delegation["delegated_nodes"] > 0
+    r = _run(coreml, "--self-check")  # this runtime has no Core ML delegate: one sentence, exit 2
+    assert r.exit_code == 2 and "runs only on Apple devices" in r.output, r.output
 
 
 def test_pte_runs_with_reference(tiny_pte, tiny_student_ckpt, tiny_data, tmp_path):
@@ -78,6 +89,26 @@ def test_self_check_passes_without_checkpoint_or_photos(which, request, tmp_path
     r = _run(artifact, "--self-check")
     assert r.exit_code == 0, r.output
     assert "self-check passed" in r.output
+
+
+def test_ort_is_gated_checked_for_mobile_and_self_checks(tiny_onnx, tmp_path):
+    ort = tiny_onnx.with_suffix(".ort")
+    parity = json.loads(ort.with_name(ort.name + ".parity.json").read_text())
+    assert parity["passed"] is True and all(r["max_abs"] <= 1e-4 for r in parity["outputs"].values())
+    usability = parity["mobile_usability"]
+    for provider in ("NNAPI", "CoreML MLProgram"):
+        p = usability["providers"][provider]
+        assert 0 < p["nodes_handled"] <= p["nodes"] and p["verdict"] in ("YES", "MAYBE", "NO")
+        assert (
+            p["partitions"] == len(p["partition_sizes"]) and sum(p["partition_sizes"]) == p["nodes_handled"]
+        )
+    deployment = json.loads(tiny_onnx.with_name("student.deployment.json").read_text())
+    assert deployment["onnxruntime_mobile"] == usability
+    r = _run(_copy_artifact(ort, tmp_path / "bundle"), "--self-check")
+    assert r.exit_code == 0 and "self-check passed" in r.output, r.output
+    (tmp_path / "bundle" / "student.ort").write_bytes(b"not a model")
+    r = _run(tmp_path / "bundle" / "student.ort", "--self-check")
+    assert r.exit_code == 2 and "is not an ONNX model that ONNX Runtime can load" in r.output, r.output
 
 
 def _shift_output(model_path, name, by, dest):
@@ -142,16 +173,10 @@ def test_self_check_refuses_other_options(tiny_onnx, tmp_path):
     assert r.exit_code == 2 and "Missing option '--input'" in r.output, r.output
 
 
-def test_int8_pte_is_calibrated_and_smaller_or_skipped_with_the_runtime_error(
-    tiny_student_ckpt, tiny_data, tmp_path
-):
-    pytest.importorskip("executorch")
-    from pbrforge.export.converter import export_artifacts
-
-    out = tmp_path / "student"
-    result = export_artifacts(
-        tiny_student_ckpt, out, ("executorch",), quantize="int8", calibration=tiny_data, render_psnr_min=0.0
-    )
+def test_int8_pte_is_calibrated_and_smaller_or_skipped_with_the_runtime_error(tiny_pte_export):
+    pte, result = tiny_pte_export
+    out = pte.with_suffix("")
+    tmp_path = pte.parent
     rows = {r.format: r for r in result.rows}
     assert rows["executorch"].status == "ok" and not result.failures, result.table()
     int8 = out.with_name("student.int8.pte")
