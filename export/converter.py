@@ -315,7 +315,9 @@ def export_artifacts(
             _vectors(result, output, wrapper, example, held_out, contract)
             _deployment_report(result, output)
             contract.save(contract_path(output.with_suffix(".x")))
-            for r in result.rows:  # OUTPUT.int8.onnx, OUTPUT.w8a8.mlpackage, OUTPUT.coreml.pte: the same contract
+            for (
+                r
+            ) in result.rows:  # OUTPUT.int8.onnx, OUTPUT.w8a8.mlpackage, OUTPUT.coreml.pte: the same contract
                 beside = contract_path(Path(r.path)) if r.path else None
                 if (
                     r.status in ("ok", "unverified")
