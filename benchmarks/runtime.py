@@ -1,8 +1,9 @@
 """Latency and memory of the demo student in every runtime that runs here, as a ratio to PyTorch eager.
 
 For each input size the student (SR head kept) is exported once to ONNX and ExecuTorch, fp32 and int8
-(calibrated on the demo's held-out views). Then each of PyTorch eager, ONNX Runtime fp32 and int8, and
-ExecuTorch XNNPACK fp32 and int8 runs in a fresh process of its own on the same threads: median latency,
+(calibrated on the demo's held-out views). Then each of PyTorch eager, ONNX Runtime fp32 and int8, the
+mobile ``.ort`` (the graph rewritten for NNAPI and Core ML, timed here on ORT's CPU provider: what the
+rewrite costs where no NPU takes it), and ExecuTorch XNNPACK fp32 and int8 runs in a fresh process of its own on the same threads: median latency,
 ratio to eager, and the process's peak RSS. Beside each artifact stands its render PSNR against PyTorch
 (worst of 11 lights) and, for fp32, its largest per-value difference.
 
@@ -31,6 +32,7 @@ COLUMNS = {  # label -> artifact suffix after the stem ("" = the checkpoint in e
     "eager": "",
     "ort fp32": ".onnx",
     "ort int8": ".int8.onnx",
+    "ort .ort": ".ort",  # the NPU rewrite in ORT's mobile format, here on the CPU provider
     "et fp32": ".pte",
     "et int8": ".int8.pte",
 }
@@ -93,6 +95,7 @@ def export_size(checkpoint: Path, data: Path, base: Path, size: int) -> dict[str
     formats = {
         ".onnx": "onnx",
         ".int8.onnx": "onnx-int8",
+        ".ort": "onnx-ort",
         ".pte": "executorch",
         ".int8.pte": "executorch-int8",
     }

@@ -414,17 +414,18 @@ def _ort(
     gate: RenderGate,
     max_abs: float,
 ) -> None:
-    """OUTPUT.ort for ONNX Runtime's mobile builds, gated like the .onnx, with the mobile usability report."""
+    """OUTPUT.ort for ONNX Runtime's mobile builds (the NPU rewrite), gated like the .onnx, with its usability."""
     from pbrforge.export.onnx_export import onnx_parity
-    from pbrforge.export.ort_mobile import mobile_usability, usability_table, write_ort
+    from pbrforge.export.ort_mobile import usability_table, write_ort
     from pbrforge.fileio import remove, temp_name
 
     final = onnx_final.with_suffix(".ort")
     staged = temp_name(final, "staged")
     try:
-        seconds = write_ort(onnx_final, staged)
+        seconds, rewrites, usability = write_ort(onnx_final, staged)
         parity = onnx_parity(staged, reference, example, gate, max_abs)
-        parity.info["mobile_usability"] = mobile_usability(onnx_final)
+        parity.info["mobile_rewrites"] = rewrites
+        parity.info["mobile_usability"] = usability
         _logger.info(usability_table(parity.info["mobile_usability"]))
         _keep(result, "onnx-ort", staged, final, parity, seconds)
     finally:

@@ -1,11 +1,14 @@
 """ONNX Runtime mobile: the ``.ort`` model its mobile builds load, and which nodes their NPU providers would take.
 
-``OUTPUT.ort`` is written by ONNX Runtime's own converter (``convert_onnx_models_to_ort``, fixed optimizations,
-no x86-only layout transforms) and gated against PyTorch like the ``.onnx``. The usability report is ONNX
-Runtime's mobile checker (``check_onnx_model_mobile_usability``) run on the model optimized to the BASIC level
-as the ``.ort`` conversion does: per execution provider (NNAPI on Android, Core ML MLProgram on iOS) the
-partitions, the nodes they would take, the ops they would not, and the checker's verdict. Several partitions
-mean copies between the NPU and the CPU on every run, which the checker judges worse than the CPU alone.
+``OUTPUT.ort`` is the ``.onnx`` rewritten for the phone NPUs' providers (``onnx_rewrite``), converted by ONNX
+Runtime's own tool in its Runtime style: basic optimizations only, with the CPU-specific fusions saved to apply
+where no NPU provider takes a node, as ORT advises for NNAPI and Core ML. It is gated against PyTorch like the
+``.onnx``. The desktop ``.onnx`` keeps the exporter's graph: its fused ops (HardSwish, say) are faster on a CPU.
+
+The usability report is ONNX Runtime's mobile checker (``check_onnx_model_mobile_usability``) on that same
+basic-optimized graph: per execution provider (NNAPI on Android, Core ML MLProgram on iOS) the partitions, the
+nodes they would take, the ops they would not, and the checker's verdict. Several partitions mean copies
+between the NPU and the CPU on every run, which the checker judges worse than the CPU alone.
 """
 
 from __future__ import annotations
@@ -26,25 +29,33 @@ PROVIDERS = {  # the checker's name -> the op list it reads
 }
 
 
-def write_ort(onnx_path: Path, final: Path) -> float:
-    """Convert ``onnx_path`` to the ORT format at ``final`` (its folder must hold nothing of the same stem)."""
+def write_ort(onnx_path: Path, final: Path) -> tuple[float, dict[str, int], dict[str, Any]]:
+    """Write the mobile ``.ort`` of ``onnx_path`` at ``final``: seconds taken, the rewrites, the usability report."""
+    import onnx
     from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
+    from pbrforge.export.onnx_rewrite import mobile_friendly
+
+    # onnxruntime/tools/logger.py sets its loggers to DEBUG: its "Created config" line is not ours to print
+    logging.getLogger("ort_format_model.utils").setLevel(logging.WARNING)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=final.parent) as tmp:
         source = Path(tmp) / "model.onnx"
-        source.write_bytes(Path(onnx_path).read_bytes())
+        model, rewrites = mobile_friendly(onnx.load(str(onnx_path)))
+        onnx.checker.check_model(model, full_check=True)
+        onnx.save(model, str(source))
+        usability = mobile_usability(source)
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):  # the converter prints its progress
             convert_onnx_models_to_ort(
-                source, output_dir=Path(tmp) / "out", optimization_styles=[OptimizationStyle.Fixed]
+                source, output_dir=Path(tmp) / "out", optimization_styles=[OptimizationStyle.Runtime]
             )
         _logger.debug(printed.getvalue())
         converted = sorted((Path(tmp) / "out").glob("*.ort"))
         if len(converted) != 1:
             raise RuntimeError(f"ONNX Runtime converted {len(converted)} models from {onnx_path}")
         converted[0].replace(final)
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, rewrites, usability
 
 
 def mobile_usability(onnx_path: Path) -> dict[str, Any]:
