@@ -38,6 +38,66 @@ def executorch_available() -> None:
         raise UnavailableError(INSTALL) from e
 
 
+MAX_UNROLL = 4  # a max or mean over at most this many slices (the views) is unrolled for XNNPACK
+
+
+def xnnpack_friendly(exported: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
+    """``exported`` with the ops XNNPACK would leave to portable kernels rewritten, exactly, into ops it takes.
+
+    As ``onnx_rewrite`` does for ONNX Runtime's NPU providers: replicate padding (whose default decomposition
+    gathers with ``arange``, ``clamp`` and ``index``, each single-threaded outside the delegate) becomes its
+    edge slices concatenated; a max or mean over the few views becomes pairwise ``maximum`` or adds. On the
+    demo student this takes the XNNPACK subgraphs from 26 to 13.
+    """
+    import torch
+
+    aten = torch.ops.aten
+    return exported.run_decompositions(
+        {
+            aten.pad.default: _replicate_pad,
+            aten.amax.default: _unrolled("max"),
+            aten.mean.dim: _unrolled("mean"),
+        }
+    )
+
+
+def _replicate_pad(
+    x: torch.Tensor, pad: Sequence[int], mode: str = "constant", value: float | None = None
+) -> Any:
+    import torch
+
+    if mode != "replicate" or len(pad) > 2 * (x.dim() - 2) or any(p < 0 for p in pad):
+        return NotImplemented  # the default decomposition stays
+    for i in range(len(pad) // 2):  # pad lists (before, after) from the last dimension backwards
+        dim, before, after = x.dim() - 1 - i, pad[2 * i], pad[2 * i + 1]
+        if before or after:
+            first, last = x.narrow(dim, 0, 1), x.narrow(dim, x.shape[dim] - 1, 1)
+            x = torch.cat([first] * before + [x] + [last] * after, dim=dim)
+    return x
+
+
+def _unrolled(kind: str) -> Any:
+    import torch
+
+    def reduce(x: torch.Tensor, dim: Any = None, keepdim: bool = False, dtype: Any = None) -> Any:
+        dims = (
+            [d % x.dim() for d in (dim if isinstance(dim, (list, tuple)) else [dim])]
+            if dim is not None
+            else []
+        )
+        if len(dims) != 1 or x.shape[dims[0]] > MAX_UNROLL or dtype is not None:
+            return NotImplemented  # a spatial mean (XNNPACK's global pooling) stays
+        d = dims[0]
+        acc = x.narrow(d, 0, 1)
+        for i in range(1, x.shape[d]):
+            acc = torch.maximum(acc, x.narrow(d, i, 1)) if kind == "max" else acc + x.narrow(d, i, 1)
+        if kind == "mean":
+            acc = acc / x.shape[d]
+        return acc if keepdim else acc.reshape([n for i, n in enumerate(acc.shape) if i != d])
+
+    return reduce
+
+
 def _dynamic_weight_modules(captured: torch.fx.GraphModule) -> list[str]:
     """Modules whose convolutions take computed weights (the PLK block's per-sample 3x3).
 
@@ -66,7 +126,7 @@ def _quantized(
     from executorch.kernels import quantized  # noqa: F401  (out variants of the ops XNNPACK leaves to portable kernels)
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    captured = torch.export.export(module, example).module()
+    captured = xnnpack_friendly(torch.export.export(module, example)).module()
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
     kept_float = _dynamic_weight_modules(captured)
     for kind in {type(module.get_submodule(name)) for name in kept_float}:
@@ -107,6 +167,8 @@ def export_pte(
     source, kept_float = _quantized(module, example, calibration) if calibration else (module, [])
     with torch.no_grad():
         exported = torch.export.export(source, example)
+        if delegate == "xnnpack":
+            exported = xnnpack_friendly(exported)
         edge = to_edge_transform_and_lower(exported, partitioner=[partitioner])
     info = get_delegation_info(edge.exported_program().graph_module)
     left = {

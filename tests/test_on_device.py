@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+import torch
 from click.testing import CliRunner
 from helpers import ROOT
 from safetensors.numpy import load_file
@@ -41,6 +42,8 @@ def test_pte_is_delegated_gated_and_listed(tiny_pte):
     delegation = parity["delegation"]
     assert delegation["delegate"] == "xnnpack" and delegation["delegated_subgraphs"] >= 1
     assert delegation["delegated_nodes"] > delegation["non_delegated_nodes"]
+    # replicate padding and the view max go to XNNPACK as slices, cat and maximum (xnnpack_friendly)
+    assert not {"aten_index_tensor", "aten_amax_default"} & set(delegation["non_delegated_ops"]), delegation
     contract = DeployContract.load(contract_path(tiny_pte))
     assert contract.test_vectors == "student.testvectors"
     meta = json.loads((tiny_pte.parent / contract.test_vectors / TOLERANCES).read_text())
@@ -228,3 +231,29 @@ def test_swift_reads_only_fields_the_exporter_writes(tiny_onnx):
 
     key = re.search(r'metadataKey = "([^"]+)"', (SWIFT / "PBRContract.swift").read_text()).group(1)
     assert f'user_defined_metadata["{key}"]' in Path(coreml_export.__file__).read_text()
+
+
+class _PadsAndFusesViews(torch.nn.Module):
+    """Replicate padding and a max and mean over three views: the ops XNNPACK would leave outside."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(4, 5, 3, padding=1, padding_mode="replicate")
+
+    def forward(self, x):
+        v = torch.nn.functional.pad(x, (2, 1, 0, 3), mode="replicate").unflatten(0, (1, 3))  # (1, V, C, H, W)
+        return self.conv(x), v.amax(1), v.mean(1, keepdim=True), x.mean((2, 3), keepdim=True)
+
+
+def test_xnnpack_rewrite_is_exact_and_leaves_no_gather_or_view_reduction():
+    from pbrforge.export.executorch_export import xnnpack_friendly
+
+    model, x = _PadsAndFusesViews().eval(), torch.randn(3, 4, 6, 7)
+    before = torch.export.export(model, (x,))
+    after = xnnpack_friendly(before)
+    ops = {str(n.target) for n in after.graph.nodes if n.op == "call_function"}
+    assert not {o for o in ops if "pad" in o or "index" in o or "amax" in o}, ops
+    assert sum(str(n.target) == "aten.mean.dim" for n in after.graph.nodes) == 1  # the spatial mean stays
+    with torch.no_grad():
+        for want, got in zip(model(x), after.module()(x), strict=True):
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
