@@ -113,6 +113,25 @@ def _dynamic_weight_modules(captured: torch.fx.GraphModule) -> list[str]:
     return names
 
 
+def _view_fusion_modules(exported: torch.export.ExportedProgram) -> list[str]:
+    """Modules that fuse the views with a max over them (``view_mean_max``).
+
+    Quantized, ExecuTorch 1.5.1's XNNPACK executor fails on the demo student at run time ("Propagating input
+    shapes failed", xnn_status_invalid_parameter), found by keeping one module type after another in fp32.
+    They run once, at the encoder's lowest resolution, so keeping them fp32 costs next to nothing.
+    """
+    names = []
+    for node in exported.graph.nodes:
+        if node.op == "call_function" and str(node.target) == "aten.amax.default":
+            dims = node.args[1] if len(node.args) > 1 else []
+            shape = node.args[0].meta["val"].shape
+            stack = list(node.meta.get("nn_module_stack", {}).values())
+            small = dims and all(shape[d] <= MAX_UNROLL for d in dims)
+            if small and stack and stack[-1][0] not in names:
+                names.append(stack[-1][0])
+    return names
+
+
 def _quantized(
     module: torch.nn.Module, example: Inputs, calibration: Sequence[Inputs]
 ) -> tuple[torch.nn.Module, list[str]]:
@@ -126,9 +145,11 @@ def _quantized(
     from executorch.kernels import quantized  # noqa: F401  (out variants of the ops XNNPACK leaves to portable kernels)
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    captured = xnnpack_friendly(torch.export.export(module, example)).module()
+    exported = torch.export.export(module, example)
+    captured = xnnpack_friendly(exported).module()
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
     kept_float = _dynamic_weight_modules(captured)
+    kept_float += [name for name in _view_fusion_modules(exported) if name not in kept_float]
     for kind in {type(module.get_submodule(name)) for name in kept_float}:
         quantizer.set_module_type(kind, None)  # by type: the quantizer refuses no-config by module name
     prepared = prepare_pt2e(captured, quantizer)

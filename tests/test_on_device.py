@@ -176,21 +176,19 @@ def test_self_check_refuses_other_options(tiny_onnx, tmp_path):
     assert r.exit_code == 2 and "Missing option '--input'" in r.output, r.output
 
 
-def test_int8_pte_is_calibrated_and_smaller_or_skipped_with_the_runtime_error(tiny_pte_export):
+def test_int8_pte_is_calibrated_smaller_and_runs(tiny_pte_export):
     pte, result = tiny_pte_export
     out = pte.with_suffix("")
-    tmp_path = pte.parent
     rows = {r.format: r for r in result.rows}
     assert rows["executorch"].status == "ok" and not result.failures, result.table()
     int8 = out.with_name("student.int8.pte")
-    if rows["executorch-int8"].status == "skipped":  # XNNPACK 1.5.1 fails to resize some int8 subgraphs
-        assert "ExecuTorch could not run it" in rows["executorch-int8"].detail
-        assert not int8.exists() and not [p for p in tmp_path.iterdir() if ".staged-" in p.name]
-        return
     assert rows["executorch-int8"].status == "ok", result.table()
-    assert int8.stat().st_size < 0.5 * out.with_suffix(".pte").stat().st_size  # int8 weights, not fp32
+    # int8 weights (a quarter of the bytes) except in the modules kept fp32, about 40% of the weights here
+    assert int8.stat().st_size < 0.75 * out.with_suffix(".pte").stat().st_size
     parity = json.loads(int8.with_name(int8.name + ".parity.json").read_text())
     assert parity["calibration_samples"] >= 1 and parity["render"]["psnr_db_min"] > 0
+    # the view fusion stays fp32: quantized, ExecuTorch 1.5.1's XNNPACK executor cannot run it
+    assert "model.fusion" in parity["delegation"]["kept_float"]
     r = _run(int8, "--self-check")  # its own tolerance: what it reached at export, less a margin
     assert r.exit_code == 0, r.output
 
