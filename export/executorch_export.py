@@ -38,7 +38,7 @@ def executorch_available() -> None:
         raise UnavailableError(INSTALL) from e
 
 
-MAX_UNROLL = 4  # a max or mean over at most this many slices (the views) is unrolled for XNNPACK
+MAX_VIEWS = 4  # a max or mean over a dimension this small (the views) is unrolled for XNNPACK
 
 
 def xnnpack_friendly(exported: torch.export.ExportedProgram) -> torch.export.ExportedProgram:
@@ -46,8 +46,9 @@ def xnnpack_friendly(exported: torch.export.ExportedProgram) -> torch.export.Exp
 
     As ``onnx_rewrite`` does for ONNX Runtime's NPU providers: replicate padding (whose default decomposition
     gathers with ``arange``, ``clamp`` and ``index``, each single-threaded outside the delegate) becomes its
-    edge slices concatenated; a max or mean over the few views becomes pairwise ``maximum`` or adds. On the
-    demo student this takes the XNNPACK subgraphs from 26 to 13.
+    edge slices concatenated; a max or mean over one dimension of at most ``MAX_VIEWS`` (the views, in this
+    model) becomes pairwise ``maximum`` or adds. On the demo student this takes the XNNPACK subgraphs from 26
+    to 13.
     """
     import torch
 
@@ -64,10 +65,11 @@ def xnnpack_friendly(exported: torch.export.ExportedProgram) -> torch.export.Exp
 def _replicate_pad(
     x: torch.Tensor, pad: Sequence[int], mode: str = "constant", value: float | None = None
 ) -> Any:
+    """``aten.pad`` in replicate mode as edge slices and ``cat``; any other pad is left to ``to_edge``."""
     import torch
 
     if mode != "replicate" or len(pad) > 2 * (x.dim() - 2) or any(p < 0 for p in pad):
-        return NotImplemented  # the default decomposition stays
+        return NotImplemented  # aten.pad stays, and to_edge decomposes it as before
     for i in range(len(pad) // 2):  # pad lists (before, after) from the last dimension backwards
         dim, before, after = x.dim() - 1 - i, pad[2 * i], pad[2 * i + 1]
         if before or after:
@@ -77,6 +79,7 @@ def _replicate_pad(
 
 
 def _unrolled(kind: str) -> Any:
+    """``amax`` or ``mean`` over one small dimension as pairwise ``maximum`` or adds (summed in order, as mean)."""
     import torch
 
     def reduce(x: torch.Tensor, dim: Any = None, keepdim: bool = False, dtype: Any = None) -> Any:
@@ -85,8 +88,8 @@ def _unrolled(kind: str) -> Any:
             if dim is not None
             else []
         )
-        if len(dims) != 1 or x.shape[dims[0]] > MAX_UNROLL or dtype is not None:
-            return NotImplemented  # a spatial mean (XNNPACK's global pooling) stays
+        if len(dims) != 1 or x.shape[dims[0]] > MAX_VIEWS or dtype is not None:
+            return NotImplemented  # a spatial mean stays: XNNPACK pools it
         d = dims[0]
         acc = x.narrow(d, 0, 1)
         for i in range(1, x.shape[d]):
@@ -98,38 +101,41 @@ def _unrolled(kind: str) -> Any:
     return reduce
 
 
+def _module_of(node: torch.fx.Node) -> str | None:
+    """The innermost module a traced node was called in."""
+    stack = list(node.meta.get("nn_module_stack", {}).values())
+    return stack[-1][0] if stack else None
+
+
 def _dynamic_weight_modules(captured: torch.fx.GraphModule) -> list[str]:
     """Modules whose convolutions take computed weights (the PLK block's per-sample 3x3).
 
     XNNPACK takes a quantized convolution only with constant weights; quantized, these would be left to
     portable quantize kernels that ExecuTorch's Python runtime lacks, so they stay fp32.
     """
-    names = []
-    for node in captured.graph.nodes:
-        if node.op == "call_function" and "conv" in str(node.target) and node.args[1].op != "get_attr":
-            stack = list(node.meta.get("nn_module_stack", {}).values())
-            if stack and stack[-1][0] not in names:
-                names.append(stack[-1][0])
-    return names
+    found = [
+        _module_of(n)
+        for n in captured.graph.nodes
+        if n.op == "call_function" and "conv" in str(n.target) and n.args[1].op != "get_attr"
+    ]
+    return list(dict.fromkeys(m for m in found if m))
 
 
 def _view_fusion_modules(exported: torch.export.ExportedProgram) -> list[str]:
-    """Modules that fuse the views with a max over them (``view_mean_max``).
+    """Modules that fuse the views with a max over them (``view_mean_max``): the bottleneck and skip fusions.
 
     Quantized, ExecuTorch 1.5.1's XNNPACK executor fails on the demo student at run time ("Propagating input
-    shapes failed", xnn_status_invalid_parameter), found by keeping one module type after another in fp32.
-    They run once, at the encoder's lowest resolution, so keeping them fp32 costs next to nothing.
+    shapes failed", xnn_status_invalid_parameter); keeping one module type after another in fp32 found the
+    bottleneck's fusion. The quantizer keeps modules by type, so the bottleneck stays fp32 with its blocks, and
+    so does every skip fusion (each fuses the views too): about 40% of the demo student's weights.
     """
-    names = []
-    for node in exported.graph.nodes:
-        if node.op == "call_function" and str(node.target) == "aten.amax.default":
-            dims = node.args[1] if len(node.args) > 1 else []
-            shape = node.args[0].meta["val"].shape
-            stack = list(node.meta.get("nn_module_stack", {}).values())
-            small = dims and all(shape[d] <= MAX_UNROLL for d in dims)
-            if small and stack and stack[-1][0] not in names:
-                names.append(stack[-1][0])
-    return names
+    found = []
+    for n in exported.graph.nodes:
+        if n.op == "call_function" and str(n.target) == "aten.amax.default":
+            dims, shape = (n.args[1] if len(n.args) > 1 else []), n.args[0].meta["val"].shape
+            if dims and all(shape[d] <= MAX_VIEWS for d in dims):
+                found.append(_module_of(n))
+    return list(dict.fromkeys(m for m in found if m))
 
 
 def _quantized(

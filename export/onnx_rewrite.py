@@ -15,6 +15,7 @@ the rewritten graph against PyTorch.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from typing import Any
 
@@ -43,6 +44,7 @@ ERF_Q = (
 )
 MAX_UNROLL = 16  # a reduction or broadcast over more slices than this is left as it is
 _BROADCASTING = {"Add", "Sub", "Mul", "Div", "Max", "Min"}
+_logger = logging.getLogger(__name__)
 
 
 def mobile_friendly(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
@@ -50,18 +52,27 @@ def mobile_friendly(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, 
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < 18:  # axes are inputs (not attributes) from opset 18 on; the exporter never goes below it
         raise ValueError(f"the mobile rewrite needs ONNX opset 18 or newer, not {opset}")
+    graph_attrs = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+    if any(a.type in graph_attrs for n in model.graph.node for a in n.attribute):
+        _logger.warning("the graph has control flow (If, Loop, Scan): the mobile rewrite leaves it as it is")
+        return model, {}
     rewriter = _Rewriter(model)
     return rewriter.run(), dict(rewriter.done)
 
 
 class _Rewriter:
+    """One pass over the graph in order; a rule that fires emits its nodes in place of the node it replaces."""
+
     def __init__(self, model: onnx.ModelProto):
         self.model = onnx.ModelProto()
         self.model.CopyFrom(model)
         graph = self.model.graph
         inferred = onnx.shape_inference.infer_shapes(self.model, data_prop=True)
         self.shapes: dict[str, list[int | None]] = {}
+        self.types: dict[str, int] = {t.name: t.data_type for t in graph.initializer}
         for v in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+            if v.type.HasField("tensor_type"):
+                self.types[v.name] = v.type.tensor_type.elem_type
             if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape"):
                 dims = v.type.tensor_type.shape.dim
                 self.shapes[v.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
@@ -87,6 +98,7 @@ class _Rewriter:
 
     # -- building blocks ---------------------------------------------------------------------------------
     def fresh(self, hint: str) -> str:
+        """A value name no node or initializer uses yet."""
         k = len(self.names)
         while f"{hint}_m{k}" in self.names:
             k += 1
@@ -95,6 +107,7 @@ class _Rewriter:
         return f"{hint}_m{k}"
 
     def const(self, value: Any, dtype: Any = np.float32) -> str:
+        """A new initializer (rules fire on float32 inputs only, so float constants are float32)."""
         name = self.fresh("mobile_const")
         self.inits.append(numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
         return name
@@ -115,15 +128,18 @@ class _Rewriter:
         return list(self.op("Split", [x, self.const([1] * n, np.int64)], n_out=n, axis=axis))
 
     def static(self, name: str) -> list[int] | None:
+        """The shape of ``name`` if shape inference fixed every dimension."""
         dims = self.shapes.get(name)
         return None if dims is None or any(d is None for d in dims) else [int(d) for d in dims]  # type: ignore[misc]
 
     def axes(self, node: onnx.NodeProto, rank: int) -> list[int] | None:
-        if len(node.input) < 2 or not node.input[1]:
-            noop = _attr(node, "noop_with_empty_axes", 0)
-            return None if noop else list(range(rank))
-        axes = self.consts.get(node.input[1])
-        return None if axes is None else sorted({int(a) % rank for a in axes.reshape(-1)})
+        """A reduction's axes, non-negative; None if not constant or if it reduces nothing."""
+        axes = self.consts.get(node.input[1]) if len(node.input) > 1 and node.input[1] else np.zeros(0)
+        if axes is None:
+            return None
+        if axes.size == 0:  # no axes (or an empty list): all of them, unless noop_with_empty_axes
+            return None if _attr(node, "noop_with_empty_axes", 0) else list(range(rank))
+        return sorted({int(a) % rank for a in axes.reshape(-1)})
 
     # -- the rules: each emits nodes whose outputs carry the replaced node's output names -----------------
     def run(self) -> onnx.ModelProto:
@@ -131,7 +147,8 @@ class _Rewriter:
         for node in graph.node:
             node.input[:] = [self.renamed.get(i, i) for i in node.input]
             rule = getattr(self, f"_{node.op_type}", None)
-            if node.domain in ("", "ai.onnx") and rule is not None and rule(node):
+            float32 = bool(node.input) and self.types.get(node.input[0]) == onnx.TensorProto.FLOAT
+            if node.domain in ("", "ai.onnx") and rule is not None and float32 and rule(node):
                 self.done[node.op_type] += 1
             else:
                 self.nodes.append(node)
@@ -146,28 +163,35 @@ class _Rewriter:
         return onnx.shape_inference.infer_shapes(self.model, data_prop=True)
 
     def _HardSigmoid(self, node: onnx.NodeProto) -> bool:
-        self._hard_sigmoid(node.input[0], _attr(node, "alpha", 0.2), _attr(node, "beta", 0.5), node.output[0])
+        """max(0, min(1, alpha x + beta)) = Clip(6 alpha x + 6 beta, 0, 6) / 6."""
+        alpha, beta = _attr(node, "alpha", 0.2), _attr(node, "beta", 0.5)
+        self._relu6_gate(node.input[0], 6 * alpha, 6 * beta, node.output[0])
         return True
 
     def _HardSwish(self, node: onnx.NodeProto) -> bool:
-        """x * HardSigmoid(x) with alpha 1/6 and beta 1/2, as ONNX defines it."""
-        gate = self._hard_sigmoid(node.input[0], 1.0 / 6.0, 0.5, None)
+        """x * Clip(x + 3, 0, 6) / 6, as PyTorch writes it."""
+        gate = self._relu6_gate(node.input[0], 1.0, 3.0, None)
         self.op("Mul", [node.input[0], gate], node.output[0])
         return True
 
-    def _hard_sigmoid(self, x: str, alpha: float, beta: float, out: str | None) -> str:
-        """max(0, min(1, alpha x + beta)), as ONNX defines HardSigmoid, in Mul, Add and Clip."""
-        t = self.op("Add", [self.op("Mul", [x, self.const(alpha)]), self.const(beta)])
-        return str(self.op("Clip", [t, self.const(0.0), self.const(1.0)], out))
+    def _relu6_gate(self, x: str, scale: float, shift: float, out: str | None) -> str:
+        """Clip(scale x + shift, 0, 6) / 6: NNAPI's provider takes Clip only as RELU6 (0, 6) or RELU1 (-1, 1)."""
+        scaled = x if scale == 1.0 else self.op("Mul", [x, self.const(scale)])
+        t = self.op("Clip", [self.op("Add", [scaled, self.const(shift)]), self.const(0.0), self.const(6.0)])
+        return str(self.op("Mul", [t, self.const(1.0 / 6.0)], out))
 
     def _Erf(self, node: onnx.NodeProto) -> bool:
-        x = self.op("Clip", [node.input[0], self.const(-ERF_CLAMP), self.const(ERF_CLAMP)])
+        # clamped as 4 RELU1(x / 4), the Clip NNAPI takes; scaling by a power of two is exact
+        quarter = self.op("Mul", [node.input[0], self.const(1.0 / ERF_CLAMP)])
+        unit = self.op("Clip", [quarter, self.const(-1.0), self.const(1.0)])
+        x = self.op("Mul", [unit, self.const(ERF_CLAMP)])
         x2 = self.op("Mul", [x, x])
         num = self.op("Mul", [x, self._horner(x2, ERF_P)])
         self.op("Div", [num, self._horner(x2, ERF_Q)], node.output[0])
         return True
 
     def _horner(self, x: str, coefficients: tuple[float, ...]) -> str:
+        """The polynomial in ``x`` with these coefficients, highest degree first."""
         acc = self.op("Add", [self.op("Mul", [x, self.const(coefficients[0])]), self.const(coefficients[1])])
         for c in coefficients[2:]:
             acc = self.op("Add", [self.op("Mul", [acc, x]), self.const(c)])
@@ -191,12 +215,9 @@ class _Rewriter:
             x = self.op("Mul", [x, x])
         for a in axes:
             parts = self.slices(x, a, shape[a])
-            if kind == "Max":
-                x = self.op("Max", parts) if len(parts) > 1 else parts[0]
-            else:
-                for p in parts[1:]:
-                    parts[0] = self.op("Add", [parts[0], p])
-                x = parts[0]
+            x = parts[0]
+            for p in parts[1:]:  # pairwise: NNAPI's Max takes two inputs
+                x = self.op("Max" if kind == "Max" else "Add", [x, p])
         if kind == "L2":
             x = self.op("Sqrt", [x])
         if not keep:
@@ -219,23 +240,26 @@ class _Rewriter:
         if target is None or in_shape is None or out_shape is None:
             return False
         users = self.users.get(out, [])
+
+        def other(u: onnx.NodeProto) -> str:  # the user's other operand, as renamed so far
+            name = u.input[1 - list(u.input).index(out)]
+            return self.renamed.get(name, name)
+
         if out not in self.graph_outputs and all(
             u.op_type in _BROADCASTING
             and len(u.input) == 2
             and list(u.input).count(out) == 1
-            and self.static(u.input[1 - list(u.input).index(out)]) == out_shape
+            and self.static(other(u)) == out_shape
             for u in users
         ):
             self.renamed[out] = src
             return True
-        if len(in_shape) != len(out_shape):
-            src = self.op(
-                "Reshape", [src, self.const([1] * (len(out_shape) - len(in_shape)) + in_shape, np.int64)]
-            )
-            in_shape = [1] * (len(out_shape) - len(in_shape)) + in_shape
-        grown = [(a, n) for a, (m, n) in enumerate(zip(in_shape, out_shape, strict=True)) if m != n]
+        full = [1] * (len(out_shape) - len(in_shape)) + in_shape
+        grown = [(a, n) for a, (m, n) in enumerate(zip(full, out_shape, strict=True)) if m != n]
         if not grown or any(n > MAX_UNROLL for _, n in grown):
             return False
+        if full != in_shape:
+            src = self.op("Reshape", [src, self.const(full, np.int64)])
         for a, n in grown:
             src = self.op("Concat", [src] * n, axis=a)
         self._rename_last(src, out)
@@ -261,6 +285,7 @@ class _Rewriter:
         return True
 
     def _slice_args(self, start: int, end: int, axis: int) -> list[str]:
+        """Slice's starts, ends and axes as constants (the Core ML provider needs them constant)."""
         return [self.const([start], np.int64), self.const([end], np.int64), self.const([axis], np.int64)]
 
     def _BatchNormalization(self, node: onnx.NodeProto) -> bool:
@@ -268,6 +293,8 @@ class _Rewriter:
         params = [self.consts.get(i) for i in node.input[1:5]]
         shape = self.shapes.get(node.input[0])
         if len(node.output) != 1 or any(p is None for p in params) or shape is None:
+            return False
+        if _attr(node, "training_mode", 0):  # batch statistics, not the running ones
             return False
         gamma, beta, mean, var = (np.asarray(p, np.float64) for p in params)
         scale = gamma / np.sqrt(var + _attr(node, "epsilon", 1e-5))
@@ -295,9 +322,11 @@ class _Rewriter:
     def _Gather(self, node: onnx.NodeProto) -> bool:
         """Gather at constant indices as Slice (a contiguous run) or a Concat of slices, Squeeze for a scalar."""
         indices, shape = self.consts.get(node.input[1]), self.static(node.input[0])
-        if indices is None or shape is None or indices.ndim > 1 or indices.size > MAX_UNROLL:
+        if indices is None or shape is None or indices.ndim > 1 or not 0 < indices.size <= MAX_UNROLL:
             return False
         axis = _attr(node, "axis", 0) % len(shape)
+        if any(not -shape[axis] <= int(i) < shape[axis] for i in indices.reshape(-1)):
+            return False  # out of range: an error for Gather, not for Slice
         picked = [int(i) % shape[axis] for i in indices.reshape(-1)]
         if picked == list(range(picked[0], picked[0] + len(picked))):
             x = self.op("Slice", [node.input[0], *self._slice_args(picked[0], picked[-1] + 1, axis)])
@@ -327,7 +356,10 @@ class _Rewriter:
         sa, sb = shapes
         if len(set(a)) != len(a) or len(set(b)) != len(b) or len(a) != len(sa) or len(b) != len(sb):  # type: ignore[arg-type]
             return False
-        dim = dict(zip(a, sa, strict=True)) | dict(zip(b, sb, strict=True))  # type: ignore[arg-type]
+        dim = dict(zip(a, sa, strict=True))  # type: ignore[arg-type]
+        if any(dim.get(i, n) != n for i, n in zip(b, sb, strict=True)):  # type: ignore[arg-type]
+            return False  # a label broadcast from size 1 in one operand: left to Einsum
+        dim |= dict(zip(b, sb, strict=True))  # type: ignore[arg-type]
         batch = [i for i in out if i in a and i in b]
         left, right = [i for i in out if i in a and i not in b], [i for i in out if i in b and i not in a]
         summed = [i for i in a if i in b and i not in out]
@@ -350,17 +382,19 @@ class _Rewriter:
         return True
 
     def _transpose(self, x: str, have: list[str], want: list[str]) -> str:
+        """``x`` with its index order ``have`` permuted to ``want``; no node if already so."""
         perm = [have.index(i) for i in want]
         return x if perm == sorted(perm) else str(self.op("Transpose", [x], perm=perm))
 
     def _reshape(self, x: str, shape: list[int], target: list[int]) -> str:
+        """``x`` reshaped from ``shape`` to ``target``; no node if they are equal."""
         return x if shape == target else str(self.op("Reshape", [x, self.const(target, np.int64)]))
 
     def _Resize(self, node: onnx.NodeProto) -> bool:
         """An empty optional input (roi, or scales beside sizes) becomes an empty constant: same meaning."""
-        if "" not in node.input[1:]:
-            return False
         last = max(i for i, name in enumerate(node.input) if name)
+        if "" not in node.input[1:last]:
+            return False
         inputs = [name or self.const(np.zeros(0)) for name in node.input[: last + 1]]
         self.nodes.append(
             helper.make_node("Resize", inputs, list(node.output), name=node.name, domain=node.domain)

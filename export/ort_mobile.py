@@ -92,6 +92,8 @@ def mobile_usability(onnx_path: Path) -> dict[str, Any]:
             "nodes_with_dynamic_input": info.nodes_unsupported_due_to_dynamic_input,
             "ops_with_unsupported_rank": sorted(info.ops_with_unsupported_rank),
             "verdict": info.suitability().name,
+            # conditions on the ops taken that the checker lists but does not check (see onnx_rewrite)
+            "caveats_not_checked": info.supported_ops_checker.get_caveats(),
         }
     return report
 

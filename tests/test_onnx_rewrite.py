@@ -66,6 +66,18 @@ CASES = {
         [1, 3, 1, 6],
         [("a", _i64([0, -2]))],
     ),
+    "ReduceMax over two axes, dropped": (
+        [helper.make_node("ReduceMax", ["x", "a"], ["y"], keepdims=0)],
+        X,
+        [3, 6],
+        [("a", _i64([0, 2]))],
+    ),
+    "ReduceMax over every axis (no axes input)": (
+        [helper.make_node("ReduceMax", ["x"], ["y"], keepdims=1)],
+        X,
+        [1, 1, 1, 1],
+        [],
+    ),
     "ReduceL2": (
         [helper.make_node("ReduceL2", ["x", "a"], ["y"], keepdims=1)],
         X,
@@ -88,6 +100,23 @@ CASES = {
             ("m", _f32([1, -2, 0.5])),
             ("v", _f32([0.2, 4, 1])),
         ],
+    ),
+    "BatchNormalization, 3-D": (
+        [helper.make_node("BatchNormalization", ["x", "g", "b", "m", "v"], ["y"])],
+        {"x": [2, 3, 7]},
+        [2, 3, 7],
+        [
+            ("g", _f32([0.5, 2, -1])),
+            ("b", _f32([0.1, 0, 3])),
+            ("m", _f32([1, -2, 0.5])),
+            ("v", _f32([0.2, 4, 1])),
+        ],
+    ),
+    "LayerNormalization over two axes": (
+        [helper.make_node("LayerNormalization", ["x", "g"], ["y"], axis=-2)],
+        X,
+        [2, 3, 5, 6],
+        [("g", _f32(np.linspace(0.5, 2, 30).reshape(5, 6)))],
     ),
     "LayerNormalization": (
         [helper.make_node("LayerNormalization", ["x", "g", "b"], ["y"], axis=-1, epsilon=1e-5)],
@@ -112,6 +141,22 @@ CASES = {
         {"x": [2, 1, 5, 1]},
         [2, 3, 5, 4],
         [("s", _i64([2, 3, 5, 4]))],
+    ),
+    "Expand with a new leading axis": (
+        [helper.make_node("Expand", ["x", "s"], ["y"])],
+        {"x": [5, 1]},
+        [2, 3, 5, 4],
+        [("s", _i64([2, 3, 5, 4]))],
+    ),
+    "two Expands into one Add": (
+        [
+            helper.make_node("Expand", ["x", "s"], ["e"]),
+            helper.make_node("Expand", ["n", "s"], ["f"]),
+            helper.make_node("Add", ["e", "f"], ["y"]),
+        ],
+        {"x": [2, 1, 5, 6], "n": [1, 3, 1, 6]},
+        [2, 3, 5, 6],
+        [("s", _i64([2, 3, 5, 6]))],
     ),
     "Expand into a broadcasting Div": (
         [helper.make_node("Expand", ["n", "s"], ["e"]), helper.make_node("Div", ["x", "e"], ["y"])],
@@ -157,9 +202,20 @@ def test_each_rewrite_computes_the_replaced_op_with_npu_ops_only(case):
     assert not (set(done) - {"Resize"}) & {n.op_type for n in rewritten.graph.node}  # Resize stays, filled in
     assert all(i for n in rewritten.graph.node for i in n.input)  # no empty optional input: shapes fixed
     assert {n.op_type for n in rewritten.graph.node} <= NPU_OPS
+    _assert_nnapi_takes(rewritten)
     want, got = _run(model, feed), _run(rewritten, feed)
     assert got.shape == want.shape
     np.testing.assert_allclose(got, want, rtol=REWRITE_MAX_ABS, atol=REWRITE_MAX_ABS)
+
+
+def _assert_nnapi_takes(model):
+    """What ORT's NNAPI op builders demand beyond the op name: Clip as RELU6 or RELU1, Max of two."""
+    consts = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Clip":
+            assert (float(consts[n.input[1]]), float(consts[n.input[2]])) in ((0.0, 6.0), (-1.0, 1.0)), n
+        if n.op_type == "Max":
+            assert len(n.input) == 2, n
 
 
 # the ops both the NNAPI and the Core ML MLProgram op lists of ONNX Runtime's checker hold
@@ -216,6 +272,23 @@ def test_ops_without_static_shapes_or_constants_are_left_for_the_checker_to_repo
         [("a", _i64([1]))],
     )
     assert mobile_friendly(big)[1] == {}  # 64 slices: more than the rewrite unrolls
+
+
+def test_what_a_rule_cannot_prove_is_left_alone():
+    """Pad with an axes input, a float16 graph, out-of-range Gather indices: the op stays as it was."""
+    pad = _model(
+        [helper.make_node("Pad", ["x", "p", "", "a"], ["y"], mode="edge")],
+        X,
+        [2, 3, 5, 8],
+        [("p", _i64([1, 1])), ("a", _i64([3]))],
+    )
+    assert mobile_friendly(pad)[1] == {}
+    half = _model([helper.make_node("Erf", ["x"], ["y"])], X, X["x"])
+    for v in (*half.graph.input, *half.graph.output):
+        v.type.tensor_type.elem_type = TensorProto.FLOAT16
+    assert mobile_friendly(half)[1] == {}
+    gather = _model([helper.make_node("Gather", ["x", "i"], ["y"], axis=1)], X, [2, 5, 6], [("i", _i64(7))])
+    assert mobile_friendly(gather)[1] == {}
 
 
 def test_an_opset_below_18_is_refused():
