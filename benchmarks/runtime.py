@@ -3,8 +3,8 @@
 For each input size the student (SR head kept) is exported once to ONNX and ExecuTorch, fp32 and int8
 (calibrated on the demo's held-out views). Then each of PyTorch eager, ONNX Runtime fp32 and int8, the
 mobile ``.ort`` (the graph rewritten for NNAPI and Core ML, timed here on ORT's CPU provider: what the
-rewrite costs where no NPU takes it), and ExecuTorch XNNPACK fp32 and int8 runs in a fresh process of its own on the same threads: median latency,
-ratio to eager, and the process's peak RSS. Beside each artifact stands its render PSNR against PyTorch
+rewrite costs where no NPU takes it), and ExecuTorch XNNPACK fp32 and int8 runs in a fresh process of its
+own on the same threads: median latency, ratio to eager, and the process's peak RSS. Beside each artifact stands its render PSNR against PyTorch
 (worst of 11 lights) and, for fp32, its largest per-value difference.
 
 Goal, reported met or not: the fastest on-device artifact >= 2.5x eager at 512 px with render PSNR >= 35 dB.
