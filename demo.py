@@ -158,21 +158,16 @@ def main(out: Path, count: int) -> None:
     sample, source = val.entries[0]
     held_out = data / "input" / source / sample
     inference = out / "inference"
+    # both runtimes on the same held-out views, against the same checkpoint, timed alike
+    timed = ["--input", str(held_out), "--reference", str(student_ckpt), "--runs", "20", "--warmup", "3"]
     times["run_inference"] = _step(
         f"run_inference on held-out {sample} ({source}, material {val.material_of(sample)}), material files out",
         run,
         [
             str(artifact.with_suffix(".onnx")),
-            "--input",
-            str(held_out),
+            *timed,
             "--output",
             str(inference),
-            "--reference",
-            str(student_ckpt),
-            "--runs",
-            "20",
-            "--warmup",
-            "3",
             "--emit",
             "pngset,gltf,usdz,mtlx",
             "--name",
@@ -183,19 +178,7 @@ def main(out: Path, count: int) -> None:
     times["run_executorch"] = _step(
         f"run_inference of the ExecuTorch .pte (XNNPACK) on {sample}",
         run,
-        [
-            str(artifact.with_suffix(".pte")),
-            "--input",
-            str(held_out),
-            "--output",
-            str(out / "inference_pte"),
-            "--reference",
-            str(student_ckpt),
-            "--runs",
-            "20",
-            "--warmup",
-            "3",
-        ],
+        [str(artifact.with_suffix(".pte")), *timed, "--output", str(out / "inference_pte")],
     )
     for suffix in (".onnx", ".pte"):
         times[f"self_check{suffix}"] = _step(

@@ -251,22 +251,10 @@ def pte_parity(
 
     fp32 is gated per value (``max_abs``) and by the render gate; int8 (``max_abs=None``) by the render gate.
     """
-    import torch
-
-    from pbrforge.deploy import OUTPUT_NAMES
-    from pbrforge.export.parity import ParityReport, comparison
+    from pbrforge.export.parity import ParityReport, batched_outputs, comparison
 
     method = load_method(path)
-    ref: dict[str, list[np.ndarray]] = {n: [] for n in OUTPUT_NAMES}
-    got: dict[str, list[np.ndarray]] = {n: [] for n in OUTPUT_NAMES}
-    with torch.no_grad():
-        for views in samples:
-            for name, o in zip(OUTPUT_NAMES, wrapper(*views), strict=True):
-                ref[name].append(o.numpy())
-            for name, o in run_pte(method, views).items():
-                got[name].append(o)
-    reference = {k: np.concatenate(v) for k, v in ref.items()}
-    outputs = {k: np.concatenate(v) for k, v in got.items()}
+    reference, outputs = batched_outputs(wrapper, lambda views: run_pte(method, views), samples)
     gate = "max_abs" if max_abs is not None else None
     report = ParityReport(
         "executorch xnnpack",

@@ -97,20 +97,11 @@ def int8_parity(
     path: Path, wrapper: torch.nn.Module, views: list[Inputs], render_gate: RenderGate | None
 ) -> ParityReport:
     """The int8 model against PyTorch fp32 on held-out views it was not calibrated on (batched as one)."""
-    from pbrforge.deploy import OUTPUT_NAMES
     from pbrforge.export.onnx_export import onnx_session, run_onnx
+    from pbrforge.export.parity import batched_outputs
 
     session = onnx_session(path)
-    ref: dict[str, list[np.ndarray]] = defaultdict(list)
-    got: dict[str, list[np.ndarray]] = defaultdict(list)
-    with torch.no_grad():
-        for batch in views:
-            for name, o in zip(OUTPUT_NAMES, wrapper(*batch), strict=True):
-                ref[name].append(o.numpy())
-            for name, o in run_onnx(session, batch).items():
-                got[name].append(o)
-    reference = {k: np.concatenate(v) for k, v in ref.items()}
-    outputs = {k: np.concatenate(v) for k, v in got.items()}
+    reference, outputs = batched_outputs(wrapper, lambda batch: run_onnx(session, batch), views)
     report = ParityReport(
         "onnxruntime int8 (QDQ)",
         [comparison("ONNX int8", reference, outputs, render_gate=render_gate or RenderGate())],

@@ -7,7 +7,7 @@ never a pass.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -34,6 +34,26 @@ def psnr(ref: Any, test: Any) -> float:
     mse = float(np.mean((ref - test) ** 2))
     peak = float(ref.max() - ref.min()) or 1.0
     return PSNR_CAP if mse == 0 else min(PSNR_CAP, 10 * math.log10(peak**2 / mse))
+
+
+def batched_outputs(
+    wrapper: Any, run: Callable[[Any], Mapping[str, np.ndarray]], samples: Iterable[Any]
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """PyTorch's outputs and an artifact's (``run``) on every sample, each output concatenated over samples.
+
+    One comparison over the whole batch judges an artifact on several held-out samples at once.
+    """
+    import torch
+
+    ref: dict[str, list[np.ndarray]] = {n: [] for n in OUTPUT_NAMES}
+    got: dict[str, list[np.ndarray]] = {n: [] for n in OUTPUT_NAMES}
+    with torch.no_grad():
+        for views in samples:
+            for name, o in zip(OUTPUT_NAMES, wrapper(*views), strict=True):
+                ref[name].append(o.numpy())
+            for name, o in run(views).items():
+                got[name].append(o)
+    return {k: np.concatenate(v) for k, v in ref.items()}, {k: np.concatenate(v) for k, v in got.items()}
 
 
 def compare(
