@@ -14,7 +14,9 @@ WEB := runtime/web
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml $(WEB)/package-lock.json $(WEB)/viewer.js
+HDRI := datagen/hdri
+
+$(STAMP): pyproject.toml $(WEB)/package-lock.json $(WEB)/viewer.js $(HDRI)/package-lock.json
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_PINS)
@@ -25,6 +27,8 @@ $(STAMP): pyproject.toml $(WEB)/package-lock.json $(WEB)/viewer.js
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 	@# three.js for the preview bundle and the Khronos glTF validator, exactly as the lockfile pins them
 	cd $(WEB) && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build
+	@# the room light of phone captures: npm @pmndrs/assets' CC0 HDR maps, as the lockfile pins them
+	cd $(HDRI) && npm ci --no-audit --no-fund --loglevel=error
 	@touch $(STAMP)
 
 demo: install

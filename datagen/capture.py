@@ -17,10 +17,23 @@ class CaptureDamage:
     white_balance: float = 0.08  # per channel gain in 1 +- this
     vignetting: tuple[float, float] = (0.1, 0.35)  # radial falloff strength
     blur_sigma: tuple[float, float] = (0.3, 1.0)  # pixels
-    shift_px: float = 1.5  # misregistration, each axis, per view
+    corner_px: float = 2.0  # misregistration: each frame corner moves this far, each axis (a homography)
     noise_std: tuple[float, float] = (0.005, 0.02)  # read noise in [0, 1] units
     shot_noise: tuple[float, float] = (0.0, 0.01)  # signal-dependent noise
     jpeg_quality: tuple[int, int] = (55, 90)
+
+
+def perspective_coefficients(dst: np.ndarray, src: np.ndarray) -> tuple[float, ...]:
+    """PIL's 8 perspective coefficients taking output points ``dst`` (4, 2) to input points ``src`` (4, 2).
+
+    PIL samples the input at ((a x + b y + c) / (g x + h y + 1), (d x + e y + f) / (g x + h y + 1)).
+    """
+    rows, rhs = [], []
+    for (x, y), (u, v) in zip(dst, src, strict=True):
+        rows.append([x, y, 1, 0, 0, 0, -u * x, -u * y])
+        rows.append([0, 0, 0, x, y, 1, -v * x, -v * y])
+        rhs += [u, v]
+    return tuple(float(c) for c in np.linalg.solve(np.array(rows), np.array(rhs)))
 
 
 def linear_damage(radiance: np.ndarray, rng: np.random.Generator, cfg: CaptureDamage) -> np.ndarray:
@@ -34,13 +47,19 @@ def linear_damage(radiance: np.ndarray, rng: np.random.Generator, cfg: CaptureDa
 
 
 def display_damage(view: np.ndarray, rng: np.random.Generator, cfg: CaptureDamage) -> Image.Image:
-    """Misregistration, blur, noise and JPEG on one (3, H, W) sRGB view in [0, 1]."""
+    """Misregistration, blur, noise and JPEG on one (3, H, W) sRGB view in [0, 1].
+
+    Misregistration is what a homography fitted to a handheld shot leaves: a small residual homography
+    that moves each corner of the frame by up to ``corner_px`` pixels.
+    """
     img = Image.fromarray(np.round(np.clip(view, 0, 1) * 255).astype(np.uint8).transpose(1, 2, 0), "RGB")
-    dx, dy = rng.uniform(-cfg.shift_px, cfg.shift_px, 2)
+    w, h = img.size
+    corners = np.array([[0, 0], [w, 0], [w, h], [0, h]], dtype=np.float64)
+    moved = corners + rng.uniform(-cfg.corner_px, cfg.corner_px, corners.shape)
     img = img.transform(
         img.size,
-        Image.Transform.AFFINE,
-        (1, 0, dx, 0, 1, dy),
+        Image.Transform.PERSPECTIVE,
+        perspective_coefficients(corners, moved),
         resample=Image.Resampling.BILINEAR,
         fillcolor=None,
     )

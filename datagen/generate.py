@@ -7,8 +7,16 @@ MatSynth, and glTF 2.0 materials (.gltf/.glb), and renders --samples-per-materia
 as photo-textured materials. Sets without base colour or with unreadable files are skipped with a
 warning; the run ends with a summary, and a run with nothing usable is one sentence and exit code 2.
 
+--capture mixes capture models (pbrforge.captures), NAME[:WEIGHT] separated by commas: phone-flash (the
+default: a handheld phone, its flash beside the lens, room light always on), phone-ambient (room light
+only) and tripod (the old fixed camera with a side light). Each sample records its capture. Phone captures
+light the room with HDR maps: npm @pmndrs/assets' 18 CC0 maps (make install) or --environments DIR.
+
 Examples:
     python datagen/generate.py --out data/demo --count 64 --size 256 --seed 0 --dirty-ratio 0.5
+    pbrforge datagen --out data/mix --count 64 --capture phone-flash:0.6,phone-ambient:0.2,tripod:0.2
+    pbrforge datagen --out data/rig --count 64 --capture tripod
+    pbrforge datagen --out data/myrooms --count 64 --environments ~/hdris
     pbrforge datagen --out data/big --count 2000 --size 512 --samples-per-material 4
     pbrforge datagen --out data/real --count 0 --materials ~/ambientcg --materials ~/polyhaven --size 256
     pbrforge datagen --out data/mixed --count 64 --photo-textures --size 128
@@ -22,7 +30,14 @@ from pathlib import Path
 import click
 
 from pbrforge.errors import user_errors
-from pbrforge.options import MAX_SIDE, OUTPUT_DIR, Command, FiniteFloatRange, examples_epilog
+from pbrforge.options import (
+    CAPTURE_MIX,
+    MAX_SIDE,
+    OUTPUT_DIR,
+    Command,
+    FiniteFloatRange,
+    examples_epilog,
+)
 
 
 @click.command("datagen", cls=Command, epilog=examples_epilog(__doc__))
@@ -64,6 +79,21 @@ from pbrforge.options import MAX_SIDE, OUTPUT_DIR, Command, FiniteFloatRange, ex
     help="Folder of texture sets (ambientCG, Poly Haven, MatSynth, glTF); repeatable.",
 )
 @click.option("--photo-textures", is_flag=True, help="Add scikit-image's texture photographs as materials.")
+@click.option(
+    "--capture",
+    "capture_mix",
+    type=CAPTURE_MIX,
+    default="phone-flash",
+    show_default=True,
+    help="Capture models and weights: phone-flash, phone-ambient, tripod (e.g. phone-flash:0.8,tripod:0.2).",
+)
+@click.option(
+    "--environments",
+    "environments_dir",
+    type=click.Path(path_type=Path, file_okay=False, exists=True),
+    default=None,
+    help="Folder of .exr/.hdr environment maps for the room light [default: npm @pmndrs/assets].",
+)
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out.")
 @user_errors
 def main(
@@ -75,6 +105,8 @@ def main(
     samples_per_material: int,
     material_dirs: tuple[Path, ...],
     photo_textures: bool,
+    capture_mix: dict[str, float],
+    environments_dir: Path | None,
     overwrite: bool,
 ) -> None:
     """Render procedural and imported materials into three-view captures and ground-truth maps."""
@@ -92,6 +124,8 @@ def main(
         overwrite,
         material_dirs=material_dirs,
         photo_textures=photo_textures,
+        captures=capture_mix,
+        environments_dir=environments_dir,
     )
     elapsed = time.perf_counter() - t0
     _, summary = scan_dataset(out)

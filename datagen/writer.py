@@ -8,7 +8,8 @@ from __future__ import annotations
 import logging
 import math
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -17,19 +18,44 @@ from PIL import Image
 from tqdm import tqdm
 
 from pbrforge import __version__
+from pbrforge.captures import (
+    DEFAULT_CAPTURES,
+    TRIPOD_LIGHT_DISTANCE,
+    batch_captures,
+    draw_capture,
+    needs_environment,
+    render_capture,
+)
 from pbrforge.contract import write_material
 from pbrforge.datagen.capture import CaptureDamage, display_damage, linear_damage
 from pbrforge.datagen.imported import load_set, metadata_of, photo_sets, sample_crop
 from pbrforge.datagen.materials import FAMILIES, make_material
 from pbrforge.datagen.texture_sets import Skipped, TextureSet, find_sets
 from pbrforge.dataset import FORMAT_VERSION, METADATA_FILE
+from pbrforge.environments import Environment, load_environments
 from pbrforge.errors import DataError
 from pbrforge.fileio import exclusive, write_json
-from pbrforge.render import DEFAULT_CAMERA, DEFAULT_LIGHT_POWER, render, to_display, view_lights
+from pbrforge.render import DEFAULT_CAMERA, DEFAULT_LIGHT_POWER, to_display
 
-LIGHT_DISTANCE = 2.2
-ELEVATION_RANGE = (35.0, 60.0)
+# CC0 HDR maps of npm @pmndrs/assets, installed by `make install` from datagen/hdri/package-lock.json
+DEFAULT_ENVIRONMENTS = (
+    Path(__file__).resolve().parent / "hdri" / "node_modules" / "@pmndrs" / "assets" / "hdri"
+)
 _logger = logging.getLogger(__name__)
+
+
+def resolve_environments(mix: Mapping[str, float], folder: Path | None) -> dict[str, Environment]:
+    """The room lights a capture mix needs, all decoded before anything is written ({} for tripod only)."""
+    if not needs_environment(mix):
+        return {}
+    if folder is None:
+        if not DEFAULT_ENVIRONMENTS.is_dir():
+            raise DataError(
+                "phone captures need environment maps for their room light: run `make install` "
+                "(it installs npm @pmndrs/assets) or pass --environments DIR with .exr or .hdr files"
+            )
+        folder = DEFAULT_ENVIRONMENTS
+    return load_environments(folder)
 
 
 def generate_dataset(
@@ -43,11 +69,15 @@ def generate_dataset(
     progress: bool = True,
     material_dirs: Sequence[Path] = (),
     photo_textures: bool = False,
+    captures: Mapping[str, float] = DEFAULT_CAPTURES,
+    environments_dir: Path | None = None,
 ) -> dict:
     """Write a complete data set to ``out`` atomically (built beside it, then renamed) and return its metadata.
 
     ``count`` procedural samples come first; then, for every texture set found under ``material_dirs``
     (and the photo-textured materials), ``samples_per_material`` samples, each from its own random crop.
+    Each sample's capture model is drawn from the ``captures`` mix (name -> weight, ``pbrforge.captures``);
+    phone captures take their room light from the maps in ``environments_dir`` (default: @pmndrs/assets).
     """
     out = Path(out)
     if count < 0 or size < 16 or not 0 <= dirty_ratio <= 1 or samples_per_material < 1:
@@ -61,6 +91,9 @@ def generate_dataset(
     sets, skipped = find_all_sets(material_dirs, photo_textures)
     if count == 0 and not sets:
         raise DataError(_nothing_usable(material_dirs, skipped))
+    envs = resolve_environments(captures, environments_dir)
+    mix = {k: float(v) for k, v in captures.items()}
+    render_sample = partial(_render_sample, mix=mix, environments=envs)
     with exclusive(out):  # a second run into the same folder is refused rather than raced
         tmp = out.with_name(f".{out.name}.tmp-datagen")
         if tmp.exists():
@@ -70,7 +103,16 @@ def generate_dataset(
             samples: dict[str, dict] = {}
             if count:
                 _procedural(
-                    tmp, count, size, seed, dirty_ratio, samples_per_material, materials, samples, progress
+                    tmp,
+                    count,
+                    size,
+                    seed,
+                    dirty_ratio,
+                    samples_per_material,
+                    materials,
+                    samples,
+                    progress,
+                    render_sample,
                 )
             used = _imported(
                 tmp,
@@ -83,6 +125,7 @@ def generate_dataset(
                 samples,
                 skipped,
                 progress,
+                render_sample,
             )
             if not samples:
                 raise DataError(_nothing_usable(material_dirs, skipped))
@@ -95,9 +138,13 @@ def generate_dataset(
                 "dirty_ratio": dirty_ratio,
                 "camera": list(DEFAULT_CAMERA),
                 "light_power": DEFAULT_LIGHT_POWER,
-                "light_distance": LIGHT_DISTANCE,
+                "light_distance": TRIPOD_LIGHT_DISTANCE,
                 "samples": samples,
                 "materials": materials,
+                "captures": mix,
+                "environments": {
+                    name: {"source": e.source, "lights": e.as_rows()} for name, e in sorted(envs.items())
+                },
             }
             if material_dirs or photo_textures:
                 meta["imports"] = {
@@ -145,7 +192,7 @@ def _nothing_usable(material_dirs: Sequence[Path], skipped: list[Skipped]) -> st
 
 
 def _procedural(
-    tmp, count, size, seed, dirty_ratio, samples_per_material, materials, samples, progress
+    tmp, count, size, seed, dirty_ratio, samples_per_material, materials, samples, progress, render_sample
 ) -> None:
     rng = np.random.default_rng(seed)
     families = sorted(FAMILIES)
@@ -163,13 +210,23 @@ def _procedural(
         maps_cache[name] = maps
     for j in tqdm(range(count), desc="samples", disable=not progress):
         mat = mat_names[j % n_mat]
-        samples[f"sample_{j:04d}"] = _render_sample(
+        samples[f"sample_{j:04d}"] = render_sample(
             tmp, f"sample_{j:04d}", maps_cache[mat], mat, seed, j, dirty_ratio
         )
 
 
 def _imported(
-    tmp, sets, size, seed, dirty_ratio, samples_per_material, materials, samples, skipped, progress
+    tmp,
+    sets,
+    size,
+    seed,
+    dirty_ratio,
+    samples_per_material,
+    materials,
+    samples,
+    skipped,
+    progress,
+    render_sample,
 ) -> int:
     """Render ``samples_per_material`` crops of each set; a set that cannot be read is skipped with a warning."""
     used = 0
@@ -210,7 +267,7 @@ def _imported(
             write_material(tmp / "output" / mid, maps)
             j = len(samples)
             sid = f"sample_{j:04d}"
-            samples[sid] = _render_sample(tmp, sid, torch.from_numpy(maps), mid, seed, j, dirty_ratio)
+            samples[sid] = render_sample(tmp, sid, torch.from_numpy(maps), mid, seed, j, dirty_ratio)
     if sets:
         _logger.info(
             f"material sets: {len(sets) + sum(1 for s in skipped if not s.at_decode)} found, {used} used, {len(skipped)} skipped"
@@ -227,26 +284,31 @@ def _relative(path: Path, root: Path) -> str:
 
 
 def _render_sample(
-    tmp: Path, sid: str, maps: torch.Tensor, material: str, seed: int, j: int, dirty_ratio: float
+    tmp: Path,
+    sid: str,
+    maps: torch.Tensor,
+    material: str,
+    seed: int,
+    j: int,
+    dirty_ratio: float,
+    mix: Mapping[str, float],
+    environments: Mapping[str, Environment],
 ) -> dict:
     """Render one sample's three views (and its dirty capture, by chance) from its own seeded generator."""
     damage = CaptureDamage()
     s_rng = np.random.default_rng([seed, j])
-    lights = view_lights(
-        float(s_rng.uniform(0, 2 * math.pi)),
-        float(s_rng.uniform(*ELEVATION_RANGE)),
-        LIGHT_DISTANCE,
-    )
-    power = DEFAULT_LIGHT_POWER * float(s_rng.uniform(0.8, 1.2))
+    names = list(mix)
+    model = names[int(s_rng.choice(len(names), p=[mix[n] for n in names]))]
+    capture = draw_capture(model, s_rng, sorted(environments))
     with torch.no_grad():
-        radiance = render(maps[None], lights[None], power)[0]  # (V, 3, H, W)
+        radiance = render_capture(maps[None], batch_captures([capture], environments))[0]  # (V, 3, H, W)
     sources = ["clean"] + (["dirty"] if s_rng.random() < dirty_ratio else [])
     clean = to_display(radiance).numpy()
     _write_views(tmp / "input" / "clean" / sid, [v for v in clean])
     if "dirty" in sources:
         damaged = to_display(torch.from_numpy(linear_damage(radiance.numpy(), s_rng, damage))).numpy()
         _write_views(tmp / "input" / "dirty" / sid, [display_damage(v, s_rng, damage) for v in damaged])
-    return {"material": material, "sources": sources, "lights": lights.tolist(), "light_power": power}
+    return {"material": material, "sources": sources, "capture": capture}
 
 
 def _write_views(folder: Path, views: list) -> None:

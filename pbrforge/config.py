@@ -50,7 +50,9 @@ class LossConfig:
     ssim_albedo: Weight = 0.2  # weight of (1 - SSIM) on albedo
     normal_angular: Weight = 0.5  # weight of (1 - cos) between normals
     render: Weight = 0.5  # weight of the GGX rendering loss
-    render_lights: Annotated[int, Field(ge=0, le=64)] = 3  # random lights per sample for the rendering loss
+    render_lights: Annotated[int, Field(ge=0, le=64)] = 3  # random shots per sample for the rendering loss
+    # the capture the rendering loss draws its shots from (pbrforge.captures): what users will photograph
+    render_capture: Literal["phone-flash", "phone-ambient", "tripod"] = "phone-flash"
     gan: Weight = 0.01  # generator adversarial weight (used only when training.gan is on)
     gan_loss: Literal["hinge", "bce"] = "hinge"
     distill_alpha: Fraction = 0.0  # student: weight of the teacher's maps vs ground truth

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 METADATA_FILE = "render_metadata.json"
 SOURCES = ("clean", "dirty")
 CURRICULA = {0: ("clean",), 1: ("clean", "dirty"), 2: ("dirty",)}
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: each sample records its capture (cameras, lights, room light); 1 still loads
 
 
 @dataclass
@@ -98,7 +98,43 @@ def load_metadata(root: Path) -> dict:
     for sid, s in meta["samples"].items():
         if s["material"] not in meta["materials"]:
             raise DataError(f"{path}: sample {sid} names material {s['material']!r}, which is not listed")
+        _upgrade_capture(meta, sid, s, path)
     return meta
+
+
+def _upgrade_capture(meta: dict, sid: str, s: dict, path: Path) -> None:
+    """Give a format-1 sample its tripod capture record; check a format-2 record's views and room light."""
+    from pbrforge.captures import tripod_record
+
+    if meta["format_version"] == 1:
+        if s["lights"] is None or s["light_power"] is None or s["capture"] is not None:
+            raise DataError(f"{path}: format-1 sample {sid} needs lights and light_power and no capture")
+        s["capture"] = tripod_record(s["lights"], s["light_power"], meta["camera"])
+    elif s["capture"] is None or s["lights"] is not None or s["light_power"] is not None:
+        raise DataError(
+            f"{path}: format-2 sample {sid} needs a capture record (and no lights or light_power)"
+        )
+    c = s["capture"]
+    lengths = {len(c["eyes"]), len(c["lights"]), len(c["light_power"])}
+    if lengths != {NUM_VIEWS} or any(len(v) != 3 for v in c["eyes"] + c["lights"]):
+        raise DataError(
+            f"{path}: sample {sid}'s capture needs {NUM_VIEWS} eyes, lights and powers of 3 values"
+        )
+    if any(p < 0 for p in c["light_power"]) or any(e[2] <= 0 for e in c["eyes"]):
+        raise DataError(f"{path}: sample {sid}'s capture has a negative power or a camera below the sample")
+    env = c["environment"]
+    if env is not None and env["id"] not in meta["environments"]:
+        raise DataError(f"{path}: sample {sid} names environment {env['id']!r}, which is not listed")
+
+
+def environments_of(meta: Mapping) -> dict:
+    """The data set's environments as ``pbrforge.environments.Environment`` objects, by name."""
+    from pbrforge.environments import Environment
+
+    return {
+        name: Environment.from_rows(name, e["source"], e["lights"])
+        for name, e in meta["environments"].items()
+    }
 
 
 def scan_dataset(root: Path, deep: bool = False) -> tuple[dict, DatasetSummary]:
@@ -241,6 +277,15 @@ class PBRDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.entries)
+
+    @property
+    def environments(self) -> dict:
+        """The room lights this data set was rendered with (empty for tripod-only or format-1 data)."""
+        return environments_of(self.meta)
+
+    def capture_of(self, sample_id: str) -> dict:
+        """The capture record of a sample: its cameras, lights and room light."""
+        return self.meta["samples"][sample_id]["capture"]
 
     def material_of(self, sample_id: str) -> str:
         return self.meta["samples"][sample_id]["material"]

@@ -5,15 +5,17 @@ Every weight lives in ``LossConfig``. The rendering loss uses the same renderer 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 
+from pbrforge.captures import CaptureBatch, random_captures, render_capture
 from pbrforge.config import LossConfig
 from pbrforge.contract import MAP_NAMES, unpack
-from pbrforge.render import random_lights, render
+from pbrforge.environments import Environment, uniform_dome
 
 LOG_EPS = 0.01  # log(x + 0.01) of renders, as in Deschaintre et al. 2018
 
@@ -23,17 +25,38 @@ def normal_angular_loss(pred_n: torch.Tensor, true_n: torch.Tensor) -> torch.Ten
     return (1 - F.cosine_similarity(pred_n, true_n, dim=1, eps=1e-6)).mean()
 
 
-def rendering_loss(pred: torch.Tensor, true: torch.Tensor, lights: torch.Tensor) -> torch.Tensor:
-    """L1 between log renders of predicted and true maps under the same lights (B, K, 3)."""
-    return (
-        (torch.log(render(pred, lights) + LOG_EPS) - torch.log(render(true, lights) + LOG_EPS)).abs().mean()
-    )
+def rendering_loss(pred: torch.Tensor, true: torch.Tensor, capture: CaptureBatch) -> torch.Tensor:
+    """L1 between log renders of predicted and true maps under the same capture (cameras, flash, room)."""
+    rp, rt = render_capture(pred, capture), render_capture(true, capture)
+    return (torch.log(rp + LOG_EPS) - torch.log(rt + LOG_EPS)).abs().mean()
+
+
+def loss_captures(
+    batch: int,
+    cfg: LossConfig,
+    generator: torch.Generator | None,
+    environments: Mapping[str, Environment] | None,
+    device: torch.device | None = None,
+) -> CaptureBatch:
+    """The rendering loss's shots: one random ``render_capture`` of ``render_lights`` shots per sample.
+
+    The room is one of the data set's environments, or an overcast dome where the data set has none.
+    """
+    envs = environments or {"uniform-dome": uniform_dome()}
+    return random_captures(batch, cfg.render_capture, generator, envs, cfg.render_lights, device)
 
 
 def map_losses(
-    pred: torch.Tensor, true: torch.Tensor, cfg: LossConfig, generator: torch.Generator | None = None
+    pred: torch.Tensor,
+    true: torch.Tensor,
+    cfg: LossConfig,
+    generator: torch.Generator | None = None,
+    environments: Mapping[str, Environment] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Weighted loss terms of contract maps (B, 8, H, W) against a target; key "total" is their sum."""
+    """Weighted loss terms of contract maps (B, 8, H, W) against a target; key "total" is their sum.
+
+    ``environments`` are the room lights of the rendering loss's phone shots (the data set's own).
+    """
     p, t = unpack(pred.float()), unpack(true.float())
     terms: dict[str, torch.Tensor] = {}
     for name in MAP_NAMES:
@@ -46,8 +69,8 @@ def map_losses(
     if cfg.normal_angular:
         terms["normal_angular"] = cfg.normal_angular * normal_angular_loss(p["normal"], t["normal"])
     if cfg.render and cfg.render_lights > 0:
-        lights = random_lights(pred.shape[0], cfg.render_lights, generator=generator, device=pred.device)
-        terms["render"] = cfg.render * rendering_loss(pred.float(), true.float(), lights)
+        capture = loss_captures(pred.shape[0], cfg, generator, environments, pred.device)
+        terms["render"] = cfg.render * rendering_loss(pred.float(), true.float(), capture)
     terms["total"] = cast(torch.Tensor, sum(terms.values()))
     return terms
 

@@ -8,15 +8,31 @@ from __future__ import annotations
 import math
 from typing import cast
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchmetrics.functional.image import peak_signal_noise_ratio as psnr
 from torchmetrics.functional.image import structural_similarity_index_measure as ssim
 
+from pbrforge.captures import CaptureBatch, batch_captures, draw_capture, render_capture
 from pbrforge.contract import MAP_NAMES, unpack
-from pbrforge.render import render, to_display, view_lights
+from pbrforge.environments import uniform_dome
+from pbrforge.render import to_display
 
-EVAL_LIGHTS = view_lights(0.3, 50.0)  # fixed lights for re-render RMSE, so numbers compare across runs
+EVAL_SEED = 20261203  # the re-render metric's one fixed capture, so numbers compare across runs
+
+
+def eval_capture(model: str = "phone-flash") -> CaptureBatch:
+    """The fixed capture (one batch row) the re-render RMSE is measured under: a draw of ``model`` with a
+    fixed seed, its room an overcast dome, so the score needs no environment files."""
+    dome = uniform_dome()
+    record = draw_capture(model, np.random.default_rng(EVAL_SEED), [dome.name])
+    return batch_captures([record], {dome.name: dome})
+
+
+def _expand(capture: CaptureBatch, batch: int, device: torch.device) -> CaptureBatch:
+    grow = lambda t: None if t is None else t.to(device).expand(batch, *t.shape[1:])  # noqa: E731
+    return CaptureBatch(*(grow(getattr(capture, f)) for f in CaptureBatch.__dataclass_fields__))
 
 
 def normal_angles_deg(pred_n: torch.Tensor, true_n: torch.Tensor) -> torch.Tensor:
@@ -25,11 +41,15 @@ def normal_angles_deg(pred_n: torch.Tensor, true_n: torch.Tensor) -> torch.Tenso
 
 
 class MapMetrics:
-    """Accumulates per-sample metrics; ``compute()`` returns flat ``{"albedo/psnr": ..}`` numbers."""
+    """Accumulates per-sample metrics; ``compute()`` returns flat ``{"albedo/psnr": ..}`` numbers.
 
-    def __init__(self) -> None:
+    ``rerender/rmse`` is the sRGB RMSE of both materials re-rendered under one fixed ``capture``.
+    """
+
+    def __init__(self, capture: str = "phone-flash") -> None:
         self.values: dict[str, list[float]] = {}
         self.angles: list[torch.Tensor] = []
+        self.capture = eval_capture(capture)
 
     def _add(self, key: str, v: torch.Tensor) -> None:
         self.values.setdefault(key, []).extend(v.detach().float().cpu().flatten().tolist())
@@ -47,8 +67,8 @@ class MapMetrics:
                 self._add(f"{name}/ssim", cast(torch.Tensor, ssim(a, b, data_range=1.0, reduction="none")))
             self._add(f"{name}/mae", (p[name] - t[name]).abs().mean(dim=(1, 2, 3)))
         self.angles.append(normal_angles_deg(p["normal"], t["normal"]).flatten(1).cpu())
-        lights = EVAL_LIGHTS.to(pred.device).expand(pred.shape[0], -1, -1)
-        rp, rt = to_display(render(pred, lights)), to_display(render(true, lights))
+        capture = _expand(self.capture, pred.shape[0], pred.device)
+        rp, rt = to_display(render_capture(pred, capture)), to_display(render_capture(true, capture))
         self._add("rerender/rmse", ((rp - rt) ** 2).mean(dim=(1, 2, 3, 4)).sqrt())
 
     def compute(self) -> dict[str, float]:

@@ -56,8 +56,25 @@ class FiniteFloatRange(click.FloatRange):
         return out
 
 
+class CaptureMix(click.ParamType):
+    """``NAME[:WEIGHT],...`` of capture models (``pbrforge.captures``) -> weights that sum to 1."""
+
+    name = "NAME[:W],..."
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, dict):
+            return value
+        from pbrforge.captures import parse_mix  # torch loads only when the command runs, never for --help
+
+        try:
+            return parse_mix(str(value))
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+
+
 OUTPUT_DIR = OutputPath(folder=True)
 OUTPUT_FILE = OutputPath(folder=False)
+CAPTURE_MIX = CaptureMix()
 
 
 def examples_epilog(doc: str | None) -> str:

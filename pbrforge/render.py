@@ -59,43 +59,20 @@ def fresnel_schlick(v_dot_h: torch.Tensor, f0: torch.Tensor) -> torch.Tensor:
     return f0 + (1 - f0) * (1 - v_dot_h).clamp(0, 1) ** 5
 
 
-def render(
-    maps: torch.Tensor,
-    lights: torch.Tensor,
-    light_power: torch.Tensor | float = DEFAULT_LIGHT_POWER,
-    camera: tuple[float, float, float] | torch.Tensor = DEFAULT_CAMERA,
+def _shade(
+    albedo: torch.Tensor,
+    rough: torch.Tensor,
+    metal: torch.Tensor,
+    n: torch.Tensor,
+    l_dir: torch.Tensor,
+    v_dir: torch.Tensor,
 ) -> torch.Tensor:
-    """Render linear radiance of contract maps under point lights.
-
-    Args:
-        maps: (B, 8, H, W) in contract ranges (albedo sRGB-encoded).
-        lights: (B, L, 3) light positions in world space.
-        light_power: scalar or (B, L) radiant intensity.
-        camera: camera position (3,) or (B, 3).
-
-    Returns:
-        (B, L, 3, H, W) linear radiance, non-negative.
-    """
-    b, _, h, w = maps.shape
-    parts = unpack(maps)
-    albedo = srgb_to_linear(parts["albedo"]).unsqueeze(1)  # (B, 1, 3, H, W)
-    rough = parts["roughness"].clamp(0.03, 1).unsqueeze(1)  # (B, 1, 1, H, W)
-    metal = parts["metallic"].clamp(0, 1).unsqueeze(1)
-    n = F.normalize(parts["normal"], dim=1, eps=EPS).unsqueeze(1)  # (B, 1, 3, H, W)
-
-    pos = patch_positions(h, w, maps.device, maps.dtype)[None, None]  # (1, 1, 3, H, W)
-    cam = torch.as_tensor(camera, device=maps.device, dtype=maps.dtype).reshape(-1, 1, 3, 1, 1)
-    to_light = lights.to(maps.dtype)[..., None, None] - pos  # (B, L, 3, H, W)
-    dist2 = (to_light * to_light).sum(2, keepdim=True).clamp_min(EPS)
-    l_dir = to_light / dist2.sqrt()
-    v_dir = F.normalize(cam - pos, dim=2, eps=EPS)  # (B|1, 1, 3, H, W)
+    """BRDF times n.l for unit light and view directions; every argument broadcasts over (B, V, C, H, W)."""
     h_dir = F.normalize(l_dir + v_dir, dim=2, eps=EPS)
-
     n_dot_l = (n * l_dir).sum(2, keepdim=True).clamp_min(0)
     n_dot_v = (n * v_dir).sum(2, keepdim=True).clamp_min(EPS)
     n_dot_h = (n * h_dir).sum(2, keepdim=True).clamp_min(0)
     v_dot_h = (v_dir * h_dir).sum(2, keepdim=True).clamp_min(0)
-
     alpha = rough * rough
     f0 = 0.04 * (1 - metal) + albedo * metal
     d = ggx_distribution(n_dot_h, alpha)
@@ -103,12 +80,95 @@ def render(
     f = fresnel_schlick(v_dot_h, f0)
     specular = d * g * f / (4 * n_dot_l * n_dot_v + EPS)
     diffuse = (1 - metal) * albedo / math.pi
+    return (diffuse + specular) * n_dot_l
 
+
+def _surface(maps: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Linear albedo, clamped roughness and metallic, unit normal, each (B, 1, C, H, W), and positions."""
+    _, _, h, w = maps.shape
+    parts = unpack(maps)
+    albedo = srgb_to_linear(parts["albedo"]).unsqueeze(1)  # (B, 1, 3, H, W)
+    rough = parts["roughness"].clamp(0.03, 1).unsqueeze(1)  # (B, 1, 1, H, W)
+    metal = parts["metallic"].clamp(0, 1).unsqueeze(1)
+    n = F.normalize(parts["normal"], dim=1, eps=EPS).unsqueeze(1)  # (B, 1, 3, H, W)
+    pos = patch_positions(h, w, maps.device, maps.dtype)[None, None]  # (1, 1, 3, H, W)
+    return albedo, rough, metal, n, pos
+
+
+def _eyes(camera: tuple[float, float, float] | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A camera (3,), (B, 3) or per view (B, V, 3) as (B|1, V|1, 3, 1, 1)."""
+    cam = torch.as_tensor(camera, device=like.device, dtype=like.dtype)
+    if cam.ndim == 1:
+        return cam.reshape(1, 1, 3, 1, 1)
+    if cam.ndim == 2:
+        return cam.reshape(-1, 1, 3, 1, 1)
+    return cam[..., None, None]
+
+
+def render(
+    maps: torch.Tensor,
+    lights: torch.Tensor,
+    light_power: torch.Tensor | float = DEFAULT_LIGHT_POWER,
+    camera: tuple[float, float, float] | torch.Tensor = DEFAULT_CAMERA,
+    cone_exponent: torch.Tensor | float = 0.0,
+) -> torch.Tensor:
+    """Render linear radiance of contract maps under point lights, one image per light.
+
+    Args:
+        maps: (B, 8, H, W) in contract ranges (albedo sRGB-encoded).
+        lights: (B, L, 3) light positions in world space.
+        light_power: scalar or (B, L) radiant intensity (on the light's axis).
+        camera: one camera (3,) or (B, 3), or one per image (B, L, 3): a phone moves between shots.
+        cone_exponent: scalar or (B, L); a light aimed at the patch centre gives cos(off-axis)^p of its
+            intensity (0: isotropic), as a phone flash's beam does.
+
+    Returns:
+        (B, L, 3, H, W) linear radiance, non-negative.
+    """
+    albedo, rough, metal, n, pos = _surface(maps)
+    light_pos = lights.to(maps.dtype)[..., None, None]  # (B, L, 3, 1, 1)
+    to_light = light_pos - pos  # (B, L, 3, H, W)
+    dist2 = (to_light * to_light).sum(2, keepdim=True).clamp_min(EPS)
+    l_dir = to_light / dist2.sqrt()
+    v_dir = F.normalize(_eyes(camera, maps) - pos, dim=2, eps=EPS)  # (B|1, L|1, 3, H, W)
     power = torch.as_tensor(light_power, device=maps.device, dtype=maps.dtype)
     if power.ndim == 2:
         power = power[..., None, None, None]
-    irradiance = power * n_dot_l / dist2
-    return (diffuse + specular) * irradiance
+    cone = torch.as_tensor(cone_exponent, device=maps.device, dtype=maps.dtype)
+    if cone.ndim == 2:
+        cone = cone[..., None, None, None]
+    if bool((cone != 0).any()):
+        axis = F.normalize(light_pos, dim=2, eps=EPS)  # the beam points from the light at the origin
+        power = power * (axis * l_dir).sum(2, keepdim=True).clamp_min(0) ** cone
+    return _shade(albedo, rough, metal, n, l_dir, v_dir) * power / dist2
+
+
+def render_environment(
+    maps: torch.Tensor,
+    directions: torch.Tensor,
+    irradiance: torch.Tensor,
+    camera: tuple[float, float, float] | torch.Tensor,
+) -> torch.Tensor:
+    """Render linear radiance of contract maps under distant lights (an environment), seen from each eye.
+
+    Args:
+        maps: (B, 8, H, W).
+        directions: (B, K, 3) unit vectors towards each distant light.
+        irradiance: (B, K, 3) RGB irradiance each light gives a surface facing it.
+        camera: (B, V, 3) eyes, one image each (or (3,) / (B, 3) for one image).
+
+    Returns:
+        (B, V, 3, H, W) linear radiance: the sum over the K lights.
+    """
+    albedo, rough, metal, n, pos = _surface(maps)
+    v_dir = F.normalize(_eyes(camera, maps) - pos, dim=2, eps=EPS)  # (B|1, V, 3, H, W)
+    dirs = directions.to(maps.dtype)
+    rgb = irradiance.to(maps.dtype)
+    out = torch.zeros((), device=maps.device, dtype=maps.dtype)
+    for k in range(dirs.shape[1]):  # a loop keeps memory at one light's worth, K is small
+        l_dir = dirs[:, k, :, None, None, None].transpose(1, 2)  # (B, 1, 3, 1, 1)
+        out = out + _shade(albedo, rough, metal, n, l_dir, v_dir) * rgb[:, k, :, None, None].unsqueeze(1)
+    return out.expand(maps.shape[0], v_dir.shape[1], 3, *maps.shape[-2:])
 
 
 def to_display(radiance: torch.Tensor, exposure: torch.Tensor | float = 1.0) -> torch.Tensor:

@@ -43,12 +43,46 @@ def check(schema: Any, data: Any, where: str) -> Any:
 # --------------------------------------------------------------------------- render_metadata.json
 
 
+Vector3 = list[float]
+
+
+class EnvironmentUse(BaseModel):
+    """The room light of one capture: which environment, turned how far about +z, how strong."""
+
+    model_config = STRICT
+    id: str
+    rotation: float
+    weight: float = Field(gt=0)  # phone-flash: room / flash irradiance; phone-ambient: 1
+
+
+class CaptureMeta(BaseModel):
+    """Where camera and lights were for each view (``pbrforge.captures``)."""
+
+    model_config = STRICT
+    model: Literal["phone-flash", "phone-ambient", "tripod"]
+    eyes: list[Vector3] = Field(min_length=1)
+    lights: list[Vector3] = Field(min_length=1)
+    light_power: list[float] = Field(min_length=1)
+    cone_exponent: float = Field(ge=0, le=64)
+    exposure: float = Field(gt=0)
+    environment: EnvironmentUse | None
+
+
 class SampleMeta(BaseModel):
     model_config = STRICT
     material: str
     sources: list[Literal["clean", "dirty"]] = Field(min_length=1, max_length=2)
-    lights: list[list[float]] = Field(min_length=1)
-    light_power: float = Field(gt=0)
+    capture: CaptureMeta | None = None  # format 2
+    lights: list[list[float]] | None = Field(default=None, min_length=1)  # format 1: the tripod's lights
+    light_power: float | None = Field(default=None, gt=0)  # format 1
+
+
+class EnvironmentMeta(BaseModel):
+    """An environment map cut into distant lights, rows ``dx, dy, dz, r, g, b`` (``pbrforge.environments``)."""
+
+    model_config = STRICT
+    source: str
+    lights: list[list[float]] = Field(min_length=1, max_length=1024)
 
 
 class MaterialOrigin(BaseModel):
@@ -85,7 +119,7 @@ class ImportSummary(BaseModel):
 
 class RenderMetadata(BaseModel):
     model_config = STRICT
-    format_version: Literal[1]
+    format_version: Literal[1, 2]
     generator: str
     seed: int
     size: int = Field(ge=8, le=MAX_SIDE)
@@ -97,6 +131,8 @@ class RenderMetadata(BaseModel):
     samples: dict[str, SampleMeta]
     materials: dict[str, MaterialMeta]
     imports: ImportSummary | None = None
+    captures: dict[str, float] | None = None  # format 2: the capture mix asked for
+    environments: dict[str, EnvironmentMeta] = Field(default_factory=dict)  # format 2
 
 
 # --------------------------------------------------------------------------- shard manifest.json

@@ -172,6 +172,11 @@ class DistillDataset(Dataset):
     def __len__(self) -> int:
         return len(self.base)
 
+    @property
+    def environments(self) -> dict:
+        """The room lights of the data set under the shards (the rendering loss relights with them)."""
+        return self.base.environments
+
     def shard_of(self, idx: int) -> str:
         return self.index[self.base.entries[idx]][0]
 

@@ -199,7 +199,9 @@ class Trainer:
         self.steps_per_epoch = max(1, steps)
         self.sched_g = LRSchedule(self.opt_g, o, self.steps_per_epoch, t.epochs)
         self.sched_d = LRSchedule(self.opt_d, o, self.steps_per_epoch, t.epochs) if self.opt_d else None
-        self.loss_gen = torch.Generator().manual_seed(t.seed + 1)  # random lights of the rendering loss
+        self.loss_gen = torch.Generator().manual_seed(t.seed + 1)  # random shots of the rendering loss
+        # the rooms the rendering loss lights with: the data set's own environments (none: an overcast dome)
+        self.environments = dict(getattr(train_set, "environments", {}) or {})
         self.epoch, self.global_step, self.best = 0, 0, math.inf
         self.writer: Any = None  # opened by fit(): nothing is written before resume() has checked its input
 
@@ -282,11 +284,11 @@ class Trainer:
     # ------------------------------------------------------------------ steps
     def objective(self, pred: torch.Tensor, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Loss against the truth, blended with loss against the teacher's maps when distilling."""
-        truth = map_losses(pred, batch["target"], self.cfg.loss, self.loss_gen)
+        truth = map_losses(pred, batch["target"], self.cfg.loss, self.loss_gen, self.environments)
         alpha = self.cfg.loss.distill_alpha
         if alpha <= 0 or "teacher" not in batch:
             return truth
-        teach = map_losses(pred, batch["teacher"], self.cfg.loss, self.loss_gen)
+        teach = map_losses(pred, batch["teacher"], self.cfg.loss, self.loss_gen, self.environments)
         terms = {f"gt/{k}": v for k, v in truth.items()} | {f"teacher/{k}": v for k, v in teach.items()}
         terms["total"] = alpha * teach["total"] + (1 - alpha) * truth["total"]
         return terms
@@ -354,13 +356,15 @@ class Trainer:
         val_set = self.val_set
         model = self.eval_model.eval()
         metrics, losses, first = MapMetrics(), [], None
-        gen = torch.Generator().manual_seed(12345)  # fixed lights: val loss comparable across epochs
+        gen = torch.Generator().manual_seed(12345)  # fixed shots: val loss comparable across epochs
         loader = DataLoader(val_set, batch_size=self.cfg.training.batch_size, shuffle=False)
         for batch in loader:
             views, target = batch["views"].to(self.device), batch["target"].to(self.device)
             pred = model(views).float()
             metrics.update(pred, target)
-            losses.append(map_losses(pred, target, self.cfg.loss, gen)["total"].item() * len(views))
+            losses.append(
+                map_losses(pred, target, self.cfg.loss, gen, self.environments)["total"].item() * len(views)
+            )
             if first is None:
                 first = {"views": views.cpu(), "pred": pred.cpu(), "target": target.cpu()}
         self.model.train()

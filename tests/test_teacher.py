@@ -10,9 +10,15 @@ from pbrforge.config import TrainConfig, list_configs, load_config
 from pbrforge.contract import validate
 from pbrforge.dataset import PBRDataset
 from pbrforge.errors import ConfigError
-from pbrforge.losses import gan_d_loss, gan_g_loss, map_losses, normal_angular_loss, rendering_loss
+from pbrforge.losses import (
+    gan_d_loss,
+    gan_g_loss,
+    loss_captures,
+    map_losses,
+    normal_angular_loss,
+    rendering_loss,
+)
 from pbrforge.models import build_model, load_checkpoint, model_from_checkpoint
-from pbrforge.render import random_lights
 from pbrforge.teacher.model import MultiViewPBRGenerator, PatchDiscriminator, TeacherConfig
 from pbrforge.trainer import Trainer, TrainingError
 
@@ -98,8 +104,8 @@ def test_known_loss_values():
     cfg = load_config("quick_test").loss
     terms = map_losses(a, b, cfg)
     assert terms["l1_albedo"].item() == 0 and terms["l1_roughness"].item() > 0
-    lights = random_lights(2, 3, generator=torch.Generator().manual_seed(0))
-    assert rendering_loss(a, a, lights).item() == 0 and rendering_loss(a, b, lights).item() > 0
+    shots = loss_captures(2, cfg, torch.Generator().manual_seed(0), None)
+    assert rendering_loss(a, a, shots).item() == 0 and rendering_loss(a, b, shots).item() > 0
     real, fake = torch.full((4,), 2.0), torch.full((4,), -2.0)
     assert gan_d_loss(real, fake, "hinge").item() == 0
     assert gan_d_loss(fake, real, "hinge").item() == pytest.approx(6.0)
