@@ -65,7 +65,7 @@ def main(out: Path, count: int) -> None:
         shutil.rmtree(out)
     data, t0, times = out / "data", time.perf_counter(), {}
     times["datagen"] = _step(
-        "datagen (procedural and photo-textured materials)",
+        "datagen (procedural and photo-textured materials, handheld phone-flash captures)",
         datagen,
         [
             "--out",
@@ -79,6 +79,8 @@ def main(out: Path, count: int) -> None:
             "--dirty-ratio",
             "0.5",
             "--photo-textures",
+            "--capture",
+            "phone-flash",
         ],
     )
     _step("check-data", check_data, [str(data)])

@@ -56,6 +56,7 @@ class DatasetSummary:
     sources: dict[str, int] = field(
         default_factory=dict
     )  # samples per material source (procedural, a library)
+    captures: dict[str, int] = field(default_factory=dict)  # samples per capture model
 
     def table(self) -> str:
         rows = [
@@ -67,6 +68,7 @@ class DatasetSummary:
             ("resolution", f"{self.resolution}x{self.resolution}"),
             ("families", ", ".join(f"{k} {v}" for k, v in sorted(self.families.items()))),
             ("samples by source", ", ".join(f"{k} {v}" for k, v in sorted(self.sources.items()))),
+            ("samples by capture", ", ".join(f"{k} {v}" for k, v in sorted(self.captures.items()))),
         ]
         width = max(len(k) for k, _ in rows)
         return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
@@ -184,6 +186,9 @@ def scan_dataset(root: Path, deep: bool = False) -> tuple[dict, DatasetSummary]:
         origin = meta["materials"][s["material"]].get("origin")
         kind = origin["library"] if origin else "procedural"
         sources[kind] = sources.get(kind, 0) + 1
+    captures: dict[str, int] = {}
+    for s in meta["samples"].values():
+        captures[s["capture"]["model"]] = captures.get(s["capture"]["model"], 0) + 1
     summary = DatasetSummary(
         str(root),
         len(meta["samples"]),
@@ -193,6 +198,7 @@ def scan_dataset(root: Path, deep: bool = False) -> tuple[dict, DatasetSummary]:
         size,
         families,
         sources,
+        captures,
     )
     return meta, summary
 

@@ -23,6 +23,9 @@ from pbrforge.teacher.model import MultiViewPBRGenerator, PatchDiscriminator, Te
 from pbrforge.trainer import Trainer, TrainingError
 
 ORDER_ATOL = 1e-5
+# an old checkpoint must give the outputs it gave when saved; across CPUs the convolution kernels picked
+# differ in summation order, so equality is to float32 rounding, not bit for bit (1.2e-7 seen on a Xeon)
+SAVED_OUTPUT_ATOL = 1e-6
 
 
 def tiny_model(**kw) -> MultiViewPBRGenerator:
@@ -375,4 +378,4 @@ def test_checkpoint_from_the_core_layout_still_loads(tmp_path):
     assert (sizes.image_size, sizes.output_size) == (32, 32)
     saved = load_file(fixtures / "teacher_saved_by_0.1.0_core_layout.safetensors")
     with torch.no_grad():
-        torch.testing.assert_close(model(saved["views"]), saved["maps"], atol=0, rtol=0)
+        torch.testing.assert_close(model(saved["views"]), saved["maps"], atol=SAVED_OUTPUT_ATOL, rtol=0)
