@@ -16,7 +16,7 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -116,7 +116,7 @@ def _upgrade_capture(meta: dict, sid: str, s: dict, path: Path) -> None:
         raise DataError(
             f"{path}: format-2 sample {sid} needs a capture record (and no lights or light_power)"
         )
-    c = s["capture"]
+    c = cast(dict, s["capture"])
     lengths = {len(c["eyes"]), len(c["lights"]), len(c["light_power"])}
     if lengths != {NUM_VIEWS} or any(len(v) != 3 for v in c["eyes"] + c["lights"]):
         raise DataError(

@@ -31,8 +31,16 @@ def eval_capture(model: str = "phone-flash") -> CaptureBatch:
 
 
 def _expand(capture: CaptureBatch, batch: int, device: torch.device) -> CaptureBatch:
-    grow = lambda t: None if t is None else t.to(device).expand(batch, *t.shape[1:])  # noqa: E731
-    return CaptureBatch(*(grow(getattr(capture, f)) for f in CaptureBatch.__dataclass_fields__))
+    """One capture row repeated for a batch."""
+    grow = lambda t: t.to(device).expand(batch, *t.shape[1:])  # noqa: E731
+    envs = (capture.env_directions, capture.env_irradiance)
+    return CaptureBatch(
+        grow(capture.eyes),
+        grow(capture.flash),
+        grow(capture.flash_power),
+        grow(capture.cone_exponent),
+        *(None if t is None else grow(t) for t in envs),
+    )
 
 
 def normal_angles_deg(pred_n: torch.Tensor, true_n: torch.Tensor) -> torch.Tensor:
