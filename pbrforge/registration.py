@@ -53,6 +53,7 @@ ECC_ITERATIONS = 100  # ECC stops earlier once the correlation gains less than E
 ECC_EPS = 1e-6
 ECC_BLUR = 5  # ECC's Gaussian pre-filter (its own default): smooths the cost for sub-pixel convergence
 MARKER_FRACTION = 0.12  # marker side / sheet side on the printable board
+MARKER_REFINE_WINDOW = 0.8  # corner window / marker bit; OpenCV's 0.3 erred 0.9 px at 5 px bits
 MARKER_IDS = (0, 1, 2, 3)  # top-left, top-right, bottom-right, bottom-left of the sample window
 OVERLAY_SIDE = 1024  # tile side cap in overlay_png: misalignment of a few pixels still shows as fringes
 
@@ -227,16 +228,16 @@ def _match(
     """Homography view -> reference from ratio-tested SIFT matches, with the inlier points (src, dst)."""
     pairs = cv2.BFMatcher(cv2.NORM_L2).knnMatch(view[1], ref[1], k=2)
     good = [p[0] for p in pairs if len(p) == 2 and p[0].distance < LOWE_RATIO * p[1].distance]
-    found, mask = None, None
+    found, mask, count = None, None, len(good)
     if len(good) >= MIN_INLIERS:
         src = view[0][[m.queryIdx for m in good]]
         dst = ref[0][[m.trainIdx for m in good]]
         method = getattr(cv2, "USAC_MAGSAC", cv2.RANSAC)
         found, mask = cv2.findHomography(src, dst, method, RANSAC_PX, maxIters=5000, confidence=0.999)
-    count = 0 if mask is None else int(mask.sum())
+        count = 0 if mask is None else int(mask.sum())
     if found is None or mask is None or count < MIN_INLIERS:
         raise DataError(
-            f"{name} does not match {ref_name}: {count} feature matches agree on one homography, "
+            f"{name} does not match {ref_name}: at most {count} feature matches agree on one homography, "
             f"at least {MIN_INLIERS} are needed (is it a photo of the same sample?)"
         )
     keep = mask.ravel().astype(bool)
@@ -399,6 +400,8 @@ def _find_markers(img: np.ndarray, name: str) -> np.ndarray:
     """The sample's four corners in ``img``: each marker's corner nearest the window (see the module doc)."""
     params = cv2.aruco.DetectorParameters()
     params.cornerRefinementMethod = cv2.aruco.CORNER_REFINE_SUBPIX
+    if hasattr(params, "relativeCornerRefinmentWinSize"):  # OpenCV >= 4.9 (its spelling)
+        params.relativeCornerRefinmentWinSize = MARKER_REFINE_WINDOW
     detector = cv2.aruco.ArucoDetector(cv2.aruco.getPredefinedDictionary(_ARUCO_DICT), params)
     found, ids, _ = detector.detectMarkers(_grey_u8(img))
     seen = [] if ids is None else [int(i) for i in ids.ravel()]
