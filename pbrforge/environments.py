@@ -41,6 +41,20 @@ class Environment:
     directions: np.ndarray
     irradiance: np.ndarray
 
+    def coarsened(self, count: int) -> Environment:
+        """The same room in ``count`` lights: median cut orders its lights so that runs of 2^j are subtrees,
+        and each run merges into one light keeping its cosine-weighted irradiance (the sum of E d)."""
+        k = len(self.directions)
+        if count >= k or k % count:
+            return self
+        vec = (self.directions[:, None, :] * self.irradiance[:, :, None]).reshape(count, k // count, 3, 3)
+        summed = vec.sum(1)  # (count, rgb, xyz): per channel, the sum of irradiance times direction
+        luma_vec = np.einsum("c,ncx->nx", LUMA, summed)  # (count, 3)
+        norm = np.linalg.norm(luma_vec, axis=1, keepdims=True)
+        dirs = np.where(norm > 1e-12, luma_vec / np.maximum(norm, 1e-12), np.array([0.0, 0.0, 1.0]))
+        rgb = np.einsum("ncx,nx->nc", summed, dirs)  # each channel's vector projected on the light's axis
+        return Environment(self.name, self.source, dirs, np.clip(rgb, 0, None))
+
     def as_rows(self) -> list[list[float]]:
         """(K, 6) rows ``dx, dy, dz, r, g, b`` for render_metadata.json."""
         return np.concatenate([self.directions, self.irradiance], 1).round(6).tolist()

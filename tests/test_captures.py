@@ -194,3 +194,17 @@ def test_phone_data_without_environments_is_one_sentence(tmp_path, monkeypatch):
         generate_dataset(tmp_path / "out", 2, 32, progress=False)
     assert not (tmp_path / "out").exists()
     generate_dataset(tmp_path / "rig", 2, 32, progress=False, captures={"tripod": 1.0})  # needs no room
+
+
+def test_coarsened_room_keeps_its_diffuse_light():
+    """The loss's 4-light room gives an upward surface (and any surface its lights all face) the same light."""
+    dome = environments.uniform_dome(16)
+    coarse = dome.coarsened(4)
+    assert coarse.directions.shape == (4, 3)
+    np.testing.assert_allclose(np.linalg.norm(coarse.directions, axis=1), 1, rtol=1e-9)
+    for normal in ([0, 0, 1.0], [0.2, -0.1, 0.97]):
+        n = np.asarray(normal) / np.linalg.norm(normal)
+        fine = (dome.irradiance * np.clip(dome.directions @ n, 0, None)[:, None]).sum(0)
+        got = (coarse.irradiance * np.clip(coarse.directions @ n, 0, None)[:, None]).sum(0)
+        np.testing.assert_allclose(got, fine, rtol=0.03)  # exact where no light falls below n's horizon
+    assert dome.coarsened(5) is dome  # not a divisor: left alone
