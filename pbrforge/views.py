@@ -5,12 +5,19 @@ sorted name are used (more is a warning naming them, fewer an error). Modes: RGB
 alpha; grayscale is replicated to RGB; 16-bit is scaled by 1/65535; palette and CMYK are converted to
 RGB. Each view is resized with antialiasing to the model's square input, with a warning when its aspect
 ratio is not 1:1.
+
+Handheld photos do not line up pixel for pixel, and the model needs three views of one rectified
+surface. ``read_registered_views`` registers them first (``pbrforge.registration``): feature matching
+with a RANSAC homography onto the first photo (``features``, the default for photos), the sample's four
+corners per photo (``corners``), printed ArUco markers (``markers``), or nothing when the photos are
+already rectified (``none``, which reads them exactly as ``read_view_folder`` does).
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -19,6 +26,9 @@ from PIL import ImageOps
 
 from pbrforge.contract import NUM_VIEWS, open_image
 from pbrforge.errors import DataError
+
+if TYPE_CHECKING:
+    from pbrforge.registration import Registration
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -87,3 +97,35 @@ def read_view_folder(folder: Path, size: int) -> tuple[torch.Tensor, list[Path]]
             )
         views.append(resize_view(x, size))
     return torch.stack(views), paths
+
+
+def read_registered_views(
+    folder: Path, size: int, align: str = "features", corners: Path | None = None
+) -> tuple[torch.Tensor, list[Path], Registration | None]:
+    """(3, 3, size, size) views in [0, 1] registered onto the first photo, the files used, and the record.
+
+    Args:
+        folder: three photos (the first three by name).
+        size: the model's input side.
+        align: ``features``, ``corners``, ``markers`` or ``none`` (read as they are; no record).
+        corners: with ``corners``, a JSON file of the sample's four corners in each photo.
+
+    A photo that cannot be registered is refused in one sentence naming it, before anything is written.
+    """
+    from pbrforge.registration import ALIGN_METHODS, read_corners, register_views
+
+    if align not in ALIGN_METHODS:
+        raise DataError(f"--align {align!r} is not one of {', '.join(ALIGN_METHODS)}")
+    if (align == "corners") != (corners is not None):
+        raise DataError("--align corners needs a corners file, and a corners file needs --align corners")
+    if align == "none":
+        views, used = read_view_folder(folder, size)
+        return views, used, None
+    paths = find_views(folder)
+    images = [image_to_float(p).permute(1, 2, 0).numpy() for p in paths]
+    quads = read_corners(corners, len(paths)) if corners is not None else None
+    reg = register_views(images, align, corners=quads, names=[p.name for p in paths])
+    views = torch.stack(
+        [resize_view(torch.from_numpy(v).permute(2, 0, 1).contiguous(), size) for v in reg.views]
+    )
+    return views, paths, reg

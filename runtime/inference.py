@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -31,16 +32,22 @@ from pbrforge.fileio import atomic_path, check_output_dir, exclusive, remove_sta
 from pbrforge.runtime.backends import Runner, Views, load_runner, torch_runner
 from pbrforge.runtime.emit import AssetRequest, check_request, default_name, emit
 from pbrforge.runtime.validators import check_files
-from pbrforge.views import read_view_folder
+
+if TYPE_CHECKING:
+    from pbrforge.registration import Registration
+from pbrforge.views import read_registered_views
 
 _logger = logging.getLogger(__name__)
 
 
-def preprocess(folder: Path, contract: DeployContract) -> tuple[Views, list[Path]]:
-    """Three (1, 3, S, S) float tensors of whole numbers 0..255, exactly what an 8-bit image input holds."""
-    views01, used = read_view_folder(folder, contract.image_size)
+def preprocess(
+    folder: Path, contract: DeployContract, align: str = "none", corners: Path | None = None
+) -> tuple[Views, list[Path], Registration | None]:
+    """Three (1, 3, S, S) float tensors of whole numbers 0..255 (what an 8-bit image input holds), registered
+    by ``align`` first; the files used and the registration record."""
+    views01, used, reg = read_registered_views(folder, contract.image_size, align, corners)
     views = tuple((v * 255).round()[None].contiguous() for v in views01)
-    return views, used
+    return views, used, reg
 
 
 def to_maps(outputs: dict[str, np.ndarray]) -> torch.Tensor:
@@ -156,9 +163,12 @@ def run_inference(
     threads: int = 0,
     assets: AssetRequest | None = None,
     gate: RenderGate | None = None,
+    align: str = "features",
+    corners: Path | None = None,
 ) -> dict:
     """Predict maps for the three photos in ``input_dir`` and write them; with ``reference``, parity and latency.
 
+    The photos are registered by ``align`` first (``registration.json`` and ``registration.png`` record it).
     Every input (artifact, photos, reference) is read and checked before anything is written.
     """
     check_output_dir(output, "--output")
@@ -166,7 +176,7 @@ def run_inference(
         check_request(assets.formats, assets.normal, assets.validate)
     runner = load_runner(artifact, backend, threads)
     contract = runner.contract
-    views, used = preprocess(input_dir, contract)
+    views, used, reg = preprocess(input_dir, contract, align, corners)
     ref = torch_runner(reference, runner.threads, contract) if reference is not None else None
     outputs = runner.run(views)
     maps = to_maps(outputs)
@@ -175,6 +185,11 @@ def run_inference(
         remove_stale_temps(output)
         full = upscale(maps, final)
         write_outputs(full, views, output)
+        if reg is not None:
+            from pbrforge.registration import overlay_png
+
+            write_json(Path(output) / "registration.json", reg.to_json() | {"inputs": [p.name for p in used]})
+            overlay_png(reg, Path(output) / "registration.png")
         if assets is not None:
             written = emit(
                 full,
@@ -193,6 +208,7 @@ def run_inference(
             "artifact": str(artifact),
             "backend": runner.backend,
             "inputs": [str(p) for p in used],
+            "align": align,
             "final_size": final,
         }
         if ref is None:

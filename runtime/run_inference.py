@@ -1,12 +1,18 @@
 """Run any pbrforge artifact on three photos; with --reference, check parity and latency against PyTorch.
 
 Input folder rules: png/jpg, the first three by sorted name (more is a warning, fewer an error); any
-mode is converted to RGB (alpha dropped, gray replicated, 16-bit scaled); any size is resized to the
-model's input (a warning when not square). Outputs are upscaled to --final-size with Lanczos, normals
+mode is converted to RGB (alpha dropped, gray replicated, 16-bit scaled). Handheld photos are registered
+onto the first one before the model sees them (--align features: SIFT matches and a RANSAC homography,
+refined by ECC, cropped to the square all three cover; corners FILE: the sample's four corners per photo;
+markers: four printed ArUco markers; none: already rectified, resized as they are with a warning when not
+square). A photo that cannot be registered is refused naming it; registration.json and registration.png
+(red/cyan overlays) show how the views lined up. Outputs are upscaled to --final-size with Lanczos, normals
 renormalised, and written as albedo/roughness/metallic/normal.png plus preview.png.
 
 Examples:
     python runtime/run_inference.py artifacts/student.onnx --input photos/ --output out/
+    python runtime/run_inference.py artifacts/student.onnx --input rectified/ --output out/ --align none
+    python runtime/run_inference.py artifacts/student.onnx --input photos/ --output out/ --align corners --corners corners.json
     python runtime/run_inference.py artifacts/student.onnx --input photos/ --output out/ \\
         --reference runs/student/checkpoints/best.pt --runs 20 --warmup 3 --render-psnr-min 35
     python runtime/run_inference.py runs/student/checkpoints/best.pt --input photos/ --output out/ --final-size 1024
@@ -50,6 +56,19 @@ from pbrforge.runtime.emit import emit_options
     help="Check the artifact against the test vectors its contract lists (inputs and PyTorch's outputs, "
     "written by the exporter): no checkpoint or photos needed; exit 2 naming the worst output.",
 )
+@click.option(
+    "--align",
+    type=click.Choice(("features", "corners", "markers", "none")),
+    default="features",
+    show_default=True,
+    help="How the three photos are registered onto the first before the model sees them.",
+)
+@click.option(
+    "--corners",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help='With --align corners: JSON {"views": [[[x, y] x4] per photo]}, top-left first, clockwise.',
+)
 @click.option("--backend", type=click.Choice(("auto",) + BACKENDS), default="auto", show_default=True)
 @click.option(
     "--reference",
@@ -85,6 +104,8 @@ def main(
     input_dir: Path | None,
     output: Path | None,
     self_check: bool,
+    align: str,
+    corners: Path | None,
     backend: str,
     reference: Path | None,
     runs: int,
@@ -121,7 +142,7 @@ def main(
         ]
         given += [
             "--" + n.replace("_", "-")
-            for n in ("runs", "warmup", "final_size", "render_psnr_min", "normal_p99_max")
+            for n in ("runs", "warmup", "final_size", "render_psnr_min", "normal_p99_max", "align", "corners")
             if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE
         ]
         if given:
@@ -135,6 +156,8 @@ def main(
     for name, value in (("--input", input_dir), ("--output", output)):
         if value is None:
             raise click.UsageError(f"Missing option '{name}' (or give --self-check).")
+    if (align == "corners") != (corners is not None):
+        raise click.UsageError("--align corners needs --corners FILE, and --corners needs --align corners")
     if not formats:
         given = [
             f"--{n}"
@@ -147,7 +170,19 @@ def main(
     assets = AssetRequest(formats, material, int(bits), normal, run_validators) if formats else None
     gate = render_gate(render_psnr_min, normal_p99_max)
     run_inference(
-        artifact, input_dir, output, backend, reference, runs, warmup, final_size, threads, assets, gate
+        artifact,
+        input_dir,
+        output,
+        backend,
+        reference,
+        runs,
+        warmup,
+        final_size,
+        threads,
+        assets,
+        gate,
+        align=align,
+        corners=corners,
     )
 
 

@@ -1,7 +1,11 @@
 """Run a trained teacher on three photos and write the four maps as PNGs.
 
+Handheld photos are registered onto the first one before the model sees them (--align, as in
+``pbrforge run``: features, corners with --corners FILE, markers, or none for rectified views).
+
 Examples:
     python teacher/infer.py --checkpoint runs/teacher/checkpoints/best.pt --input-dir photos/ --out-dir out/
+    python teacher/infer.py --checkpoint runs/teacher/checkpoints/best.pt --input-dir rectified/ --out-dir out/ --align none
     python teacher/infer.py --checkpoint runs/teacher/checkpoints/best.pt --data-root data/demo --sample-idx 3 --out-dir out/
 """
 
@@ -50,6 +54,19 @@ def predict(model: torch.nn.Module, views01: torch.Tensor, device: torch.device)
     help="... and the index of a sample in it (all splits).",
 )
 @click.option("--source", type=click.Choice(["clean", "dirty"]), default="clean", show_default=True)
+@click.option(
+    "--align",
+    type=click.Choice(("features", "corners", "markers", "none")),
+    default="features",
+    show_default=True,
+    help="With --input-dir: how the photos are registered onto the first.",
+)
+@click.option(
+    "--corners",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    default=None,
+    help="With --align corners: JSON of the sample's four corners per photo.",
+)
 @click.option("--out-dir", type=OUTPUT_DIR, required=True)
 @click.option("--device", type=DEVICE_CHOICE, default="auto", show_default=True)
 @user_errors
@@ -59,27 +76,33 @@ def main(
     data_root: Path | None,
     sample_idx: int | None,
     source: str,
+    align: str,
+    corners: Path | None,
     out_dir: Path,
     device: str,
 ) -> None:
     """Predict albedo, roughness, metallic and normal maps with a teacher checkpoint."""
     if (input_dir is None) == (data_root is None) or (data_root is None) != (sample_idx is None):
         raise DataError("give either --input-dir, or --data-root with --sample-idx")
+    if (align == "corners") != (corners is not None):
+        raise DataError("--align corners needs --corners FILE, and --corners needs --align corners")
     from PIL import Image
 
     from pbrforge.contract import write_material
     from pbrforge.dataset import PBRDataset
     from pbrforge.distributed import resolve_device
-    from pbrforge.fileio import atomic_path
+    from pbrforge.fileio import atomic_path, write_json
     from pbrforge.models import model_config, model_from_checkpoint
-    from pbrforge.views import read_view_folder
+    from pbrforge.registration import overlay_png
+    from pbrforge.views import read_registered_views
 
     dev = resolve_device(device)
     model, cfg, _ = model_from_checkpoint(checkpoint, family="teacher", map_location=dev)
     model.to(dev)
     sizes = model_config(cfg)
+    reg = None
     if data_root is None or sample_idx is None:
-        views, _ = read_view_folder(input_dir, sizes.image_size)
+        views, _, reg = read_registered_views(input_dir, sizes.image_size, align, corners)
     else:
         ds = PBRDataset(
             data_root, "all", sizes.image_size, sizes.output_size, curriculum={"clean": 0, "dirty": 2}[source]
@@ -89,6 +112,9 @@ def main(
         views = ds.load_views(*ds.entries[sample_idx])
     maps = predict(model, views, dev)
     write_material(out_dir, maps)
+    if reg is not None:
+        write_json(out_dir / "registration.json", reg.to_json())
+        overlay_png(reg, out_dir / "registration.png")
     for i, v in enumerate(views):
         with atomic_path(out_dir / f"view_{i}.png") as tmp:
             Image.fromarray((v.permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(

@@ -347,7 +347,7 @@ def test_run_emits_every_format_and_validates_it(tiny_student_ckpt, tmp_path, ti
     out = tmp_path / "out"
     r = CliRunner().invoke(
         cli,
-        ["run", str(tiny_student_ckpt), "--input", str(views), "--output", str(out), "--final-size", "64",
+        ["run", str(tiny_student_ckpt), "--input", str(views), "--align", "none", "--output", str(out), "--final-size", "64",
          "--emit", "pngset,gltf,usdz,mtlx", "--name", "S2", "--validate"],
     )  # fmt: skip
     assert r.exit_code == 0, r.output

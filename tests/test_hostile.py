@@ -245,7 +245,7 @@ STUDENT_TRAIN = lambda p, out, *more: [
     *more,
 ]
 EXPORT = lambda p, out, *more: ["export", p.student, "--output", out / "s", "--format", "onnx", *more]
-RUN = lambda p, out, *more: ["run", p.student, "--input", p.views, "--output", out, *more]
+RUN = lambda p, out, *more: ["run", p.student, "--input", p.views, "--output", out, "--align", "none", *more]
 SHARDS = lambda p, out, *more: [
     "shards",
     "--checkpoint",

@@ -72,6 +72,8 @@ def test_pte_runs_with_reference(tiny_pte, tiny_student_ckpt, tiny_data, tmp_pat
         tiny_pte,
         "--input",
         views,
+        "--align",
+        "none",
         "--output",
         tmp_path / "out",
         "--reference",

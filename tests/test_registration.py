@@ -307,3 +307,56 @@ def test_overlay_png(tmp_path):
     with Image.open(path) as img:
         assert img.format == "PNG" and img.mode == "RGB" and img.size == (3 * reg.size, reg.size)
     assert [p.name for p in tmp_path.iterdir()] == ["overlay.png"]  # no temporary left behind
+
+
+# ----------------------------------------------------------------- registration before the model (pbrforge run)
+
+
+def _write_views(folder, views) -> None:
+    folder.mkdir()
+    for i, v in enumerate(views):
+        Image.fromarray(np.round(np.clip(v, 0, 1) * 255).astype(np.uint8)).save(folder / f"{i:02d}.png")
+
+
+@pytest.mark.slow
+def test_run_registers_handheld_photos_and_records_it(tiny_student_ckpt, tmp_path):
+    from click.testing import CliRunner
+
+    from pbrforge.cli import main as cli
+
+    photos = tmp_path / "photos"
+    _write_views(photos, _capture(TRUE))
+    out = tmp_path / "out"
+    r = CliRunner().invoke(
+        cli,
+        ["run", str(tiny_student_ckpt), "--input", str(photos), "--output", str(out), "--final-size", "32"],
+    )
+    assert r.exit_code == 0, r.output
+    record = json.loads((out / "registration.json").read_text())
+    assert record["method"] == "features" and record["inputs"] == ["00.png", "01.png", "02.png"]
+    assert all(n is None or n >= MIN_INLIERS for n in record["inliers"])
+    assert Image.open(out / "registration.png").size[0] == 3 * Image.open(out / "registration.png").size[1]
+    # a view that cannot be registered: one sentence naming it, exit 2, nothing written
+    blank = tmp_path / "blank"
+    views = _capture(TRUE)
+    views[2] = np.full_like(views[2], 0.5)
+    _write_views(blank, views)
+    r = CliRunner().invoke(
+        cli, ["run", str(tiny_student_ckpt), "--input", str(blank), "--output", str(tmp_path / "o2")]
+    )
+    assert r.exit_code == 2 and "02.png" in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert not (tmp_path / "o2").exists()
+    r = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            str(tiny_student_ckpt),
+            "--input",
+            str(photos),
+            "--output",
+            str(tmp_path / "o3"),
+            "--align",
+            "corners",
+        ],
+    )
+    assert r.exit_code == 2 and "--corners" in r.output, r.output

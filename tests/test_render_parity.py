@@ -130,6 +130,8 @@ def test_run_fails_a_perturbed_model_naming_the_figure(tiny_student_ckpt, tiny_d
         str(perturbed),
         "--input",
         str(views),
+        "--align",
+        "none",
         "--reference",
         str(tiny_student_ckpt),
         "--runs",

@@ -37,6 +37,8 @@ def test_backends_write_maps_and_reports(which, tiny_onnx, tiny_student_ckpt, vi
         artifact,
         "--input",
         views_dir,
+        "--align",
+        "none",
         "--output",
         out,
         "--reference",
@@ -78,14 +80,14 @@ def test_upscale_lanczos_keeps_contract():
 
 def test_fewer_than_three_views(tiny_onnx, views_dir, tmp_path):
     (views_dir / "2.png").unlink()
-    r = _run(tiny_onnx, "--input", views_dir, "--output", tmp_path / "o")
+    r = _run(tiny_onnx, "--input", views_dir, "--align", "none", "--output", tmp_path / "o")
     assert r.exit_code == 2 and "3 views are needed" in r.output
     assert not (tmp_path / "o").exists()
 
 
 def test_more_than_three_warns_and_names_used(tiny_onnx, views_dir, tmp_path):
     shutil.copy(views_dir / "0.png", views_dir / "9.png")
-    r = _run(tiny_onnx, "--input", views_dir, "--output", tmp_path / "o")
+    r = _run(tiny_onnx, "--input", views_dir, "--align", "none", "--output", tmp_path / "o")
     assert r.exit_code == 0, r.output
     assert "warning" in r.output and "0.png, 1.png, 2.png" in r.output
 
@@ -98,7 +100,9 @@ def test_modes_and_sizes_are_converted(tiny_onnx, views_dir, tmp_path):
     Image.fromarray(gray16).save(views_dir / "2.png")
     x = image_to_float(views_dir / "2.png")
     assert x.shape[0] == 3 and float(x.min()) >= 0 and float(x.max()) <= 1 and float(x.max()) > 0.1
-    r = _run(tiny_onnx, "--input", views_dir, "--output", tmp_path / "o", "--final-size", "64")
+    r = _run(
+        tiny_onnx, "--input", views_dir, "--align", "none", "--output", tmp_path / "o", "--final-size", "64"
+    )
     assert r.exit_code == 0, r.output
     assert "stretched" in r.output  # the 40x30 view's aspect-ratio warning
 
@@ -107,7 +111,9 @@ def test_palette_and_jpeg(tiny_onnx, views_dir, tmp_path):
     Image.open(views_dir / "0.png").convert("P").save(views_dir / "0.png")
     Image.open(views_dir / "1.png").save(views_dir / "1.jpg", quality=90)
     (views_dir / "1.png").unlink()
-    r = _run(tiny_onnx, "--input", views_dir, "--output", tmp_path / "o", "--final-size", "64")
+    r = _run(
+        tiny_onnx, "--input", views_dir, "--align", "none", "--output", tmp_path / "o", "--final-size", "64"
+    )
     assert r.exit_code == 0, r.output
 
 
@@ -128,7 +134,7 @@ def test_unavailable_backends_are_one_sentence(name, message, views_dir, tmp_pat
     if name != "missing.onnx":
         (tmp_path / name).mkdir() if name.endswith(".mlpackage") else (tmp_path / name).write_bytes(b"x")
         DeployContract(32, 32, 1, "student", "x").save(contract_path(tmp_path / name))
-    r = _run(tmp_path / name, "--input", views_dir, "--output", tmp_path / "o")
+    r = _run(tmp_path / name, "--input", views_dir, "--align", "none", "--output", tmp_path / "o")
     assert r.exit_code == 2, r.output
     assert message in r.output and len(r.output.strip().splitlines()) == 1
 
@@ -209,6 +215,8 @@ def test_run_with_retained_heap(tiny_student_ckpt, views_dir, tmp_path):
             str(tiny_student_ckpt),
             "--input",
             str(views_dir),
+            "--align",
+            "none",
             "--output",
             str(out),
             "--final-size",
