@@ -10,7 +10,7 @@ STAMP := $(VENV)/.pbrforge-installed
 DEMO_DIR ?= demo_out
 WEB := runtime/web
 
-.PHONY: install demo test test-fast lint bench clean
+.PHONY: install demo test test-fast lint bench pretrained clean
 
 install: $(STAMP)
 
@@ -65,6 +65,11 @@ bench: install
 	cp $(DEMO_DIR)/timings.json $(R)/demo_timings.json
 	$(PY) benchmarks/export.py --checkpoint $(DEMO_DIR)/student/checkpoints/best.pt
 	$(PY) benchmarks/runtime.py --checkpoint $(DEMO_DIR)/student/checkpoints/best.pt
+
+# The default model `pbrforge run` uses with no model given: data, teacher, shards and student on this
+# machine's CPU (about 35 minutes on 2 cores), written to pbrforge/weights/ with its quality table.
+pretrained: install
+	$(PY) benchmarks/pretrained.py
 
 clean:
 	rm -rf $(DEMO_DIR) runs .pytest_cache .ruff_cache $(WEB)/dist

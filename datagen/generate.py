@@ -12,6 +12,9 @@ default: a handheld phone, its flash beside the lens, room light always on), pho
 only) and tripod (the old fixed camera with a side light). Each sample records its capture. Phone captures
 light the room with HDR maps: npm @pmndrs/assets' 18 CC0 maps (make install) or --environments DIR.
 
+--export-capture N also writes flash captures of the first N materials in MaterialGAN's layout, with their
+true maps, under OUT/captures/<material>/ (datagen/export_capture.py), for `pbrforge evaluate-capture`.
+
 Examples:
     python datagen/generate.py --out data/demo --count 64 --size 256 --seed 0 --dirty-ratio 0.5
     pbrforge datagen --out data/mix --count 64 --capture phone-flash:0.6,phone-ambient:0.2,tripod:0.2
@@ -20,6 +23,7 @@ Examples:
     pbrforge datagen --out data/big --count 2000 --size 512 --samples-per-material 4
     pbrforge datagen --out data/real --count 0 --materials ~/ambientcg --materials ~/polyhaven --size 256
     pbrforge datagen --out data/mixed --count 64 --photo-textures --size 128
+    pbrforge datagen --out data/demo --count 16 --size 256 --export-capture 4
 """
 
 from __future__ import annotations
@@ -94,6 +98,12 @@ from pbrforge.options import (
     default=None,
     help="Folder of .exr/.hdr environment maps for the room light [default: npm @pmndrs/assets].",
 )
+@click.option(
+    "--export-capture",
+    type=click.IntRange(0, 10_000),
+    default=0,
+    help="Also write flash captures of the first N materials under OUT/captures/ (evaluate-capture's layout).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out.")
 @user_errors
 def main(
@@ -107,6 +117,7 @@ def main(
     photo_textures: bool,
     capture_mix: dict[str, float],
     environments_dir: Path | None,
+    export_capture: int,
     overwrite: bool,
 ) -> None:
     """Render procedural and imported materials into three-view captures and ground-truth maps."""
@@ -127,6 +138,10 @@ def main(
         captures=capture_mix,
         environments_dir=environments_dir,
     )
+    if export_capture:
+        from pbrforge.datagen.export_capture import export_captures
+
+        export_captures(out, export_capture, seed)
     elapsed = time.perf_counter() - t0
     _, summary = scan_dataset(out)
     click.echo(summary.table())

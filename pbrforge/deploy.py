@@ -41,6 +41,11 @@ class DeployContract:
     final_size: int = DEFAULT_FINAL_SIZE  # what apps upscale to (Lanczos; normals renormalised)
     input_names: list[str] = field(default_factory=lambda: list(INPUT_NAMES))
     input_format: str = "RGB, 0-255, (1, 3, H, W); normalisation is inside the model"
+    # the three views must show one rectified surface, pixel for pixel: handheld photos are registered first
+    input_registration: str = (
+        "views registered onto view_0 by a homography of the planar sample and cropped to one square "
+        "(pbrforge.registration; on iOS VNHomographicImageRegistrationRequest, PBRRegistration.swift)"
+    )
     mean: list[float] = field(default_factory=lambda: list(INPUT_MEAN))
     std: list[float] = field(default_factory=lambda: list(INPUT_STD))
     output_names: list[str] = field(default_factory=lambda: list(OUTPUT_NAMES))

@@ -20,6 +20,9 @@ from pbrforge.errors import ConfigError, DataError
 from pbrforge.families import get_family
 
 CHECKPOINT_FORMAT = "pbrforge-checkpoint-1"
+PRETRAINED_FORMAT = "pbrforge-pretrained-1"
+# the model `pbrforge run` uses when none is given: a student trained on phone captures (make pretrained)
+DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "student_phone.safetensors"
 
 
 def model_config(cfg: TrainConfig) -> Any:
@@ -114,11 +117,65 @@ def shipped_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
     return ckpt.get("ema") or ckpt["model"]
 
 
+def save_pretrained(checkpoint: Path, out: Path) -> int:
+    """Write a checkpoint's shipped weights as float16 safetensors with its config inside; returns bytes.
+
+    What ships in the package: no trainer state, no pickle, half the bytes of float32.
+    """
+    import json
+
+    from safetensors.torch import save_file
+
+    from pbrforge.fileio import atomic_path
+
+    ckpt = load_checkpoint(checkpoint)
+    cfg = config_of(ckpt, checkpoint)
+    state = {k: v.half() if v.is_floating_point() else v for k, v in shipped_state(ckpt).items()}
+    meta = {"format": PRETRAINED_FORMAT, "config": json.dumps(cfg.to_dict())}
+    with atomic_path(Path(out)) as tmp:
+        save_file({k: v.contiguous() for k, v in state.items()}, str(tmp), metadata=meta)
+    return Path(out).stat().st_size
+
+
+def load_pretrained(path: Path) -> dict[str, Any]:
+    """A pretrained safetensors file as a checkpoint dict (float32 weights), refused in one sentence if foreign."""
+    import json
+
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"pretrained model {path} does not exist")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iterator
+    except (SafetensorError, OSError, ValueError) as e:
+        raise DataError(f"{path} is not a safetensors file ({type(e).__name__}: {e})") from e
+    if meta.get("format") != PRETRAINED_FORMAT:
+        raise DataError(f"{path} is not a pbrforge pretrained model (expected format {PRETRAINED_FORMAT})")
+    try:
+        config = json.loads(meta["config"])
+    except (KeyError, ValueError) as e:
+        raise DataError(f"{path} records no readable config") from e
+    weights = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    if any(v.is_floating_point() and not bool(torch.isfinite(v).all()) for v in weights.values()):
+        raise DataError(f"{path} holds NaN or inf weights, so the model is unusable")
+    family = config.get("family") if isinstance(config, dict) else None
+    return {"format": PRETRAINED_FORMAT, "family": family, "config": config, "model": weights}
+
+
 def model_from_checkpoint(
     path: Path, family: str | None = None, map_location: str | torch.device = "cpu"
 ) -> tuple[nn.Module, TrainConfig, dict]:
-    """Rebuild the model a checkpoint describes, load its weights (the EMA if trained with one), in eval mode."""
-    ckpt = load_checkpoint(path, map_location)
+    """Rebuild the model a checkpoint describes, load its weights (the EMA if trained with one), in eval mode.
+
+    A ``.safetensors`` file written by ``save_pretrained`` (the shipped default model) loads the same way.
+    """
+    if Path(path).suffix.lower() == ".safetensors":
+        ckpt = load_pretrained(path)
+    else:
+        ckpt = load_checkpoint(path, map_location)
     cfg = config_of(ckpt, path)
     if family is not None and cfg.family != family:
         raise ConfigError(f"{path} is a {cfg.family} checkpoint, expected a {family}")

@@ -21,6 +21,7 @@ if (
 SUFFIX_BACKEND = {
     ".pt": "torch",
     ".pth": "torch",
+    ".safetensors": "torch",  # a pretrained model (the shipped default)
     ".onnx": "onnx",
     ".ort": "onnx",  # ONNX Runtime's mobile format: the same runtime loads it
     ".mlpackage": "coreml",

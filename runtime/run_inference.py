@@ -9,7 +9,11 @@ square). A photo that cannot be registered is refused naming it; registration.js
 (red/cyan overlays) show how the views lined up. Outputs are upscaled to --final-size with Lanczos, normals
 renormalised, and written as albedo/roughness/metallic/normal.png plus preview.png.
 
+With no ARTIFACT the default model runs: a student trained on phone captures, shipped inside the package
+(pbrforge/weights/student_phone.safetensors; `make pretrained` rebuilds it).
+
 Examples:
+    pbrforge run --input photos/ --output out/
     python runtime/run_inference.py artifacts/student.onnx --input photos/ --output out/
     python runtime/run_inference.py artifacts/student.onnx --input rectified/ --output out/ --align none
     python runtime/run_inference.py artifacts/student.onnx --input photos/ --output out/ --align corners --corners corners.json
@@ -36,7 +40,7 @@ from pbrforge.runtime.emit import emit_options
 
 
 @click.command("run", cls=Command, epilog=examples_epilog(__doc__))
-@click.argument("artifact", type=click.Path(path_type=Path))
+@click.argument("artifact", type=click.Path(path_type=Path), required=False, default=None)
 @click.option(
     "--input",
     "input_dir",
@@ -100,7 +104,7 @@ from pbrforge.runtime.emit import emit_options
 @render_gate_options
 @user_errors
 def main(
-    artifact: Path,
+    artifact: Path | None,
     input_dir: Path | None,
     output: Path | None,
     self_check: bool,
@@ -129,6 +133,16 @@ def main(
     if retain_heap and not retain_freed_memory():
         logging.getLogger(__name__).warning("--retain-heap does nothing here: the C library is not glibc")
     ctx = click.get_current_context()
+    if artifact is None:
+        from pbrforge.errors import DataError
+        from pbrforge.models import DEFAULT_MODEL
+
+        if not DEFAULT_MODEL.is_file():
+            raise DataError(
+                f"no model was given and the default model {DEFAULT_MODEL} is not installed; "
+                "give an artifact or checkpoint (make pretrained builds the default)"
+            )
+        artifact = DEFAULT_MODEL
     if self_check:
         given = [
             o
