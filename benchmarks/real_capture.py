@@ -1,5 +1,5 @@
-"""The real-capture protocol on synthetic phone captures: a model judged by re-rendering held-out flash photos,
-before and after test-time refinement, beside a flat material and the true maps.
+"""The real-capture protocol on synthetic phone captures: a model judged by re-rendering held-out flash
+photos, before and after test-time refinement, beside a flat material and the true maps.
 
 K procedural materials (the families in turn) are written as flash captures in MaterialGAN's layout by
 datagen/export_capture.py (N photos 0-30 degrees off vertical, the flash at the lens, one exposure). Each
@@ -80,7 +80,7 @@ def make_captures(root: Path, count: int, size: int, photos: int) -> list[Path]:
 def main(
     checkpoint: Path, captures: int, photos: int, size: int, inputs: str, refine_steps: int, out: Path
 ) -> None:
-    """Write synthetic flash captures, score the model on their held-out photos with and without refinement."""
+    """Write synthetic flash captures; score the model on their held-out photos, with and without refinement."""
     numbers = ce.parse_inputs(inputs)
     folders = make_captures(out / "captures", captures, size, photos)
     predictor = load_predictor(checkpoint=checkpoint)
@@ -110,7 +110,7 @@ def main(
         for m in methods
     }
     print(
-        f"\n{predictor.name}: {captures} synthetic captures of {photos} photos at {size} px, inputs {inputs}, "
+        f"\n{predictor.name}: {captures} synthetic captures, {photos} photos at {size} px, inputs {inputs}, "
         f"refine {refine_steps} steps; {seconds:.1f} s on {torch.get_num_threads()} threads"
     )
     print(f"{'capture':<22}" + "".join(f" {m + ' RMSE':>13} {m + ' SSIM':>13}" for m in methods))

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pbrforge.capture_eval import CAMERAS_FILE, MIN_PHOTOS, SIDE_FILE
 from pbrforge.captures import (
     DISTANCE_JITTER,
     EXPOSURE,
@@ -32,7 +33,6 @@ from pbrforge.captures import (
     TARGET_IRRADIANCE,
     TILT_DEG,
 )
-from pbrforge.capture_eval import CAMERAS_FILE, MIN_PHOTOS, SIDE_FILE
 from pbrforge.contract import read_material, resize_maps, write_material
 from pbrforge.dataset import load_metadata
 from pbrforge.errors import DataError
@@ -45,7 +45,7 @@ DEFAULT_PHOTOS = 9  # as many as MaterialGAN's real captures
 
 
 def phone_cameras(n_photos: int, rng: np.random.Generator) -> np.ndarray:
-    """(N, 3) camera positions in world units: one field of view, each shot its own tilt, azimuth and distance."""
+    """(N, 3) camera positions in world units: one field of view; each shot its own tilt, azimuth, distance."""
     fov = math.radians(rng.uniform(*FIELD_OF_VIEW_DEG))
     base = 1 / math.tan(fov / 2)  # the sample's half-side fills half the frame
     eyes = []
@@ -68,7 +68,7 @@ def export_capture(
     side_cm: float = SAMPLE_SIDE_CM,
     overwrite: bool = False,
 ) -> dict:
-    """Write one capture of (8, H, W) ``maps`` to ``out_dir`` (built beside it, then renamed) and return its record.
+    """Write a capture of (8, H, W) ``maps`` to ``out_dir`` (built beside it, then renamed); return its record.
 
     Args:
         maps: contract maps, the truth.
@@ -87,7 +87,7 @@ def export_capture(
     truth = resize_maps(maps.detach().float(), side)
     rng = np.random.default_rng(seed)
     eyes = phone_cameras(n_photos, rng)
-    # one locked exposure: the flash gives the centre TARGET_IRRADIANCE x 0.8-1.2 at the mean distance
+    # one locked exposure: the centre gets TARGET_IRRADIANCE x 0.8-1.2 at the shots' mean squared distance
     power = TARGET_IRRADIANCE * rng.uniform(*EXPOSURE) * float(np.mean(np.sum(eyes**2, axis=1)))
     eye_t = torch.from_numpy(eyes).float()[None]  # (1, N, 3)
     with torch.no_grad():
@@ -122,7 +122,7 @@ def export_capture(
 
 
 def export_captures(root: Path, count: int, seed: int = 0, n_photos: int = DEFAULT_PHOTOS) -> list[Path]:
-    """Captures of the first ``count`` materials of the data set at ``root``, in ``root/captures/<material>/``.
+    """Captures of the first ``count`` materials of the data set at ``root``, in ``root/captures/<name>/``.
 
     The data set itself is not touched; each capture draws from its own seed (``seed``, 2, index).
     """

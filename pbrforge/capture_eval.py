@@ -1,4 +1,4 @@
-"""Scoring predicted maps against a real capture: flash photos of a flat sample, each re-rendered at its flash.
+"""Scoring predicted maps against a real capture: flash photos of a flat sample, re-rendered at each flash.
 
 The layout is the one MaterialGAN (Guo et al. 2020) published its real captures in, so those captures and
 ours (``datagen --export-capture``) are read alike:
@@ -30,7 +30,7 @@ import logging
 import math
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -109,13 +109,13 @@ class Capture:
         return [flash_record(eye) for eye in self.eyes.tolist()]
 
     def index(self, number: int) -> int:
-        """The position of photo ``number`` (as in its file name), or one sentence naming the photos there are."""
-        for i, p in enumerate(self.paths):
-            if int(PHOTO_NAME.match(p.name)[1]) == number:  # type: ignore[index]
-                return i
-        raise DataError(
-            f"--inputs names photo {number:02d}, but {self.folder} holds photos {self.names[0]}..{self.names[-1]}"
-        )
+        """The position of photo ``number`` (``03.png`` is 3), or one sentence naming the photos there are."""
+        if not 0 <= number < len(self.paths):  # photos are numbered from 0 without gaps (find_photos)
+            raise DataError(
+                f"--inputs names photo {number:02d}, but {self.folder} holds photos "
+                f"{self.names[0]}..{self.names[-1]}"
+            )
+        return number
 
 
 def flash_record(eye: Sequence[float]) -> dict[str, Any]:
@@ -172,7 +172,7 @@ def read_side_cm(folder: Path) -> float:
 
 
 def read_cameras_cm(folder: Path) -> np.ndarray:
-    """(N, 3) camera positions in cm from ``camera_pos.txt``: commas or spaces, blank lines and # comments skipped."""
+    """(N, 3) camera positions in cm from ``camera_pos.txt``: commas or spaces; blank lines, # comments skipped."""
     path = Path(folder) / CAMERAS_FILE
     rows = []
     for n, line in enumerate(_read_text(path).splitlines(), 1):
@@ -228,7 +228,7 @@ def find_photos(folder: Path) -> list[Path]:
 
 
 def read_capture(folder: Path, max_side: int = MAX_SCORE_SIDE) -> Capture:
-    """Read and check a capture folder (every refusal is one DataError sentence); photos kept at <= ``max_side``."""
+    """Read and check a capture folder (each refusal one DataError sentence); photos kept at <= ``max_side``."""
     folder = Path(folder)
     paths = find_photos(folder)
     cameras = read_cameras_cm(folder)
@@ -271,13 +271,13 @@ def parse_inputs(text: str) -> tuple[int, ...]:
 
 
 def render_photos(maps: torch.Tensor, eyes: torch.Tensor) -> torch.Tensor:
-    """Linear radiance (V, 3, S, S) of (8, S, S) maps under a co-located flash of power 1 at each eye (V, 3)."""
+    """Linear radiance (V, 3, S, S) of (8, S, S) maps under a flash of power 1 at each eye (V, 3), eye = light."""
     capture = batch_captures([flash_record(e) for e in eyes.tolist()], {}, maps.device, maps.dtype)
     return render_capture(maps[None], capture)[:, 0]  # (V, 1, 3, S, S): maps broadcast over the V rows
 
 
 def unclipped(photos: torch.Tensor) -> torch.Tensor:
-    """(V, 1, S, S) mask of pixels below ``CLIPPED`` in every channel: the ones whose value a fit may trust."""
+    """(V, 1, S, S) mask of pixels below ``CLIPPED`` in every channel: those whose value a fit may trust."""
     return (photos.amax(dim=-3, keepdim=True) < CLIPPED).to(photos.dtype)
 
 
@@ -321,7 +321,7 @@ class MethodScore:
 
 @torch.no_grad()
 def score_maps(capture: Capture, maps: torch.Tensor, inputs: Sequence[int]) -> MethodScore:
-    """Render ``maps`` at every photo's flash, fit one gain on the ``inputs`` (positions), score the others."""
+    """Render ``maps`` at every photo's flash, fit one gain on the ``inputs`` (positions), score the rest."""
     side = capture.photos.shape[-1]
     maps = resize_maps(maps.float(), side)
     eyes = capture.eyes
@@ -341,7 +341,7 @@ def score_maps(capture: Capture, maps: torch.Tensor, inputs: Sequence[int]) -> M
 
 
 def flat_material(photos: torch.Tensor, side: int) -> torch.Tensor:
-    """The floor a model must beat: the photos' mean colour as albedo, roughness 0.5, not metal, flat (8, S, S)."""
+    """The floor a model must beat: the photos' mean colour, roughness 0.5, not metal, flat: (8, S, S)."""
     mean = linear_to_srgb(srgb_to_linear(photos).mean(dim=(0, 2, 3)))  # (3,) averaged in linear light
     ones = torch.ones(1, side, side)
     return pack(
@@ -508,7 +508,7 @@ class CaptureEvaluation:
             "sample_side_cm": self.capture.side_cm,
             "inputs": [names[i] for i in self.inputs],
             "held_out": self.held_out,
-            "gain_fit": "one scale per method, least squares in linear RGB over the input photos' unclipped pixels",
+            "gain_fit": "one scale per method: least squares in linear RGB, input photos' unclipped pixels",
             "metrics": "RMSE and SSIM of the tone-mapped render against the photo, sRGB in [0, 1]",
             "methods": {k: v.to_dict() for k, v in self.methods.items()},
             "refinement": None
@@ -586,10 +586,8 @@ def evaluate_capture(
     }
     refinement = None
     if refine_steps > 0:
-        base = settings or RefineSettings(refine_steps)
-        if base.steps != refine_steps:
-            base = RefineSettings(refine_steps, base.lr, base.prior_weight, base.patience, base.validate_on)
-        refinement = refine(maps, input_photos, capture.eyes[list(positions)], base)
+        chosen = replace(settings or RefineSettings(refine_steps), steps=refine_steps)
+        refinement = refine(maps, input_photos, capture.eyes[list(positions)], chosen)
         methods["refined"] = score_maps(capture, refinement.maps, positions)
     result = CaptureEvaluation(capture, positions, predictor.name, methods, refinement)
     with exclusive(output):

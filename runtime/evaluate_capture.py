@@ -15,9 +15,9 @@ when no step beats the prediction there, the prediction is kept.
 
 Examples:
     pbrforge evaluate-capture captures/card_blue --inputs 00,03,04 artifacts/student.onnx
-    pbrforge evaluate-capture captures/card_blue --inputs 00,03,04 --checkpoint runs/student/checkpoints/best.pt
-    pbrforge evaluate-capture data/demo/captures/bricks_000 --inputs 0,4,8 --checkpoint best.pt --refine 200 \\
-        --output eval/bricks_000
+    pbrforge evaluate-capture captures/card_blue --inputs 00,03,04 --checkpoint runs/student/best.pt
+    pbrforge evaluate-capture data/demo/captures/bricks_000 --inputs 0,4,8 --checkpoint best.pt \\
+        --refine 200 --output eval/bricks_000
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from pbrforge.errors import user_errors
 from pbrforge.options import OUTPUT_DIR, Command, examples_epilog
 
 if TYPE_CHECKING:
+    import torch
+
     from pbrforge.capture_eval import Predictor
     from pbrforge.runtime.backends import Runner
 
@@ -40,7 +42,7 @@ def runner_predictor(runner: Runner, name: str) -> Predictor:
     from pbrforge.capture_eval import Predictor
     from pbrforge.runtime.inference import to_maps
 
-    def run(views):  # (3, 3, s, s) in [0, 1]
+    def run(views: torch.Tensor) -> torch.Tensor:  # (3, 3, s, s) in [0, 1] -> (8, S, S)
         return to_maps(runner.run(tuple((v * 255).round()[None].contiguous() for v in views)))
 
     return Predictor(f"{name} ({runner.backend})", runner.contract.image_size, run)

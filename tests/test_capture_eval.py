@@ -1,4 +1,4 @@
-"""Scoring against a capture in MaterialGAN's layout: refusals, known maps, the flat floor, refinement, outputs."""
+"""Scoring against a capture in MaterialGAN's layout: refusals, known maps, the flat floor, refinement."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from pbrforge import capture_eval as ce
+from pbrforge.captures import batch_captures, render_capture
 from pbrforge.cli import main as cli
 from pbrforge.contract import read_material
 from pbrforge.datagen.export_capture import export_capture
@@ -76,6 +77,16 @@ def test_known_maps_score_perfectly_and_flat_scores_worse(capture, tmp_path):
             assert img.size == (3 * SIDE, SIDE)
     assert read_material(tmp_path / "eval" / "maps").shape == (8, SIDE, SIDE)
     assert "mean" in result.table()
+
+
+def test_records_batch_like_any_capture(capture):
+    """A record per photo goes through captures.batch_captures and renders what the scorer renders."""
+    cap = ce.read_capture(capture)
+    truth = read_material(capture / "truth")
+    batch = batch_captures(cap.records(), {})
+    assert batch.eyes.shape == (PHOTOS, 1, 3) and torch.equal(batch.eyes, batch.flash)
+    assert batch.env_directions is None and float(batch.cone_exponent.abs().max()) == 0
+    torch.testing.assert_close(render_capture(truth[None], batch)[:, 0], ce.render_photos(truth, cap.eyes))
 
 
 def test_gain_is_least_squares_in_linear_light():
