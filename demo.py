@@ -3,8 +3,10 @@
 datagen -> teacher (short) -> teacher_infer shards -> student (short) -> export (Core ML, ONNX, ExecuTorch;
 TensorRT skipped with its sentence) -> run_inference with --reference on a held-out sample, emitting the
 material as a PNG set, glb, usdz and MaterialX checked by their own validators -> the ExecuTorch .pte run the
-same way -> both artifacts' self-check against their test vectors -> a 3D preview page and its screenshot
--> the parity and latency tables of ONNX and ExecuTorch again. It runs each stage's own command, so it lives here, above every
+same way -> both artifacts' self-check against their test vectors -> handheld photos registered by feature
+matching and run -> a flash capture scored with evaluate-capture (held-out photos re-rendered, with
+test-time refinement) -> a 3D preview page and its screenshot -> the parity and latency tables of ONNX and
+ExecuTorch again. It runs each stage's own command, so it lives here, above every
 stage, and not in the library.
 
 Example:
@@ -51,6 +53,7 @@ def main(out: Path, count: int) -> None:
     from pbrforge.dataset import PBRDataset
     from pbrforge.export.converter import main as export
     from pbrforge.models import config_of, load_checkpoint
+    from pbrforge.runtime.evaluate_capture import main as evaluate_capture
     from pbrforge.runtime.preview import main as preview
     from pbrforge.runtime.run_inference import main as run
     from pbrforge.student.train import main as student_train
@@ -81,6 +84,8 @@ def main(out: Path, count: int) -> None:
             "--photo-textures",
             "--capture",
             "phone-flash",
+            "--export-capture",
+            "1",
         ],
     )
     _step("check-data", check_data, [str(data)])
@@ -161,7 +166,18 @@ def main(out: Path, count: int) -> None:
     held_out = data / "input" / source / sample
     inference = out / "inference"
     # both runtimes on the same held-out views, against the same checkpoint, timed alike
-    timed = ["--input", str(held_out), "--reference", str(student_ckpt), "--runs", "20", "--warmup", "3"]
+    timed = [
+        "--input",
+        str(held_out),
+        "--align",
+        "none",
+        "--reference",
+        str(student_ckpt),
+        "--runs",
+        "20",
+        "--warmup",
+        "3",
+    ]
     times["run_inference"] = _step(
         f"run_inference on held-out {sample} ({source}, material {val.material_of(sample)}), material files out",
         run,
@@ -188,6 +204,26 @@ def main(out: Path, count: int) -> None:
             run,
             [str(artifact.with_suffix(suffix)), "--self-check"],
         )
+    handheld = _handheld_photos(data, out / "handheld")
+    times["run_handheld"] = _step(
+        "handheld photos: three flash shots warped by known homographies, registered (--align features) and run",
+        run,
+        [
+            str(artifact.with_suffix(".onnx")),
+            "--input",
+            str(handheld),
+            "--output",
+            str(out / "inference_handheld"),
+        ],
+    )
+    _registration_error(handheld, out / "inference_handheld" / "registration.json")
+    capture = next((data / "captures").iterdir())
+    times["evaluate_capture"] = _step(
+        f"evaluate-capture: re-render the held-out flash photos of {capture.name} (MaterialGAN layout)",
+        evaluate_capture,
+        [str(capture), "--inputs", "00,03,04", "--checkpoint", str(student_ckpt), "--refine", "60",
+         "--output", str(out / "evaluation")],
+    )  # fmt: skip
     times["preview"] = _step(
         "3D preview in headless Chromium",
         preview,
@@ -218,6 +254,65 @@ def main(out: Path, count: int) -> None:
         f"look at: {out / 'contact_sheet.png'}, {out / 'teacher' / 'grids'}, {inference / 'preview.png'},"
         f" {inference / 'latency.png'}, {out / 'preview_3d.png'} (open {out / 'preview_3d.html'} to turn the light)"
     )
+
+
+HANDHELD_SIDE = 256  # photos of a photo-textured material: enough texture for SIFT to match
+# view k = view 1 warped by these (reference pixels -> view k pixels): a few degrees, +-5% scale, ~8 px
+HANDHELD_WARPS = ((0.0, 1.0, 0.0, 0.0), (4.0, 1.05, 8.0, -6.0), (-3.0, 0.95, -8.0, 5.0))
+
+
+def _warp(angle: float, scale: float, tx: float, ty: float):
+    import numpy as np
+
+    c = (HANDHELD_SIDE - 1) / 2
+    centre = np.array([[1, 0, c], [0, 1, c], [0, 0, 1.0]])
+    a = np.deg2rad(angle)
+    core = np.array(
+        [[scale * np.cos(a), -scale * np.sin(a), tx], [scale * np.sin(a), scale * np.cos(a), ty], [0, 0, 1]]
+    )
+    return centre @ core @ np.linalg.inv(centre)
+
+
+def _handheld_photos(data: Path, folder: Path) -> Path:
+    """Three flash photos of a photo-textured material, views 2 and 3 moved by known homographies."""
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    from pbrforge.contract import read_material
+    from pbrforge.datagen.export_capture import export_capture
+    from pbrforge.views import image_to_float
+
+    material = next(p for p in sorted((data / "output").iterdir()) if p.name.startswith("photo_gr"))
+    shots = folder.with_name(folder.name + "_rectified")
+    export_capture(read_material(material), shots, n_photos=5, seed=1, size=HANDHELD_SIDE, overwrite=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    for k, (name, warp) in enumerate(zip(("00", "03", "04"), HANDHELD_WARPS, strict=True)):
+        photo = image_to_float(shots / f"{name}.png").permute(1, 2, 0).numpy()
+        moved = cv2.warpPerspective(photo, _warp(*warp), (HANDHELD_SIDE,) * 2, borderMode=cv2.BORDER_REFLECT)
+        Image.fromarray(np.round(moved * 255).astype(np.uint8)).save(folder / f"{k}.png")
+    click.echo(f"{material.name}: flash photos 00, 03, 04 moved by known homographies into {folder}")
+    return folder
+
+
+def _registration_error(folder: Path, record: Path) -> None:
+    """How far the recovered homographies put the square's points from where the known warps put them."""
+    import numpy as np
+
+    from pbrforge.fileio import read_json
+
+    homs = [np.array(h) for h in read_json(record)["homographies"]]
+    size = read_json(record)["size"]
+    u = np.linspace(0, size - 1, 9)
+    grid = np.c_[np.stack(np.meshgrid(u, u), -1).reshape(-1, 2), np.ones(81)]
+    in_ref = grid @ np.linalg.inv(homs[0]).T  # square -> view 1 pixels
+    worst = 0.0
+    for k in (1, 2):
+        in_view = in_ref @ _warp(*HANDHELD_WARPS[k]).T  # view 1 -> view k, as the photos were made
+        back = in_view @ homs[k].T
+        back = back[:, :2] / back[:, 2:]
+        worst = max(worst, float(np.abs(back - grid[:, :2]).max()))
+    click.echo(f"registration: worst grid-point error against the known warps {worst:.3f} px ({folder})")
 
 
 def _final_tables(inference: Path) -> None:
