@@ -22,6 +22,12 @@ DEFAULT_LIGHT_POWER = 12.0
 EPS = 1e-6
 
 
+def _unit(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``F.normalize`` written out: torch's vector norm over a middle dimension of a 5-D tensor is ~20x slower
+    than the sum of squares it computes (measured on CPU, torch 2.14)."""
+    return x / (x * x).sum(dim, keepdim=True).sqrt().clamp_min(EPS)
+
+
 def srgb_to_linear(x: torch.Tensor) -> torch.Tensor:
     x = x.clamp(0, 1)
     return torch.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055).clamp_min(EPS) ** 2.4)
@@ -68,7 +74,7 @@ def _shade(
     v_dir: torch.Tensor,
 ) -> torch.Tensor:
     """BRDF times n.l for unit light and view directions; every argument broadcasts over (B, V, C, H, W)."""
-    h_dir = F.normalize(l_dir + v_dir, dim=2, eps=EPS)
+    h_dir = _unit(l_dir + v_dir, 2)
     n_dot_l = (n * l_dir).sum(2, keepdim=True).clamp_min(0)
     n_dot_v = (n * v_dir).sum(2, keepdim=True).clamp_min(EPS)
     n_dot_h = (n * h_dir).sum(2, keepdim=True).clamp_min(0)
@@ -90,7 +96,7 @@ def _surface(maps: torch.Tensor) -> tuple[torch.Tensor, ...]:
     albedo = srgb_to_linear(parts["albedo"]).unsqueeze(1)  # (B, 1, 3, H, W)
     rough = parts["roughness"].clamp(0.03, 1).unsqueeze(1)  # (B, 1, 1, H, W)
     metal = parts["metallic"].clamp(0, 1).unsqueeze(1)
-    n = F.normalize(parts["normal"], dim=1, eps=EPS).unsqueeze(1)  # (B, 1, 3, H, W)
+    n = _unit(parts["normal"], 1).unsqueeze(1)  # (B, 1, 3, H, W)
     pos = patch_positions(h, w, maps.device, maps.dtype)[None, None]  # (1, 1, 3, H, W)
     return albedo, rough, metal, n, pos
 
@@ -130,7 +136,7 @@ def render(
     to_light = light_pos - pos  # (B, L, 3, H, W)
     dist2 = (to_light * to_light).sum(2, keepdim=True).clamp_min(EPS)
     l_dir = to_light / dist2.sqrt()
-    v_dir = F.normalize(_eyes(camera, maps) - pos, dim=2, eps=EPS)  # (B|1, L|1, 3, H, W)
+    v_dir = _unit(_eyes(camera, maps) - pos, 2)  # (B|1, L|1, 3, H, W)
     power = torch.as_tensor(light_power, device=maps.device, dtype=maps.dtype)
     if power.ndim == 2:
         power = power[..., None, None, None]
@@ -138,7 +144,7 @@ def render(
     if cone.ndim == 2:
         cone = cone[..., None, None, None]
     if bool((cone != 0).any()):
-        axis = F.normalize(light_pos, dim=2, eps=EPS)  # the beam points from the light at the origin
+        axis = _unit(light_pos, 2)  # the beam points from the light at the origin
         power = power * (axis * l_dir).sum(2, keepdim=True).clamp_min(0) ** cone
     return _shade(albedo, rough, metal, n, l_dir, v_dir) * power / dist2
 
@@ -161,7 +167,7 @@ def render_environment(
         (B, V, 3, H, W) linear radiance: the sum over the K lights.
     """
     albedo, rough, metal, n, pos = _surface(maps)
-    v_dir = F.normalize(_eyes(camera, maps) - pos, dim=2, eps=EPS)  # (B|1, V, 3, H, W)
+    v_dir = _unit(_eyes(camera, maps) - pos, 2)  # (B|1, V, 3, H, W)
     dirs = directions.to(maps.dtype)
     rgb = irradiance.to(maps.dtype)
     out = torch.zeros((), device=maps.device, dtype=maps.dtype)
