@@ -61,13 +61,15 @@ bench: install
 	$(PY) benchmarks/shards.py
 	$(PY) benchmarks/scaling.py
 	$(PY) benchmarks/domain_gap.py
+	$(PY) benchmarks/capture_gap.py
+	$(PY) benchmarks/real_capture.py --checkpoint pbrforge/weights/student_phone.safetensors
 	@test -f $(DEMO_DIR)/student/checkpoints/best.pt || $(PY) demo.py --out $(DEMO_DIR)
 	cp $(DEMO_DIR)/timings.json $(R)/demo_timings.json
 	$(PY) benchmarks/export.py --checkpoint $(DEMO_DIR)/student/checkpoints/best.pt
 	$(PY) benchmarks/runtime.py --checkpoint $(DEMO_DIR)/student/checkpoints/best.pt
 
 # The default model `pbrforge run` uses with no model given: data, teacher, shards and student on this
-# machine's CPU (about 35 minutes on 2 cores), written to pbrforge/weights/ with its quality table.
+# machine's CPU (about 25 minutes on 2 cores), written to pbrforge/weights/ with its quality table.
 pretrained: install
 	$(PY) benchmarks/pretrained.py
 

@@ -88,8 +88,8 @@ def quality(model, val: PBRDataset, mean: torch.Tensor) -> dict[str, dict[str, d
 @click.option("--count", type=click.IntRange(24, 100_000), default=480, show_default=True)
 @click.option("--size", type=click.IntRange(64, 1024), default=128, show_default=True, help="Data side.")
 @click.option("--image-size", type=click.IntRange(32, 1024), default=64, show_default=True)
-@click.option("--teacher-minutes", type=click.FloatRange(0.1, 10_000), default=12.0, show_default=True)
-@click.option("--student-minutes", type=click.FloatRange(0.1, 10_000), default=15.0, show_default=True)
+@click.option("--teacher-minutes", type=click.FloatRange(0.1, 10_000), default=10.0, show_default=True)
+@click.option("--student-minutes", type=click.FloatRange(0.1, 10_000), default=12.0, show_default=True)
 @click.option(
     "--work",
     type=click.Path(path_type=Path),
