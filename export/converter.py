@@ -205,10 +205,10 @@ def export_artifacts(
         )
     if quantize == "w8a8" and "coreml" not in formats:
         raise ConfigError("--quantize w8a8 writes a Core ML package: use --format coreml or all")
-    wrapper, folded, example, reference, contract = prepare(checkpoint, test_resolution, use_sr)
-    held_out = []
     if calibration is not None and not (quantize or mixed):
         raise ConfigError("--calibration is for --quantize and --nbits mixed; neither was asked for")
+    wrapper, folded, example, reference, contract = prepare(checkpoint, test_resolution, use_sr)
+    held_out = []
     if calibration is not None:
         from pbrforge.export.onnx_quantize import CALIBRATION_VIEWS, PARITY_VIEWS, held_out_views
 

@@ -285,6 +285,8 @@ def test_train_cli_and_infer(tiny_data, tmp_path):
             str(ckpt),
             "--input-dir",
             str(tiny_data / "input" / "clean" / "sample_0000"),
+            "--align",
+            "none",
             "--out-dir",
             str(tmp_path / "pred2"),
         ]
