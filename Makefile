@@ -62,7 +62,7 @@ bench: install
 	$(PY) benchmarks/scaling.py
 	$(PY) benchmarks/domain_gap.py
 	$(PY) benchmarks/capture_gap.py
-	$(PY) benchmarks/real_capture.py --checkpoint pbrforge/weights/student_phone.safetensors
+	$(PY) benchmarks/real_capture.py --checkpoint pbrforge/weights/student_phone.safetensors --captures 6 --size 128 --refine 60
 	@test -f $(DEMO_DIR)/student/checkpoints/best.pt || $(PY) demo.py --out $(DEMO_DIR)
 	cp $(DEMO_DIR)/timings.json $(R)/demo_timings.json
 	$(PY) benchmarks/export.py --checkpoint $(DEMO_DIR)/student/checkpoints/best.pt
