@@ -93,6 +93,34 @@ def examples_epilog(doc: str | None) -> str:
     return "\b\nExamples:\n" + "\n".join(f"  {ln}" for ln in joined)
 
 
+# how three handheld photos are registered onto the first (pbrforge.registration); here so --help needs no cv2
+ALIGN_METHODS = ("features", "corners", "markers", "none")
+
+
+def align_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--align`` and ``--corners`` for every command that reads photos (checked together by
+    ``pbrforge.views.read_registered_views``, before anything is written)."""
+    for option in reversed(
+        [
+            click.option(
+                "--align",
+                type=click.Choice(ALIGN_METHODS),
+                default="features",
+                show_default=True,
+                help="How the three photos are registered onto the first before the model sees them.",
+            ),
+            click.option(
+                "--corners",
+                type=click.Path(path_type=Path, dir_okay=False, exists=True),
+                default=None,
+                help='With --align corners: JSON {"views": [[[x, y] x4] per photo]}, top-left first, clockwise.',
+            ),
+        ]
+    ):
+        fn = option(fn)
+    return fn
+
+
 def train_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """The options teacher and student training share."""
     options = [

@@ -34,8 +34,8 @@ import numpy as np
 
 from pbrforge.errors import DataError
 from pbrforge.fileio import atomic_path, read_json
+from pbrforge.options import ALIGN_METHODS
 
-ALIGN_METHODS = ("features", "corners", "markers", "none")
 CORNER_NAMES = ("top-left", "top-right", "bottom-right", "bottom-left")
 
 MAX_SIDE = 4096  # output square side cap: the model reads far less, and 4096^2 x 3 float32 is already 200 MB

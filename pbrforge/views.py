@@ -99,6 +99,12 @@ def read_view_folder(folder: Path, size: int) -> tuple[torch.Tensor, list[Path]]
     return torch.stack(views), paths
 
 
+def check_align(align: str, corners: Path | None) -> None:
+    """--align corners and --corners come together or not at all (one sentence, exit 2)."""
+    if (align == "corners") != (corners is not None):
+        raise DataError("--align corners needs --corners FILE, and --corners needs --align corners")
+
+
 def read_registered_views(
     folder: Path, size: int, align: str = "features", corners: Path | None = None
 ) -> tuple[torch.Tensor, list[Path], Registration | None]:
@@ -112,12 +118,9 @@ def read_registered_views(
 
     A photo that cannot be registered is refused in one sentence naming it, before anything is written.
     """
-    from pbrforge.registration import ALIGN_METHODS, read_corners, register_views
+    from pbrforge.registration import read_corners, register_views
 
-    if align not in ALIGN_METHODS:
-        raise DataError(f"--align {align!r} is not one of {', '.join(ALIGN_METHODS)}")
-    if (align == "corners") != (corners is not None):
-        raise DataError("--align corners needs a corners file, and a corners file needs --align corners")
+    check_align(align, corners)
     if align == "none":
         views, used = read_view_folder(folder, size)
         return views, used, None

@@ -34,7 +34,7 @@ import click
 
 from pbrforge.errors import user_errors
 from pbrforge.export.gates import render_gate, render_gate_options
-from pbrforge.options import MAX_SIDE, OUTPUT_DIR, Command, examples_epilog
+from pbrforge.options import MAX_SIDE, OUTPUT_DIR, Command, align_options, examples_epilog
 from pbrforge.runtime.backends import BACKENDS
 from pbrforge.runtime.emit import emit_options
 
@@ -60,19 +60,7 @@ from pbrforge.runtime.emit import emit_options
     help="Check the artifact against the test vectors its contract lists (inputs and PyTorch's outputs, "
     "written by the exporter): no checkpoint or photos needed; exit 2 naming the worst output.",
 )
-@click.option(
-    "--align",
-    type=click.Choice(("features", "corners", "markers", "none")),
-    default="features",
-    show_default=True,
-    help="How the three photos are registered onto the first before the model sees them.",
-)
-@click.option(
-    "--corners",
-    type=click.Path(path_type=Path, dir_okay=False, exists=True),
-    default=None,
-    help='With --align corners: JSON {"views": [[[x, y] x4] per photo]}, top-left first, clockwise.',
-)
+@align_options
 @click.option("--backend", type=click.Choice(("auto",) + BACKENDS), default="auto", show_default=True)
 @click.option(
     "--reference",
@@ -170,8 +158,9 @@ def main(
     for name, value in (("--input", input_dir), ("--output", output)):
         if value is None:
             raise click.UsageError(f"Missing option '{name}' (or give --self-check).")
-    if (align == "corners") != (corners is not None):
-        raise click.UsageError("--align corners needs --corners FILE, and --corners needs --align corners")
+    from pbrforge.views import check_align
+
+    check_align(align, corners)
     if not formats:
         given = [
             f"--{n}"

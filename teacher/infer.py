@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import click
 
 from pbrforge.errors import DataError, user_errors
-from pbrforge.options import DEVICE_CHOICE, OUTPUT_DIR, Command, examples_epilog
+from pbrforge.options import DEVICE_CHOICE, OUTPUT_DIR, Command, align_options, examples_epilog
 
 if TYPE_CHECKING:
     import torch
@@ -54,19 +54,7 @@ def predict(model: torch.nn.Module, views01: torch.Tensor, device: torch.device)
     help="... and the index of a sample in it (all splits).",
 )
 @click.option("--source", type=click.Choice(["clean", "dirty"]), default="clean", show_default=True)
-@click.option(
-    "--align",
-    type=click.Choice(("features", "corners", "markers", "none")),
-    default="features",
-    show_default=True,
-    help="With --input-dir: how the photos are registered onto the first.",
-)
-@click.option(
-    "--corners",
-    type=click.Path(path_type=Path, dir_okay=False, exists=True),
-    default=None,
-    help="With --align corners: JSON of the sample's four corners per photo.",
-)
+@align_options
 @click.option("--out-dir", type=OUTPUT_DIR, required=True)
 @click.option("--device", type=DEVICE_CHOICE, default="auto", show_default=True)
 @user_errors
@@ -84,8 +72,6 @@ def main(
     """Predict albedo, roughness, metallic and normal maps with a teacher checkpoint."""
     if (input_dir is None) == (data_root is None) or (data_root is None) != (sample_idx is None):
         raise DataError("give either --input-dir, or --data-root with --sample-idx")
-    if (align == "corners") != (corners is not None):
-        raise DataError("--align corners needs --corners FILE, and --corners needs --align corners")
     from PIL import Image
 
     from pbrforge.contract import write_material
@@ -94,7 +80,9 @@ def main(
     from pbrforge.fileio import atomic_path, write_json
     from pbrforge.models import model_config, model_from_checkpoint
     from pbrforge.registration import overlay_png
-    from pbrforge.views import read_registered_views
+    from pbrforge.views import check_align, read_registered_views
+
+    check_align(align, corners)  # before the model loads, whichever input is given
 
     dev = resolve_device(device)
     model, cfg, _ = model_from_checkpoint(checkpoint, family="teacher", map_location=dev)
