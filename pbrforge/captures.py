@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from pbrforge.environments import Environment, rotate_z
-from pbrforge.render import DEFAULT_CAMERA, DEFAULT_LIGHT_POWER, render, render_environment
+from pbrforge.render import DEFAULT_CAMERA, DEFAULT_LIGHT_POWER, render, render_environment, view_lights
 
 CAPTURE_MODELS = ("phone-flash", "phone-ambient", "tripod")
 DEFAULT_CAPTURES = {"phone-flash": 1.0}
@@ -112,6 +112,20 @@ def _camera_frame(eye: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return math.cos(a) * right + math.sin(a) * up
 
 
+def framing_distance(rng: np.random.Generator) -> float:
+    """How far a phone is held for the sample to fill a field of view drawn from ``FIELD_OF_VIEW_DEG``."""
+    fov = math.radians(rng.uniform(*FIELD_OF_VIEW_DEG))
+    return 1 / math.tan(fov / 2)  # the sample's half-side fills half the frame
+
+
+def phone_eye(first: bool, base: float, rng: np.random.Generator) -> np.ndarray:
+    """One handheld shot's camera (3,): its own tilt (the first near vertical), azimuth and distance."""
+    tilt = math.radians(rng.uniform(*(FIRST_TILT_DEG if first else TILT_DEG)))
+    az = rng.uniform(0, 2 * math.pi)
+    d = base * rng.uniform(*DISTANCE_JITTER)
+    return d * np.array([math.sin(tilt) * math.cos(az), math.sin(tilt) * math.sin(az), math.cos(tilt)])
+
+
 def draw_capture(
     model: str, rng: np.random.Generator, environments: Sequence[str] = (), views: int = NUM_VIEWS
 ) -> dict[str, Any]:
@@ -125,15 +139,8 @@ def draw_capture(
     """
     if model == "tripod":
         az0 = rng.uniform(0, 2 * math.pi)
-        el = math.radians(rng.uniform(*TRIPOD_ELEVATION_DEG))
-        lights = [
-            [
-                TRIPOD_LIGHT_DISTANCE * math.cos(el) * math.cos(az0 + k * 2 * math.pi / views),
-                TRIPOD_LIGHT_DISTANCE * math.cos(el) * math.sin(az0 + k * 2 * math.pi / views),
-                TRIPOD_LIGHT_DISTANCE * math.sin(el),
-            ]
-            for k in range(views)
-        ]
+        elevation = rng.uniform(*TRIPOD_ELEVATION_DEG)
+        lights = view_lights(az0, elevation, TRIPOD_LIGHT_DISTANCE, views, torch.float64).tolist()
         exposure = rng.uniform(*EXPOSURE)
         power = DEFAULT_LIGHT_POWER * exposure
         return _record(model, [list(DEFAULT_CAMERA)] * views, lights, [power] * views, 0.0, None, exposure)
@@ -141,17 +148,13 @@ def draw_capture(
         raise ValueError(f"unknown capture {model!r}; known: {', '.join(CAPTURE_MODELS)}")
     if not environments:
         raise ValueError(f"the {model} capture needs at least one environment for its room light")
-    fov = math.radians(rng.uniform(*FIELD_OF_VIEW_DEG))
-    base = 1 / math.tan(fov / 2)  # the sample's half-side fills half the frame
+    base = framing_distance(rng)
     exposure = rng.uniform(*EXPOSURE)
     flash = model == "phone-flash"
     cone = float(rng.uniform(*CONE_EXPONENT)) if flash else 0.0
     eyes, lights, powers = [], [], []
     for v in range(views):
-        tilt = math.radians(rng.uniform(*(FIRST_TILT_DEG if v == 0 else TILT_DEG)))
-        az = rng.uniform(0, 2 * math.pi)
-        d = base * rng.uniform(*DISTANCE_JITTER)
-        eye = d * np.array([math.sin(tilt) * math.cos(az), math.sin(tilt) * math.sin(az), math.cos(tilt)])
+        eye = phone_eye(v == 0, base, rng)
         light = eye + _camera_frame(eye, rng) * rng.uniform(*FLASH_OFFSET_CM) / CM_PER_UNIT
         eyes.append(eye.tolist())
         lights.append(light.tolist())

@@ -181,30 +181,21 @@ def to_display(radiance: torch.Tensor, exposure: torch.Tensor | float = 1.0) -> 
     return linear_to_srgb(radiance * exposure)
 
 
-def view_lights(azimuth0: float = 0.0, elevation_deg: float = 45.0, distance: float = 2.2) -> torch.Tensor:
-    """Three light positions 120 degrees apart around the patch at one elevation: (3, 3)."""
+def view_lights(
+    azimuth0: float = 0.0,
+    elevation_deg: float = 45.0,
+    distance: float = 2.2,
+    count: int = 3,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """The tripod rig's lights: ``count`` positions evenly spaced around the patch at one elevation: (count, 3)."""
     el = math.radians(elevation_deg)
-    az = torch.tensor([azimuth0 + k * 2 * math.pi / 3 for k in range(3)])
+    az = torch.tensor([azimuth0 + k * 2 * math.pi / count for k in range(count)], dtype=dtype)
     return torch.stack(
         [
             distance * math.cos(el) * torch.cos(az),
             distance * math.cos(el) * torch.sin(az),
-            torch.full((3,), distance * math.sin(el)),
+            torch.full((count,), distance * math.sin(el), dtype=dtype),
         ],
         dim=-1,
     )
-
-
-def random_lights(
-    batch: int,
-    count: int,
-    generator: torch.Generator | None = None,
-    device: torch.device | None = None,
-    distance: float = 2.2,
-) -> torch.Tensor:
-    """Lights drawn on the upper hemisphere (elevation 20..90 degrees): (B, K, 3), for the rendering loss."""
-    u = torch.rand(batch, count, 2, generator=generator)
-    az = u[..., 0] * 2 * math.pi
-    el = torch.deg2rad(20 + 70 * u[..., 1])
-    xyz = torch.stack([torch.cos(el) * torch.cos(az), torch.cos(el) * torch.sin(az), torch.sin(el)], dim=-1)
-    return (distance * xyz).to(device)
