@@ -15,7 +15,6 @@ Folder: ``NN.png`` (sRGB, row 0 at +y), ``camera_pos.txt`` (x,y,z in cm, origin 
 from __future__ import annotations
 
 import logging
-import math
 import shutil
 from pathlib import Path
 
@@ -24,15 +23,7 @@ import torch
 from PIL import Image
 
 from pbrforge.capture_eval import CAMERAS_FILE, MIN_PHOTOS, SIDE_FILE
-from pbrforge.captures import (
-    DISTANCE_JITTER,
-    EXPOSURE,
-    FIELD_OF_VIEW_DEG,
-    FIRST_TILT_DEG,
-    SAMPLE_SIDE_CM,
-    TARGET_IRRADIANCE,
-    TILT_DEG,
-)
+from pbrforge.captures import EXPOSURE, SAMPLE_SIDE_CM, TARGET_IRRADIANCE, framing_distance, phone_eye
 from pbrforge.contract import read_material, resize_maps, write_material
 from pbrforge.dataset import load_metadata
 from pbrforge.errors import DataError
@@ -46,17 +37,8 @@ DEFAULT_PHOTOS = 9  # as many as MaterialGAN's real captures
 
 def phone_cameras(n_photos: int, rng: np.random.Generator) -> np.ndarray:
     """(N, 3) camera positions in world units: one field of view; each shot its own tilt, azimuth, distance."""
-    fov = math.radians(rng.uniform(*FIELD_OF_VIEW_DEG))
-    base = 1 / math.tan(fov / 2)  # the sample's half-side fills half the frame
-    eyes = []
-    for v in range(n_photos):
-        tilt = math.radians(rng.uniform(*(FIRST_TILT_DEG if v == 0 else TILT_DEG)))
-        az = rng.uniform(0, 2 * math.pi)
-        d = base * rng.uniform(*DISTANCE_JITTER)
-        eyes.append(
-            d * np.array([math.sin(tilt) * math.cos(az), math.sin(tilt) * math.sin(az), math.cos(tilt)])
-        )
-    return np.stack(eyes)
+    base = framing_distance(rng)
+    return np.stack([phone_eye(v == 0, base, rng) for v in range(n_photos)])
 
 
 def export_capture(
