@@ -22,10 +22,10 @@ from pathlib import Path
 
 import click
 import torch
+from budget import budget_config
 from torch.utils.data import DataLoader
 
 from pbrforge.captures import batch_captures, render_capture
-from pbrforge.config import load_config
 from pbrforge.datagen.writer import generate_dataset
 from pbrforge.dataset import PBRDataset
 from pbrforge.metrics import MapMetrics, mean_map_baseline
@@ -99,16 +99,7 @@ def make_data(root: Path, name: str, mix: dict[str, float], count: int, size: in
 def main(minutes: float, count: int, size: int, out: Path) -> None:
     """Train on each capture for one budget; evaluate on held-out materials under every capture."""
     out.mkdir(parents=True, exist_ok=True)
-    cfg = load_config("quick_test").override(
-        {
-            "model.image_size": size,
-            "model.output_size": size,
-            "training.grid_every": 0,
-            "training.epochs": 10_000,  # the budget ends training
-            "optim.scheduler": "plateau",
-            "optim.plateau_patience": 1,
-        }
-    )
+    cfg = budget_config("quick_test", {"model.image_size": size, "model.output_size": size})
     mixes = {**TRAIN_ON, **{t: {t: 1.0} for t in TEST_ON}}
     data = {name: make_data(out, name, mix, count, size) for name, mix in mixes.items()}
     train = {t: PBRDataset.for_config(data[t], "train", cfg) for t in TRAIN_ON}

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import click
 import torch
+from budget import budget_config
 from torch.utils.data import DataLoader
 
-from pbrforge.config import load_config
 from pbrforge.dataset import PBRDataset
 from pbrforge.metrics import MapMetrics, mean_map_baseline
 from pbrforge.models import model_config, model_from_checkpoint
-from pbrforge.options import apply_train_options, examples_epilog
+from pbrforge.options import examples_epilog
 from pbrforge.provenance import write_result
 from pbrforge.shards import DistillDataset, ShardSampler
 from pbrforge.teacher.shards import write_shards
@@ -69,20 +69,8 @@ def main(
     if not teacher_ckpt.exists():
         raise click.ClickException(f"{teacher_ckpt} is missing: run benchmarks/teacher_quality.py first")
     teacher, tcfg, _ = model_from_checkpoint(teacher_ckpt)
-    cfg = load_config(student)
-    cfg = apply_train_options(
-        cfg,
-        None,
-        10_000,
-        tcfg.data.curriculum,
-        None,
-        (
-            f"model.image_size={image_size}",
-            'optim.scheduler="plateau"',
-            "optim.plateau_patience=1",
-            "training.grid_every=0",
-            *extra,
-        ),
+    cfg = budget_config(
+        student, {"model.image_size": image_size, "data.curriculum": tcfg.data.curriculum}, extra
     )
     cfg = cfg.override({"data.val_fraction": tcfg.data.val_fraction, "data.split_seed": tcfg.data.split_seed})
     out_size, teacher_sizes = model_config(cfg).output_size, model_config(tcfg)

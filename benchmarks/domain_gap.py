@@ -20,9 +20,9 @@ from pathlib import Path
 
 import click
 import torch
+from budget import budget_config
 from torch.utils.data import DataLoader
 
-from pbrforge.config import load_config
 from pbrforge.datagen.writer import generate_dataset
 from pbrforge.dataset import PBRDataset
 from pbrforge.metrics import MapMetrics
@@ -84,16 +84,7 @@ def make_data(root: Path, domain: str, count: int, size: int) -> Path:
 def main(minutes: float, count: int, size: int, out: Path) -> None:
     """Train on each domain for one budget; evaluate on held-out materials of both."""
     out.mkdir(parents=True, exist_ok=True)
-    cfg = load_config("quick_test").override(
-        {
-            "model.image_size": size,
-            "model.output_size": size,
-            "training.grid_every": 0,
-            "training.epochs": 10_000,  # the budget ends training
-            "optim.scheduler": "plateau",
-            "optim.plateau_patience": 1,
-        }
-    )
+    cfg = budget_config("quick_test", {"model.image_size": size, "model.output_size": size})
     data = {d: make_data(out, d, count, size) for d in DOMAINS}
     splits = {d: {s: PBRDataset.for_config(data[d], s, cfg) for s in ("train", "val")} for d in DOMAINS}
     table: dict[str, dict[str, dict[str, float]]] = {}

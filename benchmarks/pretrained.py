@@ -28,14 +28,14 @@ from pathlib import Path
 
 import click
 import torch
+from budget import budget_config
 from torch.utils.data import DataLoader
 
-from pbrforge.config import load_config
 from pbrforge.datagen.writer import generate_dataset
 from pbrforge.dataset import PBRDataset
 from pbrforge.metrics import MapMetrics, mean_map_baseline
 from pbrforge.models import DEFAULT_MODEL, model_config, model_from_checkpoint, save_pretrained
-from pbrforge.options import apply_train_options, examples_epilog
+from pbrforge.options import examples_epilog
 from pbrforge.provenance import write_result
 from pbrforge.shards import DistillDataset, ShardSampler
 from pbrforge.teacher.shards import write_shards
@@ -126,16 +126,7 @@ def main(
             captures=MIX,
             overwrite=True,
         )
-    tcfg = load_config("quick_test").override(
-        {
-            "model.image_size": size,
-            "model.output_size": size,
-            "training.grid_every": 0,
-            "training.epochs": 10_000,
-            "optim.scheduler": "plateau",
-            "optim.plateau_patience": 1,
-        }
-    )
+    tcfg = budget_config("quick_test", {"model.image_size": size, "model.output_size": size})
     torch.manual_seed(0)
     teacher = Trainer(
         tcfg,
@@ -147,19 +138,7 @@ def main(
     )
     teacher.fit(max_seconds=teacher_minutes * 60)
     teacher_ckpt = work / "teacher_ckpt" / "latest.pt"
-    scfg = apply_train_options(
-        load_config(STUDENT),
-        None,
-        10_000,
-        tcfg.data.curriculum,
-        None,
-        (
-            f"model.image_size={image_size}",
-            'optim.scheduler="plateau"',
-            "optim.plateau_patience=1",
-            "training.grid_every=0",
-        ),
-    )
+    scfg = budget_config(STUDENT, {"model.image_size": image_size, "data.curriculum": tcfg.data.curriculum})
     out_size = model_config(scfg).output_size
     shards = work / f"shards_{out_size}"
     write_shards(teacher_ckpt, data, shards, out_size, 16, tcfg.data.curriculum, batch_size=4)
