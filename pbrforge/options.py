@@ -124,8 +124,10 @@ def align_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 def train_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """The options teacher and student training share."""
     options = [
+        old_spellings("--output", "--output-dir"),
         click.option(
-            "--output-dir",
+            "--output",
+            "output_dir",
             type=OUTPUT_DIR,
             required=True,
             help="Logs, metrics.jsonl, grids (and checkpoints unless --checkpoint-dir).",
@@ -134,7 +136,7 @@ def train_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             "--checkpoint-dir",
             type=OUTPUT_DIR,
             default=None,
-            help="Where latest.pt / best.pt go [default: OUTPUT_DIR/checkpoints].",
+            help="Where latest.pt / best.pt go [default: OUTPUT/checkpoints].",
         ),
         click.option(
             "--resume",
@@ -203,3 +205,67 @@ class OneLineUsageErrors:
 
 class Command(OneLineUsageErrors, click.Command):
     """Every pbrforge command: ``@click.command(name, cls=Command)``."""
+
+
+_OLD_SPELLINGS = "pbrforge.old_spellings"  # ctx.meta key: parameter name -> the old spelling used
+
+
+class _Unlisted(click.Argument):
+    """A positional argument that is accepted but left out of the usage line (an old spelling)."""
+
+    def get_usage_pieces(self, ctx: click.Context) -> list[str]:
+        return []
+
+
+def _shown(param: click.Parameter) -> str:
+    """How a parameter is written on the command line: ``--output``, or ``CHECKPOINT as an argument``."""
+    return param.opts[0] if isinstance(param, click.Option) else f"{param.human_readable_name} as an argument"
+
+
+def old_spellings(new: str, *old: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Keep the old spellings of a parameter working for one release, hidden from ``--help``.
+
+    Write it just above the parameter it names by today's spelling: ``@old_spellings("--output", "--out")``
+    over ``@click.option("--output", ...)``, or ``@old_spellings("checkpoint", "--checkpoint")`` over
+    ``@click.argument("checkpoint", ...)``. An old spelling with dashes is a hidden option; one without is a
+    positional argument left out of the usage line. Its value reaches the parameter as the context's default,
+    so the parameter's own type, range and required check apply unchanged. Using it prints one deprecation
+    line on stderr; giving both spellings is a usage error.
+    """
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        params: list[click.Parameter] = getattr(fn, "__click_params__", [])
+        target = next((p for p in params if new in p.opts), None)
+        if target is None or target.name is None:
+            raise TypeError(f"old_spellings({new!r}) must sit just above the parameter it renames")
+        name = target.name
+
+        def take_old(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+            if value is None:
+                return
+            from pbrforge.logs import ensure_logging
+
+            was = _shown(param)
+            ensure_logging().warning(
+                f"{was} is deprecated, use {_shown(target)} (the old spelling goes in the next release)"
+            )
+            ctx.meta.setdefault(_OLD_SPELLINGS, {})[name] = was
+            ctx.default_map = {**(ctx.default_map or {}), name: value}
+
+        def not_both(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+            was = ctx.meta.get(_OLD_SPELLINGS, {}).get(name)
+            if was and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
+                raise click.UsageError(f"give {_shown(target)} or its old spelling {was}, not both")
+            return own(ctx, param, value) if own else value
+
+        own, target.callback = target.callback, not_both
+        for i, spelling in enumerate(old):
+            dest = f"old_{name}_{i}"
+            common: dict[str, Any] = {"expose_value": False, "is_eager": True, "callback": take_old}
+            if spelling.startswith("-"):
+                params.append(click.Option([spelling, dest], hidden=True, **common))
+            else:
+                params.append(_Unlisted([dest], required=False, metavar=spelling, **common))
+        return fn
+
+    return decorate
