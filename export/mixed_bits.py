@@ -10,12 +10,18 @@ After ml-stable-diffusion's mixed-bit recipes, judged in render space:
    palette) everywhere, the step that saves the most bytes per unit of added noise is taken while the
    predicted total stays within the budget.
 3. **Check.** The chosen combination is measured with the read-back weights of those conversions (per-tensor
-   k-means gives each weight the same palette alone or with the others); if its render PSNR misses the
-   budget, the target is raised by the miss and the choice repeated. The converter then palettizes the
-   recipe for real, and its read-back parity is the final judge.
+   k-means gives each weight the same palette alone or with the others). A try that misses the budget
+   raises the target by the miss plus a margin that doubles with each miss (errors that do not add as
+   noise power can leave the measured PSNR nearly flat while the target climbs); once a try has met it,
+   the targets between the highest miss and the lowest meet are bisected for a smaller recipe.
+4. **Pick.** Every try is remembered. The result is the smallest try whose measured render figures met
+   the budget, whatever target it was aimed at; only when none did does every weight stay FP16. The
+   converter then palettizes the recipe for real, and its read-back parity is the final judge.
 
 The recipe (``OUTPUT.recipe.json``) maps each weight's MIL name to its bits (16 = not palettized) and is
-reused with ``--recipe``; ``OUTPUT.pareto.png`` plots predicted size against render PSNR.
+reused with ``--recipe``; its ``tries`` list every target aimed at with the size and the measured figures,
+and ``chosen_try`` points at the one kept (null: none met, FP16). ``OUTPUT.pareto.png`` plots predicted
+size against render PSNR.
 """
 
 from __future__ import annotations
@@ -30,11 +36,14 @@ from torch import nn
 
 from pbrforge.deploy import OUTPUT_NAMES
 from pbrforge.errors import ConfigError, ToolFailure
+from pbrforge.export.gates import RenderGate
 
 WIDTHS = (8, 6, 4)
 FP16 = 16
 RECIPE_FORMAT = "pbrforge-palettization-recipe-1"
-CHECKS = 4  # choose-and-measure rounds before giving up on the budget
+CHECKS = 8  # choose-and-measure tries; each is one forward pass over the judged views (the sensitivity took ~3 per layer)
+MARGIN_DB = 0.5  # added to the miss on the first miss; doubled on every further miss
+RESOLUTION_DB = 0.25  # bisection stops once the highest missed and lowest met targets are this close
 _logger = logging.getLogger(__name__)
 
 Inputs = tuple[torch.Tensor, ...]
@@ -156,36 +165,94 @@ class Sensitivity:
         return sum(layer_bytes(self.numel[n], b) for n, b in layers.items())
 
 
+def _bits_used(layers: dict[str, int]) -> dict[str, int]:
+    return {str(b): sum(1 for v in layers.values() if v == b) for b in (FP16, *WIDTHS)}
+
+
 def search(
-    folded: nn.Module, mlmodel, judged: list[Inputs], reference: dict[str, np.ndarray], budget_db: float
+    folded: nn.Module,
+    mlmodel,
+    judged: list[Inputs],
+    reference: dict[str, np.ndarray],
+    budget_db: float,
+    *,
+    normal_p99_max: float | None = None,
 ) -> tuple[dict, Sensitivity]:
-    """The recipe meeting ``budget_db`` in measured render PSNR at the smallest predicted size."""
+    """The smallest tried recipe whose measured render figures met ``budget_db``; FP16 when none did.
+
+    Args:
+        budget_db: worst re-render PSNR over the parity lights a try must reach, in dB.
+        normal_p99_max: when given, the 99th-percentile normal error a try must also stay within, in degrees.
+    """
     sens = Sensitivity(folded, mlmodel, judged, reference)
-    target = budget_db
+    gate = RenderGate(budget_db, normal_p99_max)
+    fp16_bytes = sens.size(dict.fromkeys(sens.psnr, FP16))
+    tries: list[dict] = []
+    recipes: list[dict[str, int]] = []
+    measured_of: dict[tuple, dict[str, float]] = {}  # the same recipe from two targets is measured once
+    target, margin = budget_db, MARGIN_DB
+    missed_at, met_at = -math.inf, math.inf
     for _ in range(CHECKS):
         layers, predicted = sens.choose(target)
-        measured = sens.measure(layers)
+        key = tuple(sorted(layers.items()))
+        if key not in measured_of:
+            measured_of[key] = sens.measure(layers)
+        measured = measured_of[key]
+        met = gate.judge(measured, "mixed bits") is None  # a NaN never meets
+        recipes.append(layers)
+        tries.append(
+            {
+                "target_db": target,
+                "predicted_db": predicted,
+                "predicted_bytes": sens.size(layers),
+                "bits_used": _bits_used(layers),
+                "measured_render": measured,
+                "met": met,
+            }
+        )
         _logger.info(
             f"mixed bits for {budget_db:g} dB (aiming at {target:.1f}): predicted {predicted:.1f} dB, "
             f"measured {measured['psnr_db_min']:.1f} dB, {sens.size(layers) / 2**20:.2f} MiB"
+            f"{'' if met else ', missed'}"
         )
-        if measured["psnr_db_min"] >= budget_db:
+        if met:
+            met_at = min(met_at, target)
+        else:
+            missed_at = max(missed_at, target)
+        if math.isinf(met_at):  # nothing met yet: ask for more margin, more each time
+            psnr = measured["psnr_db_min"]
+            target += max(budget_db - psnr, 0.0) if math.isfinite(psnr) else 0.0
+            target += margin
+            margin *= 2
+        elif met_at - missed_at > RESOLUTION_DB:  # a smaller recipe may meet between a miss and a meet
+            target = (missed_at + met_at) / 2
+        else:
             break
-        target += budget_db - measured["psnr_db_min"] + 0.5  # the noise did not add up: ask for more margin
+    met_tries = [i for i, t in enumerate(tries) if t["met"] and t["predicted_bytes"] < fp16_bytes]
+    chosen: int | None = None
+    if met_tries:
+        best = min(
+            met_tries,
+            key=lambda i: (tries[i]["predicted_bytes"], -tries[i]["measured_render"]["psnr_db_min"]),
+        )
+        chosen, layers, measured = best, recipes[best], tries[best]["measured_render"]
     else:
         _logger.warning(
-            f"no mix of 8, 6 and 4 bits met {budget_db:g} dB in {CHECKS} tries: every weight stays FP16"
+            f"no mix of 8, 6 and 4 bits met {budget_db:g} dB in {len(tries)} tries: every weight stays FP16"
         )
-        layers, measured = dict.fromkeys(sens.psnr, FP16), sens.measure({})
-    bits_used = {str(b): sum(1 for v in layers.values() if v == b) for b in (FP16, *WIDTHS)}
+        layers = dict.fromkeys(sens.psnr, FP16)
+        measured = sens.measure(layers)
     recipe = {
         "format": RECIPE_FORMAT,
         "budget_db": budget_db,
+        "normal_p99_max": normal_p99_max,
         "layers": layers,
-        "bits_used": bits_used,
+        "bits_used": _bits_used(layers),
         "predicted_bytes": sens.size(layers),
-        "fp16_bytes": sens.size(dict.fromkeys(layers, FP16)),
+        "fp16_bytes": fp16_bytes,
         "measured_render": measured,
+        "chosen_try": chosen,
+        "tries": tries,
         "uniform_render": {str(b): f for b, f in sens.uniform.items()},
         "sensitivity_psnr_db": {n: {str(b): p for b, p in v.items()} for n, v in sens.psnr.items()},
     }
@@ -219,7 +286,7 @@ def load_recipe(path: Path) -> dict:
 
 
 def pareto_chart(sens: Sensitivity, recipe: dict, path: Path) -> None:
-    """Predicted size against render PSNR over budgets, with the measured uniform widths and the choice."""
+    """Predicted size against render PSNR over budgets, with the measured uniform widths, the tries and the choice."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -230,8 +297,8 @@ def pareto_chart(sens: Sensitivity, recipe: dict, path: Path) -> None:
     fp16 = recipe["fp16_bytes"] / 2**20
     budgets = np.arange(20.0, 80.0, 1.0)
     points = []
-    for b in budgets:
-        layers, predicted = sens.choose(float(b))
+    for budget in budgets:
+        layers, predicted = sens.choose(float(budget))
         points.append((sens.size(layers) / 2**20, min(predicted, 100.0)))
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
     ax.plot(
@@ -243,6 +310,15 @@ def pareto_chart(sens: Sensitivity, recipe: dict, path: Path) -> None:
         ax.annotate(
             f"{b}-bit", (size, f["psnr_db_min"]), textcoords="offset points", xytext=(4, 4), fontsize=8
         )
+    tried = [t for t in recipe.get("tries", []) if math.isfinite(t["measured_render"]["psnr_db_min"])]
+    ax.plot(
+        [t["predicted_bytes"] / 2**20 for t in tried],
+        [min(t["measured_render"]["psnr_db_min"], 100.0) for t in tried],
+        "o",
+        mfc="none",
+        color="#2a7ab9",
+        label="tries (measured)",
+    )
     ax.plot(
         recipe["predicted_bytes"] / 2**20,
         recipe["measured_render"]["psnr_db_min"],
