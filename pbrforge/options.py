@@ -269,3 +269,19 @@ def old_spellings(new: str, *old: str) -> Callable[[Callable[..., Any]], Callabl
         return fn
 
     return decorate
+
+
+def data_option(*old: str, required: bool = True, help: str = "A data set written by datagen.") -> Callable:
+    """``--data``, the data set a command reads, with the command's old spellings of it (``old_spellings``).
+
+    One word per concept: ``--data`` is a data set read, ``--output`` whatever a command writes (the data set
+    datagen creates included), and a checkpoint is the command's first argument.
+    """
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn = click.option(
+            "--data", type=click.Path(path_type=Path, file_okay=False), required=required, help=help
+        )(fn)
+        return old_spellings("--data", *old)(fn)
+
+    return decorate
