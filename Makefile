@@ -46,7 +46,8 @@ test-fast: lint
 lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m mypy
+	@# mypy over the library and every stage as the wheel installs them (pbrforge.export, ...)
+	$(PY) typecheck.py
 
 # The results of record, one at a time, in dependency order: distill reuses teacher_quality's teacher,
 # edge_error reads the distilled students, export and runtime use the demo student.
