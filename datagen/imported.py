@@ -73,8 +73,8 @@ def decode_image(data: bytes, where: str) -> np.ndarray:
                 raise DataError(
                     f"{where} is {w}x{h}; images larger than {MAX_IMAGE_SIDE} px a side are refused"
                 )
-            arr = np.vstack([np.asarray(r, np.uint16) for r in rows]).reshape(h, w, info["planes"])
-            return arr.astype(np.float32) / 65535.0
+            raw = np.vstack([np.asarray(r, np.uint16) for r in rows]).reshape(h, w, info["planes"])
+            return raw.astype(np.float32) / 65535.0
         img = Image.open(io.BytesIO(data))
         if max(img.size) > MAX_IMAGE_SIDE:
             raise DataError(
@@ -260,12 +260,15 @@ def _load_gltf(ts: TextureSet) -> SourceMaps:
         return decode_image(data, where)
 
     factor = np.asarray(ts.gltf["base_color_factor"][:3], np.float32)
-    color = _rgb(texture(pbr.baseColorTexture))
+    base = texture(pbr.baseColorTexture)
+    if base is None:  # texture_sets lists only materials with one: the file changed since
+        raise DataError(f"{path}: material {ts.gltf['material']} has no baseColorTexture")
+    color = _rgb(base)
     h, w = color.shape[:2]
     # the factor multiplies linear colour: decode sRGB, scale, encode again
     albedo = linear_to_srgb(srgb_to_linear(torch.from_numpy(color)) * torch.from_numpy(factor)).numpy()
     mr = texture(pbr.metallicRoughnessTexture)
-    notes = []
+    notes: list[str] = []
     if mr is not None and mr.shape[:2] != (h, w):
         mr = _resize_hwc(mr, h, w)
     roughness = (_rgb(mr)[..., 1] if mr is not None else np.ones((h, w), np.float32)) * ts.gltf[

@@ -1,5 +1,6 @@
 """Layers both model families share: order-free reductions over the views (kept 4-D so every exporter and the
-Neural Engine take them as is), the conv-BN-activation block, and the skip fusion built from them."""
+Neural Engine take them as is), the conv-BN-activation block, the skip fusion built from them, and the
+channels of a timm encoder's levels."""
 
 from __future__ import annotations
 
@@ -38,6 +39,16 @@ def conv_bn_act(
         nn.BatchNorm2d(cout),
         act(),
     )
+
+
+def feature_channels(encoder: nn.Module) -> list[int]:
+    """The channels of each level a timm ``features_only`` encoder returns, shallowest first."""
+    from timm.models import FeatureInfo
+
+    info = encoder.feature_info
+    if not isinstance(info, FeatureInfo):
+        raise TypeError(f"{type(encoder).__name__} is not a timm features_only encoder (no FeatureInfo)")
+    return list(info.channels())
 
 
 class SkipFusion(nn.Module):

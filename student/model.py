@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Annotated
+from typing import Annotated, Literal, get_args
 
 import timm
 import torch
@@ -20,7 +20,7 @@ from torch import nn
 
 from pbrforge.contract import NUM_CHANNELS, NUM_VIEWS, activate
 from pbrforge.deploy import ANE_MAX_KERNEL
-from pbrforge.layers import SkipFusion, conv_bn_act, view_mean, view_mean_max
+from pbrforge.layers import SkipFusion, conv_bn_act, feature_channels, view_mean, view_mean_max
 from pbrforge.options import MAX_SIDE
 
 
@@ -48,7 +48,16 @@ class StudentConfig:
         return self.image_size * self.sr_scale
 
 
-PADDING_MODES = ("zeros", "replicate")
+PaddingMode = Literal["zeros", "replicate"]
+PADDING_MODES: tuple[PaddingMode, ...] = get_args(PaddingMode)
+
+
+def padding_mode(name: str) -> PaddingMode:
+    """``StudentConfig.decoder_padding`` checked against PADDING_MODES."""
+    for mode in PADDING_MODES:
+        if name == mode:
+            return mode
+    raise ValueError(f"unknown decoder_padding {name!r}; known: {', '.join(PADDING_MODES)}")
 
 
 class ChannelLayerNorm(nn.Module):
@@ -181,7 +190,7 @@ class PLKFusion(nn.Module):
 
 
 class UpBlock(nn.Module):
-    def __init__(self, cin: int, cskip: int, cout: int, padding: str = "zeros"):
+    def __init__(self, cin: int, cskip: int, cout: int, padding: PaddingMode = "zeros"):
         super().__init__()
         self.body = nn.Sequential(
             conv_bn_act(cin + cskip, cout, padding=padding),
@@ -196,20 +205,25 @@ class UpBlock(nn.Module):
 class SRHead(nn.Module):
     """From stride-2 decoder features to maps at image_size * sr_scale with learned PixelShuffle upsampling."""
 
-    def __init__(self, cin: int, c: int, scale: int, padding: str = "zeros"):
+    def __init__(self, cin: int, c: int, scale: int, padding: PaddingMode = "zeros"):
         super().__init__()
         if scale not in (1, 2, 4):
             raise ValueError(f"sr_scale must be 1, 2 or 4, got {scale}")
-        pad = {"padding": 1, "padding_mode": padding}
-        self.to_full = nn.Sequential(nn.Conv2d(cin, c * 4, 3, **pad), nn.PixelShuffle(2), nn.Hardswish())
+        self.to_full = nn.Sequential(
+            nn.Conv2d(cin, c * 4, 3, padding=1, padding_mode=padding), nn.PixelShuffle(2), nn.Hardswish()
+        )
         self.stem = conv_bn_act(3, c, padding=padding)  # full-resolution detail from the mean view
         self.fuse = conv_bn_act(2 * c, c, padding=padding)
         self.sr = (
-            nn.Sequential(nn.Conv2d(c, c * scale * scale, 3, **pad), nn.PixelShuffle(scale), nn.Hardswish())
+            nn.Sequential(
+                nn.Conv2d(c, c * scale * scale, 3, padding=1, padding_mode=padding),
+                nn.PixelShuffle(scale),
+                nn.Hardswish(),
+            )
             if scale > 1
             else nn.Identity()
         )
-        self.out = nn.Conv2d(c, NUM_CHANNELS, 3, **pad)
+        self.out = nn.Conv2d(c, NUM_CHANNELS, 3, padding=1, padding_mode=padding)
 
     def forward(self, x: torch.Tensor, mean_view: torch.Tensor, use_sr: bool = True) -> torch.Tensor:
         x = self.fuse(torch.cat([self.to_full(x), self.stem(mean_view)], dim=1))  # (B, c, H, W)
@@ -229,11 +243,8 @@ class PBRStudent(nn.Module):
         self.encoder = timm.create_model(
             cfg.encoder, features_only=True, pretrained=False, out_indices=(0, 1, 2, 3, 4)
         )
-        chans = self.encoder.feature_info.channels()
-        if cfg.decoder_padding not in PADDING_MODES:
-            raise ValueError(
-                f"unknown decoder_padding {cfg.decoder_padding!r}; known: {', '.join(PADDING_MODES)}"
-            )
+        chans = feature_channels(self.encoder)
+        padding = padding_mode(cfg.decoder_padding)
         fusion = {"vit": ViTFusion, "plk": PLKFusion}
         if cfg.bottleneck not in fusion:
             raise ValueError(f"unknown bottleneck {cfg.bottleneck!r}; known: {sorted(fusion)}")
@@ -243,10 +254,10 @@ class PBRStudent(nn.Module):
         if len(dec) != 4:
             raise ValueError("decoder_channels needs 4 widths (strides 16, 8, 4, 2)")
         self.up = nn.ModuleList(
-            UpBlock(i, s, o, cfg.decoder_padding)
+            UpBlock(i, s, o, padding)
             for i, s, o in zip([cfg.dim] + dec[:-1], chans[-2::-1], dec, strict=True)
         )
-        self.head = SRHead(dec[-1], cfg.sr_channels, cfg.sr_scale, cfg.decoder_padding)
+        self.head = SRHead(dec[-1], cfg.sr_channels, cfg.sr_scale, padding)
 
     def forward_features(self, flat: torch.Tensor, views: int = NUM_VIEWS) -> torch.Tensor:
         feats = self.encoder(flat)  # 5 levels of (B*V, C_i, H_i, W_i)

@@ -18,7 +18,7 @@ from pydantic import Field
 from torch import nn
 
 from pbrforge.contract import NUM_CHANNELS, NUM_VIEWS, activate
-from pbrforge.layers import SkipFusion, conv_bn_act
+from pbrforge.layers import SkipFusion, conv_bn_act, feature_channels
 from pbrforge.options import MAX_SIDE
 
 if TYPE_CHECKING:
@@ -70,12 +70,12 @@ class PlainEncoder(nn.Module):
 
 def build_encoder(name: str, unet_channels: tuple[int, ...]) -> tuple[nn.Module, list[int]]:
     if name == "unet":
-        enc = PlainEncoder(unet_channels)
-        return enc, enc.channels
+        plain = PlainEncoder(unet_channels)
+        return plain, plain.channels
     if name not in TIMM_ENCODERS:
         raise ValueError(f"unknown teacher encoder {name!r}; known: {', '.join(TIMM_ENCODERS + ('unet',))}")
     enc = timm.create_model(name, features_only=True, pretrained=False, out_indices=(0, 1, 2, 3, 4))
-    return enc, enc.feature_info.channels()
+    return enc, feature_channels(enc)
 
 
 class CrossViewFusion(nn.Module):
