@@ -32,7 +32,7 @@ $(STAMP): pyproject.toml $(WEB)/package-lock.json $(WEB)/viewer.js $(HDRI)/packa
 	@touch $(STAMP)
 
 demo: install
-	$(PY) demo.py --out $(DEMO_DIR)
+	$(PY) demo.py --output $(DEMO_DIR)
 
 # Everything CI runs: lint, format, types, then every test (slow ones included: training, export,
 # torchrun, the wheel in a fresh venv).
@@ -55,19 +55,19 @@ R := benchmarks/results
 bench: install
 	$(PY) benchmarks/teacher_quality.py
 	$(PY) benchmarks/distill.py
-	$(PY) benchmarks/edge_error.py $(R)/distill_ckpt/latest.pt --out $(R)/edge_error_replicate.json
-	$(PY) benchmarks/distill.py --set 'model.decoder_padding="zeros"' --out $(R)/zeros
+	$(PY) benchmarks/edge_error.py $(R)/distill_ckpt/latest.pt --output $(R)/edge_error_replicate.json
+	$(PY) benchmarks/distill.py --set 'model.decoder_padding="zeros"' --output $(R)/zeros
 	cp $(R)/zeros/distill.json $(R)/distill_zeros.json
-	$(PY) benchmarks/edge_error.py $(R)/zeros/distill_ckpt/latest.pt --out $(R)/edge_error_zeros.json
+	$(PY) benchmarks/edge_error.py $(R)/zeros/distill_ckpt/latest.pt --output $(R)/edge_error_zeros.json
 	$(PY) benchmarks/shards.py
 	$(PY) benchmarks/scaling.py
 	$(PY) benchmarks/domain_gap.py
 	$(PY) benchmarks/capture_gap.py
-	$(PY) benchmarks/real_capture.py --checkpoint pbrforge/weights/student_phone.safetensors --captures 6 --size 128 --refine 60
-	@test -f $(DEMO_DIR)/student/checkpoints/best.pt || $(PY) demo.py --out $(DEMO_DIR)
+	$(PY) benchmarks/real_capture.py pbrforge/weights/student_phone.safetensors --captures 6 --size 128 --refine 60
+	@test -f $(DEMO_DIR)/student/checkpoints/best.pt || $(PY) demo.py --output $(DEMO_DIR)
 	cp $(DEMO_DIR)/timings.json $(R)/demo_timings.json
-	$(PY) benchmarks/export.py --checkpoint $(DEMO_DIR)/student/checkpoints/best.pt
-	$(PY) benchmarks/runtime.py --checkpoint $(DEMO_DIR)/student/checkpoints/best.pt
+	$(PY) benchmarks/export.py $(DEMO_DIR)/student/checkpoints/best.pt
+	$(PY) benchmarks/runtime.py $(DEMO_DIR)/student/checkpoints/best.pt
 
 # The default model `pbrforge run` uses with no model given: data, teacher, shards and student on this
 # machine's CPU (about 25 minutes on 2 cores), written to pbrforge/weights/ with its quality table.

@@ -1,6 +1,6 @@
 """``make demo``: the whole pipeline end to end on generated data, ending with a parity + latency table.
 
-datagen -> teacher (short) -> teacher_infer shards -> student (short) -> export (Core ML, ONNX, ExecuTorch;
+datagen -> teacher (short) -> shards -> student (short) -> export (Core ML, ONNX, ExecuTorch;
 TensorRT skipped with its sentence) -> run_inference with --reference on a held-out sample, emitting the
 material as a PNG set, glb, usdz and MaterialX checked by their own validators -> the ExecuTorch .pte run the
 same way -> both artifacts' self-check against their test vectors -> handheld photos registered by feature
@@ -9,14 +9,17 @@ test-time refinement) -> a 3D preview page and its screenshot -> the parity and 
 ExecuTorch again. It runs each stage's own command, so it lives here, above every
 stage, and not in the library.
 
+The steps are the table STEPS, run in order by one loop that times them.
+
 Example:
-    python demo.py --out demo_out
+    python demo.py --output demo_out
 """
 
 from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -24,7 +27,7 @@ import torch
 from click.testing import CliRunner
 
 from pbrforge.errors import fail
-from pbrforge.options import OUTPUT_DIR, Command, examples_epilog
+from pbrforge.options import OUTPUT_DIR, Command, examples_epilog, old_spellings
 
 TEACHER_SIZE = 128
 STUDENT_SIZE = 64  # student_mnv3_plk_512 shrunk for the demo: 64 px in, x2 SR, 128 px out
@@ -41,204 +44,112 @@ def _step(title: str, command, args: list[str]) -> float:
     return time.perf_counter() - t0
 
 
+def _held_out(state: dict) -> None:
+    """The first validation sample the student never trained on, and the flash capture datagen exported."""
+    from pbrforge.dataset import PBRDataset
+    from pbrforge.models import config_of, load_checkpoint
+
+    ckpt, data = state["student_ckpt"], state["data"]
+    val = PBRDataset.for_config(data, "val", config_of(load_checkpoint(ckpt), ckpt))
+    sample, source = val.entries[0]
+    state.update(sample=sample, source=source, material=val.material_of(sample))
+    state["held_out"] = data / "input" / source / sample
+    state["capture"] = next((data / "captures").iterdir())
+    state["capture_name"] = state["capture"].name
+
+
+def _handheld(state: dict) -> None:
+    state["handheld"] = _handheld_photos(state["data"], state["out"] / "handheld")
+
+
+def _registration(state: dict) -> None:
+    _registration_error(state["handheld"], state["out"] / "inference_handheld" / "registration.json")
+
+
+# both runtimes on the same held-out views, against the same checkpoint, timed alike
+TIMED = ["--input", "{held_out}", "--align", "none", "--reference", "{student_ckpt}", "--runs", "20",
+         "--warmup", "3"]  # fmt: skip
+# The demo, one row per step: (its key in timings.json or None, title, a pbrforge command or a Python step,
+# the command's arguments). Titles and arguments are filled in from the run's state ({data}, {sample}, ...),
+# which the Python steps extend as they go.
+STEPS: list[tuple[str | None, str, str | Callable[[dict], None], list[str]]] = [
+    ("datagen", "datagen (procedural and photo-textured materials, handheld phone-flash captures)", "datagen",
+     ["--output", "{data}", "--count", "{count}", "--size", str(TEACHER_SIZE), "--seed", "0", "--dirty-ratio",
+      "0.5", "--photo-textures", "--capture", "phone-flash", "--export-capture", "1"]),
+    (None, "check-data", "check-data", ["--data", "{data}"]),
+    (None, "contact sheet", "contact-sheet", ["--data", "{data}", "--output", "{out}/contact_sheet.png", "--count", "6"]),
+    ("teacher", "teacher (quick_test, short)", "teacher-train",
+     ["--data", "{data}", "--output", "{out}/teacher", "--config", "quick_test", "--epochs", "2", "--batch-size",
+      "4", "--max-steps-per-epoch", "12", "--device", "cpu", "--quiet"]),
+    # "teacher_infer": the key earlier timings.json files (benchmarks/results/demo_timings.json) used for shards
+    ("teacher_infer", "shards: the teacher once over the data set -> float16 shards", "shards",
+     ["{teacher_ckpt}", "--data", "{data}", "--output", "{out}/shards", "--shard-output-size",
+      str(STUDENT_SIZE * 2), "--device", "cpu", "--quiet"]),
+    ("student", f"student ({STUDENT_PRESET} at {STUDENT_SIZE}px, short)", "student-train",
+     ["--config", STUDENT_PRESET, "--image-size", str(STUDENT_SIZE), "--shards", "{out}/shards", "--data", "{data}",
+      "--output", "{out}/student", "--epochs", "2", "--batch-size", "4", "--device", "cpu", "--quiet"]),
+    ("export", "export (Core ML FP16, ONNX, ExecuTorch XNNPACK; TensorRT where available)", "export",
+     ["{student_ckpt}", "--output", "{artifact}", "--format", "all"]),
+    (None, "held-out sample", _held_out, []),
+    ("run_inference", "run_inference on held-out {sample} ({source}, material {material}), material files out", "run",
+     ["{artifact}.onnx", *TIMED, "--output", "{inference}", "--emit", "pngset,gltf,usdz,mtlx", "--name", "{sample}",
+      "--validate"]),
+    ("run_executorch", "run_inference of the ExecuTorch .pte (XNNPACK) on {sample}", "run",
+     ["{artifact}.pte", *TIMED, "--output", "{out}/inference_pte"]),
+    ("self_check.onnx", "self-check of {artifact_name}.onnx against {artifact_name}.testvectors (no checkpoint, no photos)",
+     "run", ["{artifact}.onnx", "--self-check"]),
+    ("self_check.pte", "self-check of {artifact_name}.pte against {artifact_name}.testvectors (no checkpoint, no photos)",
+     "run", ["{artifact}.pte", "--self-check"]),
+    (None, "handheld photos", _handheld, []),
+    ("run_handheld", "handheld photos: three flash shots warped by known homographies, registered (--align features) and run",
+     "run", ["{artifact}.onnx", "--input", "{handheld}", "--output", "{out}/inference_handheld"]),
+    (None, "registration error", _registration, []),
+    ("evaluate_capture", "evaluate-capture: re-render the held-out flash photos of {capture_name} (MaterialGAN layout)",
+     "evaluate-capture", ["{capture}", "{student_ckpt}", "--inputs", "00,03,04", "--refine", "60", "--output",
+     "{out}/evaluation"]),
+    ("preview", "3D preview in headless Chromium", "preview",
+     ["{inference}", "--views", "{held_out}", "--output", "{out}/preview_3d.html", "--screenshot",
+      "{out}/preview_3d.png", "--name", "{sample} (held out, {material})"]),
+]  # fmt: skip
+
+
 @click.command(cls=Command, epilog=examples_epilog(__doc__))
-@click.option("--out", type=OUTPUT_DIR, default=Path("demo_out"), show_default=True)
+@old_spellings("--output", "--out")
+@click.option("--output", type=OUTPUT_DIR, default=Path("demo_out"), show_default=True)
 @click.option(
     "--count", type=click.IntRange(8, 10_000), default=48, show_default=True, help="Generated samples."
 )
-def main(out: Path, count: int) -> None:
+def main(output: Path, count: int) -> None:
     """Run every stage on a small generated data set (a few minutes on 2 CPU cores)."""
-    from pbrforge.datacheck import check_data, contact_sheet
-    from pbrforge.datagen.generate import main as datagen
-    from pbrforge.dataset import PBRDataset
-    from pbrforge.export.converter import main as export
-    from pbrforge.models import config_of, load_checkpoint
-    from pbrforge.runtime.evaluate_capture import main as evaluate_capture
-    from pbrforge.runtime.preview import main as preview
-    from pbrforge.runtime.run_inference import main as run
-    from pbrforge.student.train import main as student_train
-    from pbrforge.teacher.shards import main as shards
-    from pbrforge.teacher.train import main as teacher_train
+    from pbrforge.cli import main as pbrforge
 
+    out = output
     if out.exists() and any(out.iterdir()):
         if not (
             out / "data" / "input" / "render_metadata.json"
         ).is_file():  # only ever replace a demo's own output
-            fail(f"{out} exists and is not the output of an earlier demo; choose another --out")
+            fail(f"{out} exists and is not the output of an earlier demo; choose another --output")
         shutil.rmtree(out)
-    data, t0, times = out / "data", time.perf_counter(), {}
-    times["datagen"] = _step(
-        "datagen (procedural and photo-textured materials, handheld phone-flash captures)",
-        datagen,
-        [
-            "--out",
-            str(data),
-            "--count",
-            str(count),
-            "--size",
-            str(TEACHER_SIZE),
-            "--seed",
-            "0",
-            "--dirty-ratio",
-            "0.5",
-            "--photo-textures",
-            "--capture",
-            "phone-flash",
-            "--export-capture",
-            "1",
-        ],
-    )
-    _step("check-data", check_data, [str(data)])
-    _step(
-        "contact sheet", contact_sheet, [str(data), "--out", str(out / "contact_sheet.png"), "--count", "6"]
-    )
-    teacher_ckpt = out / "teacher" / "checkpoints" / "best.pt"
-    times["teacher"] = _step(
-        "teacher (quick_test, short)",
-        teacher_train,
-        [
-            "--input-dir",
-            str(data),
-            "--output-dir",
-            str(out / "teacher"),
-            "--config",
-            "quick_test",
-            "--epochs",
-            "2",
-            "--batch-size",
-            "4",
-            "--max-steps-per-epoch",
-            "12",
-            "--device",
-            "cpu",
-            "--quiet",
-        ],
-    )
-    times["teacher_infer"] = _step(
-        "teacher_infer -> float16 shards",
-        shards,
-        [
-            "--checkpoint",
-            str(teacher_ckpt),
-            "--data-root",
-            str(data),
-            "--shards-dir",
-            str(out / "shards"),
-            "--shard-output-size",
-            str(STUDENT_SIZE * 2),
-            "--device",
-            "cpu",
-            "--quiet",
-        ],
-    )
-    student_ckpt = out / "student" / "checkpoints" / "best.pt"
-    times["student"] = _step(
-        f"student ({STUDENT_PRESET} at {STUDENT_SIZE}px, short)",
-        student_train,
-        [
-            "--config",
-            STUDENT_PRESET,
-            "--image-size",
-            str(STUDENT_SIZE),
-            "--shards-dir",
-            str(out / "shards"),
-            "--input-dir",
-            str(data),
-            "--output-dir",
-            str(out / "student"),
-            "--epochs",
-            "2",
-            "--batch-size",
-            "4",
-            "--device",
-            "cpu",
-            "--quiet",
-        ],
-    )
     artifact = out / "artifacts" / "student"
-    times["export"] = _step(
-        "export (Core ML FP16, ONNX, ExecuTorch XNNPACK; TensorRT where available)",
-        export,
-        [str(student_ckpt), "--output", str(artifact), "--format", "all"],
-    )
-    val = PBRDataset.for_config(data, "val", config_of(load_checkpoint(student_ckpt), student_ckpt))
-    sample, source = val.entries[0]
-    held_out = data / "input" / source / sample
-    inference = out / "inference"
-    # both runtimes on the same held-out views, against the same checkpoint, timed alike
-    timed = [
-        "--input",
-        str(held_out),
-        "--align",
-        "none",
-        "--reference",
-        str(student_ckpt),
-        "--runs",
-        "20",
-        "--warmup",
-        "3",
-    ]
-    times["run_inference"] = _step(
-        f"run_inference on held-out {sample} ({source}, material {val.material_of(sample)}), material files out",
-        run,
-        [
-            str(artifact.with_suffix(".onnx")),
-            *timed,
-            "--output",
-            str(inference),
-            "--emit",
-            "pngset,gltf,usdz,mtlx",
-            "--name",
-            sample,
-            "--validate",
-        ],
-    )
-    times["run_executorch"] = _step(
-        f"run_inference of the ExecuTorch .pte (XNNPACK) on {sample}",
-        run,
-        [str(artifact.with_suffix(".pte")), *timed, "--output", str(out / "inference_pte")],
-    )
-    for suffix in (".onnx", ".pte"):
-        times[f"self_check{suffix}"] = _step(
-            f"self-check of {artifact.name}{suffix} against {artifact.name}.testvectors (no checkpoint, no photos)",
-            run,
-            [str(artifact.with_suffix(suffix)), "--self-check"],
-        )
-    handheld = _handheld_photos(data, out / "handheld")
-    times["run_handheld"] = _step(
-        "handheld photos: three flash shots warped by known homographies, registered (--align features) and run",
-        run,
-        [
-            str(artifact.with_suffix(".onnx")),
-            "--input",
-            str(handheld),
-            "--output",
-            str(out / "inference_handheld"),
-        ],
-    )
-    _registration_error(handheld, out / "inference_handheld" / "registration.json")
-    capture = next((data / "captures").iterdir())
-    times["evaluate_capture"] = _step(
-        f"evaluate-capture: re-render the held-out flash photos of {capture.name} (MaterialGAN layout)",
-        evaluate_capture,
-        [str(capture), "--inputs", "00,03,04", "--checkpoint", str(student_ckpt), "--refine", "60",
-         "--output", str(out / "evaluation")],
-    )  # fmt: skip
-    times["preview"] = _step(
-        "3D preview in headless Chromium",
-        preview,
-        [
-            str(inference),
-            "--views",
-            str(held_out),
-            "--out",
-            str(out / "preview_3d.html"),
-            "--screenshot",
-            str(out / "preview_3d.png"),
-            "--name",
-            f"{sample} (held out, {val.material_of(sample)})",
-        ],
-    )
+    state: dict = {
+        "out": out,
+        "count": count,
+        "data": out / "data",
+        "teacher_ckpt": out / "teacher" / "checkpoints" / "best.pt",
+        "student_ckpt": out / "student" / "checkpoints" / "best.pt",
+        "artifact": artifact,
+        "artifact_name": artifact.name,
+        "inference": out / "inference",
+    }
+    t0, times = time.perf_counter(), {}
+    for key, title, step, args in STEPS:
+        if callable(step):
+            step(state)
+            continue
+        command = pbrforge.get_command(click.Context(pbrforge), step)
+        elapsed = _step(title.format(**state), command, [a.format(**state) for a in args])
+        if key is not None:
+            times[key] = elapsed
     total = time.perf_counter() - t0
     click.echo(
         "\n=== demo timings (s): "
@@ -247,6 +158,7 @@ def main(out: Path, count: int) -> None:
     )
     from pbrforge.provenance import write_result
 
+    inference = state["inference"]
     write_result(out / "timings.json", {"seconds": times | {"total": total}})
     for folder in (inference, out / "inference_pte"):
         _final_tables(folder)

@@ -11,7 +11,7 @@ mean training material (no model at all) gives the floor a model must beat.
 
 Examples:
     python benchmarks/capture_gap.py --minutes 4
-    python benchmarks/capture_gap.py --minutes 0.5 --count 48 --out benchmarks/results/capture_gap_smoke
+    python benchmarks/capture_gap.py --minutes 0.5 --count 48 --output benchmarks/results/capture_gap_smoke
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pbrforge.captures import batch_captures, render_capture
 from pbrforge.datagen.writer import generate_dataset
 from pbrforge.dataset import PBRDataset
 from pbrforge.metrics import MapMetrics, mean_map_baseline
-from pbrforge.options import examples_epilog
+from pbrforge.options import examples_epilog, old_spellings
 from pbrforge.provenance import write_result
 from pbrforge.render import to_display
 from pbrforge.trainer import Trainer
@@ -90,8 +90,10 @@ def make_data(root: Path, name: str, mix: dict[str, float], count: int, size: in
     "--count", type=click.IntRange(24, 100_000), default=144, show_default=True, help="Samples per data set."
 )
 @click.option("--size", type=click.IntRange(32, 1024), default=128, show_default=True)
+@old_spellings("--output", "--out")
 @click.option(
-    "--out",
+    "--output",
+    "out",
     type=click.Path(path_type=Path),
     default=Path("benchmarks/results/capture_gap"),
     show_default=True,

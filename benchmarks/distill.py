@@ -6,7 +6,7 @@ RMSE for all three. Goal: the student within 1 dB PSNR of the teacher on every m
 
 Examples:
     python benchmarks/distill.py
-    python benchmarks/distill.py --set 'model.decoder_padding="zeros"' --out benchmarks/results/zeros
+    python benchmarks/distill.py --set 'model.decoder_padding="zeros"' --output benchmarks/results/zeros
     python benchmarks/distill.py --student student_mnv3_vit_512 --image-size 64 --minutes 10
 """
 
@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from pbrforge.dataset import PBRDataset
 from pbrforge.metrics import MapMetrics, mean_map_baseline
 from pbrforge.models import model_config, model_from_checkpoint
-from pbrforge.options import examples_epilog
+from pbrforge.options import examples_epilog, old_spellings
 from pbrforge.provenance import write_result
 from pbrforge.shards import DistillDataset, ShardSampler
 from pbrforge.teacher.shards import write_shards
@@ -60,7 +60,10 @@ def evaluate(models: dict, val_for: dict, baseline: torch.Tensor) -> dict[str, d
     "--minutes", type=float, default=10.0, show_default=True, help="Student budget (teacher_quality's: 10)."
 )
 @click.option("--set", "extra", multiple=True, help="Override any student config field: section.key=value.")
-@click.option("--out", type=click.Path(path_type=Path), default=Path("benchmarks/results"), show_default=True)
+@old_spellings("--output", "--out")
+@click.option(
+    "--output", "out", type=click.Path(path_type=Path), default=Path("benchmarks/results"), show_default=True
+)
 def main(
     work: Path, student: str, image_size: int, minutes: float, extra: tuple[str, ...], out: Path
 ) -> None:

@@ -9,7 +9,7 @@ better everywhere) and writes JSON with provenance.
 
 Examples:
     python benchmarks/domain_gap.py --minutes 5
-    python benchmarks/domain_gap.py --minutes 1 --out benchmarks/results/domain_gap_smoke
+    python benchmarks/domain_gap.py --minutes 1 --output benchmarks/results/domain_gap_smoke
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from pbrforge.datagen.writer import generate_dataset
 from pbrforge.dataset import PBRDataset
 from pbrforge.metrics import MapMetrics
-from pbrforge.options import examples_epilog
+from pbrforge.options import examples_epilog, old_spellings
 from pbrforge.provenance import write_result
 from pbrforge.trainer import Trainer
 
@@ -78,8 +78,13 @@ def make_data(root: Path, domain: str, count: int, size: int) -> Path:
     "--count", type=click.IntRange(24, 100_000), default=144, show_default=True, help="Samples per data set."
 )
 @click.option("--size", type=click.IntRange(32, 1024), default=128, show_default=True)
+@old_spellings("--output", "--out")
 @click.option(
-    "--out", type=click.Path(path_type=Path), default=Path("benchmarks/results/domain_gap"), show_default=True
+    "--output",
+    "out",
+    type=click.Path(path_type=Path),
+    default=Path("benchmarks/results/domain_gap"),
+    show_default=True,
 )
 def main(minutes: float, count: int, size: int, out: Path) -> None:
     """Train on each domain for one budget; evaluate on held-out materials of both."""

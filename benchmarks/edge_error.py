@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from pbrforge.contract import MAP_NAMES, unpack
 from pbrforge.dataset import PBRDataset
 from pbrforge.models import model_config, model_from_checkpoint
-from pbrforge.options import examples_epilog
+from pbrforge.options import examples_epilog, old_spellings
 from pbrforge.provenance import write_result
 
 RINGS = ((0, 1), (1, 2), (2, 4), (4, 8), (8, 16), (16, 1 << 30))  # [lo, hi) pixels from the nearest edge
@@ -43,8 +43,13 @@ def edge_distance(size: int) -> torch.Tensor:
     show_default=True,
     help="The data set the checkpoint was trained on (its held-out split is used).",
 )
+@old_spellings("--output", "--out")
 @click.option(
-    "--out", type=click.Path(path_type=Path), default=None, help="Also write the table as JSON here."
+    "--output",
+    "out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also write the table as JSON here.",
 )
 @torch.no_grad()
 def main(checkpoint: Path, data: Path, out: Path | None) -> None:

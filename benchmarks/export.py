@@ -14,7 +14,7 @@ Goals, reported met or not:
 
 Examples:
     python benchmarks/export.py
-    python benchmarks/export.py --checkpoint runs/student/checkpoints/best.pt --data data/demo
+    python benchmarks/export.py runs/student/checkpoints/best.pt --data data/demo
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 import click
 
 from pbrforge.export.converter import export_artifacts
-from pbrforge.options import examples_epilog
+from pbrforge.options import examples_epilog, old_spellings
 from pbrforge.provenance import write_result
 
 MEASURE = {"render_psnr_min": 0.0, "normal_p99_max": 180.0}  # record every figure, gate none
@@ -112,12 +112,12 @@ def latency_rows(checkpoint: Path, data: Path, out: Path, runs: int) -> list[dic
 
 
 @click.command(epilog=examples_epilog(__doc__))
-@click.option(
-    "--checkpoint",
+@old_spellings("checkpoint", "--checkpoint")
+@click.argument(
+    "checkpoint",
     type=click.Path(path_type=Path, dir_okay=False),
     default=Path("demo_out/student/checkpoints/best.pt"),
-    show_default=True,
-    help="A student checkpoint (make demo writes this one).",
+    required=False,
 )
 @click.option(
     "--data",
@@ -129,11 +129,15 @@ def latency_rows(checkpoint: Path, data: Path, out: Path, runs: int) -> list[dic
 @click.option(
     "--runs", type=click.IntRange(3, 1000), default=10, show_default=True, help="Timed runs per latency."
 )
-@click.option("--out", type=click.Path(path_type=Path), default=Path("benchmarks/results"), show_default=True)
+@old_spellings("--output", "--out")
+@click.option(
+    "--output", "out", type=click.Path(path_type=Path), default=Path("benchmarks/results"), show_default=True
+)
 def main(checkpoint: Path, data: Path, runs: int, out: Path) -> None:
-    """Export the student every way, tabulate size and render parity, time ONNX fp32/int8 against eager."""
+    """Export the student CHECKPOINT every way, tabulate size and render parity, time ONNX fp32/int8
+    against eager (CHECKPOINT: demo_out/student/checkpoints/best.pt, which make demo writes, if not given)."""
     if not checkpoint.exists():
-        raise click.ClickException(f"{checkpoint} is missing: run `make demo` first or pass --checkpoint")
+        raise click.ClickException(f"{checkpoint} is missing: run `make demo` first or give a checkpoint")
     rows: list[dict] = []
     fp16_bytes = None
     for label, fmt, kw in VARIANTS:

@@ -16,7 +16,7 @@ its own resolution (``student_mnv3_plk_512``) under ``torchrun``.
 
 Examples:
     python benchmarks/pretrained.py
-    python benchmarks/pretrained.py --teacher-minutes 2 --student-minutes 2 --count 96 --work /tmp/pt --out /tmp/pt/model.safetensors
+    python benchmarks/pretrained.py --teacher-minutes 2 --student-minutes 2 --count 96 --work /tmp/pt --output /tmp/pt/model.safetensors
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from pbrforge.datagen.writer import generate_dataset
 from pbrforge.dataset import PBRDataset
 from pbrforge.metrics import MapMetrics, mean_map_baseline
 from pbrforge.models import DEFAULT_MODEL, model_config, model_from_checkpoint, save_pretrained
-from pbrforge.options import examples_epilog
+from pbrforge.options import examples_epilog, old_spellings
 from pbrforge.provenance import write_result
 from pbrforge.shards import DistillDataset, ShardSampler
 from pbrforge.teacher.shards import write_shards
@@ -96,8 +96,13 @@ def quality(model, val: PBRDataset, mean: torch.Tensor) -> dict[str, dict[str, d
     default=Path("benchmarks/results/pretrained"),
     show_default=True,
 )
+@old_spellings("--output", "--out")
 @click.option(
-    "--out", type=click.Path(path_type=Path, dir_okay=False), default=DEFAULT_MODEL, show_default=True
+    "--output",
+    "out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=DEFAULT_MODEL,
+    show_default=True,
 )
 def main(
     count: int,

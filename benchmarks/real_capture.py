@@ -3,16 +3,16 @@ photos, before and after test-time refinement, beside a flat material and the tr
 
 K procedural materials (the families in turn) are written as flash captures in MaterialGAN's layout by
 datagen/export_capture.py (N photos 0-30 degrees off vertical, the flash at the lens, one exposure). Each
-is scored as `pbrforge evaluate-capture DIR --inputs ... --checkpoint C --refine STEPS` scores it: the model
+is scored as `pbrforge evaluate-capture DIR C --inputs ... --refine STEPS` scores it: the model
 sees the three input photos, every other photo is re-rendered with one gain per method fitted on the inputs,
 RMSE and SSIM in sRGB. One evaluation with refinement gives both the model's row (its maps as predicted)
 and the refined row. The flat material (the inputs' mean colour) is the floor a model must beat; the true
 maps give the floor from below (8-bit photos). Prints the table and writes JSON with provenance.
 
 Examples:
-    python benchmarks/real_capture.py --checkpoint runs/student/checkpoints/best.pt
-    python benchmarks/real_capture.py --checkpoint best.pt --captures 2 --size 64 --photos 5 --refine 5 \\
-        --out benchmarks/results/real_capture_smoke
+    python benchmarks/real_capture.py runs/student/checkpoints/best.pt
+    python benchmarks/real_capture.py best.pt --captures 2 --size 64 --photos 5 --refine 5 \\
+        --output benchmarks/results/real_capture_smoke
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pbrforge import capture_eval as ce
 from pbrforge.contract import read_material
 from pbrforge.datagen.export_capture import export_capture
 from pbrforge.datagen.materials import FAMILIES, make_material
-from pbrforge.options import examples_epilog
+from pbrforge.options import examples_epilog, old_spellings
 from pbrforge.provenance import write_result
 from pbrforge.runtime.evaluate_capture import load_predictor
 
@@ -51,12 +51,8 @@ def make_captures(root: Path, count: int, size: int, photos: int) -> list[Path]:
 
 
 @click.command(epilog=examples_epilog(__doc__))
-@click.option(
-    "--checkpoint",
-    type=click.Path(path_type=Path, dir_okay=False, exists=True),
-    required=True,
-    help="The model to score (PyTorch eager).",
-)
+@old_spellings("checkpoint", "--checkpoint")
+@click.argument("checkpoint", type=click.Path(path_type=Path, dir_okay=False, exists=True), required=True)
 @click.option("--captures", type=click.IntRange(1, 1000), default=12, show_default=True)
 @click.option("--photos", type=click.IntRange(ce.MIN_PHOTOS, ce.MAX_PHOTOS), default=9, show_default=True)
 @click.option(
@@ -71,8 +67,10 @@ def make_captures(root: Path, count: int, size: int, photos: int) -> list[Path]:
     show_default=True,
     help="0: none.",
 )
+@old_spellings("--output", "--out")
 @click.option(
-    "--out",
+    "--output",
+    "out",
     type=click.Path(path_type=Path),
     default=Path("benchmarks/results/real_capture"),
     show_default=True,
@@ -80,7 +78,8 @@ def make_captures(root: Path, count: int, size: int, photos: int) -> list[Path]:
 def main(
     checkpoint: Path, captures: int, photos: int, size: int, inputs: str, refine_steps: int, out: Path
 ) -> None:
-    """Write synthetic flash captures; score the model on their held-out photos, with and without refinement."""
+    """Write synthetic flash captures; score the model CHECKPOINT (PyTorch eager) on their held-out photos,
+    with and without refinement."""
     numbers = ce.parse_inputs(inputs)
     folders = make_captures(out / "captures", captures, size, photos)
     predictor = load_predictor(checkpoint=checkpoint)

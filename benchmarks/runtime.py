@@ -23,7 +23,7 @@ from pathlib import Path
 
 import click
 
-from pbrforge.options import examples_epilog
+from pbrforge.options import examples_epilog, old_spellings
 from pbrforge.provenance import write_result
 
 GOAL_SPEEDUP, GOAL_PSNR = 2.5, 35.0
@@ -114,11 +114,12 @@ def export_size(checkpoint: Path, data: Path, base: Path, size: int) -> dict[str
 
 
 @click.command(epilog=examples_epilog(__doc__))
-@click.option(
-    "--checkpoint",
+@old_spellings("checkpoint", "--checkpoint")
+@click.argument(
+    "checkpoint",
     type=click.Path(path_type=Path, dir_okay=False),
     default=Path("demo_out/student/checkpoints/best.pt"),
-    show_default=True,
+    required=False,
 )
 @click.option(
     "--data",
@@ -132,7 +133,10 @@ def export_size(checkpoint: Path, data: Path, base: Path, size: int) -> dict[str
 )
 @click.option("--runs", type=click.IntRange(1, 1000), default=10, show_default=True)
 @click.option("--threads", type=click.IntRange(1, 256), default=2, show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), default=Path("benchmarks/results"), show_default=True)
+@old_spellings("--output", "--out")
+@click.option(
+    "--output", "out", type=click.Path(path_type=Path), default=Path("benchmarks/results"), show_default=True
+)
 @click.option(
     "--one", nargs=5, type=str, default=None, hidden=True
 )  # the child: artifact ckpt|- size runs threads
@@ -145,7 +149,8 @@ def main(
     out: Path,
     one: tuple[str, ...] | None,
 ) -> None:
-    """Eager, ONNX Runtime and ExecuTorch (fp32, int8) per input size: table, JSON and chart."""
+    """Eager, ONNX Runtime and ExecuTorch (fp32, int8) per input size of the student CHECKPOINT: table, JSON
+    and chart (CHECKPOINT: demo_out/student/checkpoints/best.pt, which make demo writes, if not given)."""
     if one:
         artifact, ckpt, size, n, t = one
         print(json.dumps(measure_one(artifact, ckpt, int(size), int(n), int(t))))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import click
 
-from pbrforge.options import examples_epilog
+from pbrforge.options import examples_epilog, old_spellings
 from pbrforge.provenance import write_result
 
 MODELS = {"vit": "student_mnv3_vit_512", "plk": "student_mnv3_plk_512"}
@@ -75,7 +75,10 @@ def measure_one(preset: str, size: int, runs: int, setting: str) -> dict:
     show_default=True,
     help="Allocator / memory-format settings to measure.",
 )
-@click.option("--out", type=click.Path(path_type=Path), default=Path("benchmarks/results"), show_default=True)
+@old_spellings("--output", "--out")
+@click.option(
+    "--output", "out", type=click.Path(path_type=Path), default=Path("benchmarks/results"), show_default=True
+)
 @click.option("--child", nargs=4, type=str, default=None, hidden=True)
 def main(
     sizes: tuple[int, ...],

@@ -22,7 +22,7 @@ from pbrforge.datagen.writer import generate_dataset
 from pbrforge.dataset import PBRDataset
 from pbrforge.losses import map_losses
 from pbrforge.models import build_model, model_config
-from pbrforge.options import examples_epilog
+from pbrforge.options import examples_epilog, old_spellings
 from pbrforge.provenance import write_result
 from pbrforge.shards import DistillDataset, ShardSampler, shard_bytes_per_sample
 from pbrforge.teacher.model import discriminator_factory
@@ -68,7 +68,10 @@ def student_epoch(student, cfg, loader, teacher=None, teacher_size: int | None =
 )
 @click.option("--count", type=int, default=24, show_default=True)
 @click.option("--student-size", type=int, default=64, show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), default=Path("benchmarks/results"), show_default=True)
+@old_spellings("--output", "--out")
+@click.option(
+    "--output", "out", type=click.Path(path_type=Path), default=Path("benchmarks/results"), show_default=True
+)
 def main(teacher_config: str, count: int, student_size: int, out: Path) -> None:
     """Measure shard storage, write throughput and the shard-fed vs online-teacher epoch time."""
     work = out / "shards_work"

@@ -6,7 +6,7 @@ training) for the teacher and for the baseline. Prints a table, writes JSON and 
 
 Examples:
     python benchmarks/teacher_quality.py --minutes 10
-    python benchmarks/teacher_quality.py --minutes 2 --count 64 --out benchmarks/results/teacher_quality_smoke
+    python benchmarks/teacher_quality.py --minutes 2 --count 64 --output benchmarks/results/teacher_quality_smoke
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pbrforge.config import load_config
 from pbrforge.datagen.writer import generate_dataset
 from pbrforge.dataset import PBRDataset
 from pbrforge.metrics import MapMetrics, mean_map_baseline
-from pbrforge.options import examples_epilog
+from pbrforge.options import examples_epilog, old_spellings
 from pbrforge.provenance import write_result
 from pbrforge.trainer import Trainer, comparison_grid
 
@@ -48,8 +48,10 @@ def evaluate(model, val: PBRDataset, baseline: torch.Tensor) -> tuple[dict, dict
 @click.option("--minutes", type=float, default=10.0, show_default=True, help="Training wall-clock budget.")
 @click.option("--count", type=int, default=192, show_default=True, help="Generated samples.")
 @click.option("--size", type=int, default=128, show_default=True)
+@old_spellings("--output", "--out")
 @click.option(
-    "--out",
+    "--output",
+    "out",
     type=click.Path(path_type=Path),
     default=Path("benchmarks/results/teacher_quality"),
     show_default=True,

@@ -12,18 +12,21 @@ default: a handheld phone, its flash beside the lens, room light always on), pho
 only) and tripod (the old fixed camera with a side light). Each sample records its capture. Phone captures
 light the room with HDR maps: npm @pmndrs/assets' 18 CC0 maps (make install) or --environments DIR.
 
+--output is the data root this writes (--data names a data set a command reads; what a command writes is
+--output, a data set included).
+
 --export-capture N also writes flash captures of the first N materials in MaterialGAN's layout, with their
-true maps, under OUT/captures/<material>/ (datagen/export_capture.py), for `pbrforge evaluate-capture`.
+true maps, under OUTPUT/captures/<material>/ (datagen/export_capture.py), for `pbrforge evaluate-capture`.
 
 Examples:
-    python datagen/generate.py --out data/demo --count 64 --size 256 --seed 0 --dirty-ratio 0.5
-    pbrforge datagen --out data/mix --count 64 --capture phone-flash:0.6,phone-ambient:0.2,tripod:0.2
-    pbrforge datagen --out data/rig --count 64 --capture tripod
-    pbrforge datagen --out data/myrooms --count 64 --environments ~/hdris
-    pbrforge datagen --out data/big --count 2000 --size 512 --samples-per-material 4
-    pbrforge datagen --out data/real --count 0 --materials ~/ambientcg --materials ~/polyhaven --size 256
-    pbrforge datagen --out data/mixed --count 64 --photo-textures --size 128
-    pbrforge datagen --out data/demo --count 16 --size 256 --export-capture 4
+    python datagen/generate.py --output data/demo --count 64 --size 256 --seed 0 --dirty-ratio 0.5
+    pbrforge datagen --output data/mix --count 64 --capture phone-flash:0.6,phone-ambient:0.2,tripod:0.2
+    pbrforge datagen --output data/rig --count 64 --capture tripod
+    pbrforge datagen --output data/myrooms --count 64 --environments ~/hdris
+    pbrforge datagen --output data/big --count 2000 --size 512 --samples-per-material 4
+    pbrforge datagen --output data/real --count 0 --materials ~/ambientcg --materials ~/polyhaven --size 256
+    pbrforge datagen --output data/mixed --count 64 --photo-textures --size 128
+    pbrforge datagen --output data/demo --count 16 --size 256 --export-capture 4
 """
 
 from __future__ import annotations
@@ -41,11 +44,13 @@ from pbrforge.options import (
     Command,
     FiniteFloatRange,
     examples_epilog,
+    old_spellings,
 )
 
 
 @click.command("datagen", cls=Command, epilog=examples_epilog(__doc__))
-@click.option("--out", type=OUTPUT_DIR, required=True, help="Data root to create.")
+@old_spellings("--output", "--out")
+@click.option("--output", type=OUTPUT_DIR, required=True, help="Data set (its root folder) to create.")
 @click.option(
     "--count",
     type=click.IntRange(0, 1_000_000),
@@ -102,12 +107,12 @@ from pbrforge.options import (
     "--export-capture",
     type=click.IntRange(0, 10_000),
     default=0,
-    help="Also write flash captures of the first N materials under OUT/captures/ (evaluate-capture's layout).",
+    help="Also write flash captures of the first N materials under OUTPUT/captures/ (evaluate-capture's layout).",
 )
-@click.option("--overwrite", is_flag=True, help="Replace a non-empty --out.")
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty --output.")
 @user_errors
 def main(
-    out: Path,
+    output: Path,
     count: int,
     size: int,
     seed: int,
@@ -126,7 +131,7 @@ def main(
 
     t0 = time.perf_counter()
     generate_dataset(
-        out,
+        output,
         count,
         size,
         seed,
@@ -141,9 +146,9 @@ def main(
     if export_capture:
         from pbrforge.datagen.export_capture import export_captures
 
-        export_captures(out, export_capture, seed)
+        export_captures(output, export_capture, seed)
     elapsed = time.perf_counter() - t0
-    _, summary = scan_dataset(out)
+    _, summary = scan_dataset(output)
     click.echo(summary.table())
     click.echo(f"generated in {elapsed:.1f} s")
 

@@ -8,26 +8,26 @@ from typing import TYPE_CHECKING
 import click
 
 from pbrforge.errors import user_errors
-from pbrforge.options import MAX_SIDE, OUTPUT_FILE, Command
+from pbrforge.options import MAX_SIDE, OUTPUT_FILE, Command, data_option, old_spellings
 
 if TYPE_CHECKING:
     from PIL import Image
 
 
 @click.command("check-data", cls=Command)
-@click.argument("root", type=click.Path(path_type=Path, file_okay=False))
+@data_option("ROOT")
 @user_errors
-def check_data(root: Path) -> None:
+def check_data(data: Path) -> None:
     """Validate every file of a data set and print its counts.
 
     \b
     Example:
-      pbrforge check-data data/demo
+      pbrforge check-data --data data/demo
     Exits 2 with one sentence on the first problem; writes nothing.
     """
     from pbrforge.dataset import scan_dataset
 
-    _, summary = scan_dataset(root, deep=True)
+    _, summary = scan_dataset(data, deep=True)
     click.echo(summary.table())
     click.echo("ok")
 
@@ -53,8 +53,9 @@ def contact_sheet_image(root: Path, count: int = 6, source: str = "clean", tile:
 
 
 @click.command("contact-sheet", cls=Command)
-@click.argument("root", type=click.Path(path_type=Path, file_okay=False))
-@click.option("--out", type=OUTPUT_FILE, required=True, help="PNG to write.")
+@data_option("ROOT")
+@old_spellings("--output", "--out")
+@click.option("--output", type=OUTPUT_FILE, required=True, help="PNG to write.")
 @click.option("--count", type=click.IntRange(1, 256), default=6, show_default=True, help="Samples (rows).")
 @click.option("--source", type=click.Choice(["clean", "dirty"]), default="clean", show_default=True)
 @click.option(
@@ -65,17 +66,17 @@ def contact_sheet_image(root: Path, count: int = 6, source: str = "clean", tile:
     help="Tile side in pixels.",
 )
 @user_errors
-def contact_sheet(root: Path, out: Path, count: int, source: str, tile: int) -> None:
+def contact_sheet(data: Path, output: Path, count: int, source: str, tile: int) -> None:
     """Write a PNG of a few samples: three views then the four maps.
 
     \b
     Example:
-      pbrforge contact-sheet data/demo --out sheet.png --count 8 --source dirty
+      pbrforge contact-sheet --data data/demo --output sheet.png --count 8 --source dirty
     """
     from pbrforge.fileio import atomic_path, check_output_path
 
-    check_output_path(out, "--out")
-    img = contact_sheet_image(root, count, source, tile)
-    with atomic_path(out) as tmp:
+    check_output_path(output, "--output")
+    img = contact_sheet_image(data, count, source, tile)
+    with atomic_path(output) as tmp:
         img.save(tmp, format="PNG")
-    click.echo(f"wrote {out}")
+    click.echo(f"wrote {output}")

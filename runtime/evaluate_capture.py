@@ -3,9 +3,9 @@
 The capture folder is in MaterialGAN's layout: NN.png (rectified square photos, row 0 at +y, at least 4),
 camera_pos.txt (x,y,z in cm per photo, origin at the sample's centre, flash at the camera) and
 image_size.txt (the sample's side in cm); `pbrforge datagen --export-capture N` writes synthetic ones.
-Each method (the model, a flat material of the inputs' mean colour, and with --refine the refined maps)
-gets one gain for exposure and flash power, fitted by least squares in linear RGB on the three input photos
-only; renders are made at the photos' side (at most 512 px) with the maps resized to it. Prints RMSE and
+The model is an exported artifact or a checkpoint (PyTorch eager), as for ``pbrforge run``. Each method
+(the model, a flat material of the inputs' mean colour, and with --refine the refined maps) gets one gain
+for exposure and flash power, fitted by least squares in linear RGB on the three input photos only; renders are made at the photos' side (at most 512 px) with the maps resized to it. Prints RMSE and
 SSIM (sRGB) per held-out photo and their mean; writes OUTPUT/evaluation.json, compare_NN.png per held-out
 photo (photo | model | flat | refined), and the maps.
 
@@ -14,9 +14,9 @@ log-space L1 plus a pull toward the prediction), keeping the step that scores be
 when no step beats the prediction there, the prediction is kept.
 
 Examples:
-    pbrforge evaluate-capture captures/card_blue --inputs 00,03,04 artifacts/student.onnx
-    pbrforge evaluate-capture captures/card_blue --inputs 00,03,04 --checkpoint runs/student/best.pt
-    pbrforge evaluate-capture data/demo/captures/bricks_000 --inputs 0,4,8 --checkpoint best.pt \\
+    pbrforge evaluate-capture captures/card_blue artifacts/student.onnx --inputs 00,03,04
+    pbrforge evaluate-capture captures/card_blue runs/student/best.pt --inputs 00,03,04
+    pbrforge evaluate-capture data/demo/captures/bricks_000 best.pt --inputs 0,4,8 \\
         --refine 200 --output eval/bricks_000
 """
 
@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import click
 
 from pbrforge.errors import user_errors
-from pbrforge.options import OUTPUT_DIR, Command, examples_epilog
+from pbrforge.options import OUTPUT_DIR, Command, examples_epilog, old_spellings
 
 if TYPE_CHECKING:
     import torch
@@ -64,20 +64,15 @@ def load_predictor(
             torch_runner(checkpoint, threads or torch.get_num_threads()), Path(checkpoint).name
         )
     if artifact is None:
-        raise DataError("give an artifact or --checkpoint")
+        raise DataError("give an artifact or a checkpoint")
     return runner_predictor(load_runner(artifact, threads=threads), Path(artifact).name)
 
 
 @click.command("evaluate-capture", cls=Command, epilog=examples_epilog(__doc__))
 @click.argument("capture_dir", type=click.Path(path_type=Path, file_okay=False))
-@click.argument("artifact", type=click.Path(path_type=Path), required=False)
+@old_spellings("artifact", "--checkpoint")
+@click.argument("artifact", type=click.Path(path_type=Path), required=True)
 @click.option("--inputs", required=True, help="The three photos the model sees, by number, e.g. 00,03,04.")
-@click.option(
-    "--checkpoint",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=None,
-    help="Score a checkpoint (PyTorch eager) instead of an artifact.",
-)
 @click.option(
     "--output",
     type=OUTPUT_DIR,
@@ -96,16 +91,13 @@ def load_predictor(
 @user_errors
 def main(
     capture_dir: Path,
-    artifact: Path | None,
+    artifact: Path,
     inputs: str,
-    checkpoint: Path | None,
     output: Path | None,
     refine_steps: int,
     threads: int,
 ) -> None:
-    """Score a model's maps by re-rendering held-out flash photos of a capture."""
-    if (artifact is None) == (checkpoint is None):
-        raise click.UsageError("give either an ARTIFACT or --checkpoint, not both and not neither")
+    """Score a model (ARTIFACT: an exported artifact or a checkpoint) by re-rendering held-out flash photos."""
     from pbrforge.capture_eval import evaluate_capture, parse_inputs, read_capture
 
     numbers = parse_inputs(inputs)
@@ -113,7 +105,7 @@ def main(
     capture = read_capture(capture_dir)  # every refusal about the folder comes before a model is loaded
     for n in numbers:
         capture.index(n)
-    predictor = load_predictor(artifact, checkpoint, threads)
+    predictor = load_predictor(artifact, threads=threads)
     result = evaluate_capture(
         capture=capture, inputs=numbers, predictor=predictor, output=output, refine_steps=refine_steps
     )

@@ -6,7 +6,7 @@ MAPS_DIR is a material folder of the contract (albedo.png, roughness.png, metall
 
 Examples:
     pbrforge package out/ --emit pngset,gltf,usdz,mtlx --validate
-    pbrforge package out/ --emit gltf --out assets/ --name RustyIron
+    pbrforge package out/ --emit gltf --output assets/ --name RustyIron
     pbrforge package out/ --emit pngset --bits 16 --normal dx
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import click
 
 from pbrforge.errors import user_errors
-from pbrforge.options import OUTPUT_DIR, Command, examples_epilog
+from pbrforge.options import OUTPUT_DIR, Command, examples_epilog, old_spellings
 from pbrforge.runtime.emit import FORMATS, emit_options
 
 _logger = logging.getLogger(__name__)
@@ -27,7 +27,8 @@ _logger = logging.getLogger(__name__)
 @click.command("package", cls=Command, epilog=examples_epilog(__doc__))
 @click.argument("maps_dir", type=click.Path(path_type=Path, file_okay=False, exists=True))
 @emit_options(default=",".join(FORMATS))
-@click.option("--out", type=OUTPUT_DIR, default=None, help="Folder for the files [default: MAPS_DIR].")
+@old_spellings("--output", "--out")
+@click.option("--output", type=OUTPUT_DIR, default=None, help="Folder for the files [default: MAPS_DIR].")
 @user_errors
 def main(
     maps_dir: Path,
@@ -35,7 +36,7 @@ def main(
     material: str | None,
     bits: str,
     normal: str,
-    out: Path | None,
+    output: Path | None,
     run_validators: bool,
 ) -> None:
     """Write material files from a folder of contract maps."""
@@ -44,13 +45,13 @@ def main(
     from pbrforge.runtime.emit import check_request, default_name, emit
     from pbrforge.runtime.validators import check_files
 
-    out = out or maps_dir
-    check_output_dir(out, "--out")
+    output = output or maps_dir
+    check_output_dir(output, "--output")
     check_request(formats, normal, run_validators)
     maps = read_material(maps_dir)
-    material = material or default_name(out)
-    with exclusive(out):
-        written = emit(maps, out, material, formats, bits=int(bits), normal=normal)
+    material = material or default_name(output)
+    with exclusive(output):
+        written = emit(maps, output, material, formats, bits=int(bits), normal=normal)
     if run_validators:
         check_files([p for paths in written.values() for p in paths])
 

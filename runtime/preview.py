@@ -8,7 +8,7 @@ Chromium with software WebGL (SwiftShader) and saves a PNG.
 
 Examples:
     pbrforge preview out/ --views photos/
-    pbrforge preview out/ --views photos/ --out look.html --screenshot look.png
+    pbrforge preview out/ --views photos/ --output look.html --screenshot look.png
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pathlib import Path
 import click
 
 from pbrforge.errors import user_errors
-from pbrforge.options import OUTPUT_FILE, Command, examples_epilog
+from pbrforge.options import OUTPUT_FILE, Command, examples_epilog, old_spellings
 
 WEB = Path(__file__).resolve().parent / "web"
 BUNDLE = WEB / "dist" / "viewer.js"
@@ -134,7 +134,10 @@ def screenshot(page_path: Path, png: Path, size: tuple[int, int] = SHOT_SIZE) ->
     default=None,
     help="Folder with the three input photos, shown beside the material.",
 )
-@click.option("--out", type=OUTPUT_FILE, default=None, help="The page [default: MAPS_DIR/preview_3d.html].")
+@old_spellings("--output", "--out")
+@click.option(
+    "--output", type=OUTPUT_FILE, default=None, help="The page [default: MAPS_DIR/preview_3d.html]."
+)
 @click.option(
     "--screenshot", "shot", type=OUTPUT_FILE, default=None, help="Also render the page to this PNG."
 )
@@ -142,26 +145,28 @@ def screenshot(page_path: Path, png: Path, size: tuple[int, int] = SHOT_SIZE) ->
     "--name", default=None, callback=parse_title, help="Title of the page [default: MAPS_DIR's name]."
 )
 @user_errors
-def main(maps_dir: Path, views: Path | None, out: Path | None, shot: Path | None, name: str | None) -> None:
+def main(
+    maps_dir: Path, views: Path | None, output: Path | None, shot: Path | None, name: str | None
+) -> None:
     """Write a 3D preview page of a material folder, and optionally a screenshot of it."""
     from pbrforge.contract import read_material
     from pbrforge.fileio import atomic_path, check_output_path
     from pbrforge.runtime.emit import default_name
     from pbrforge.views import find_views
 
-    out = out or maps_dir / "preview_3d.html"
-    check_output_path(out, "--out")
+    output = output or maps_dir / "preview_3d.html"
+    check_output_path(output, "--output")
     if shot is not None:
         check_output_path(shot, "--screenshot")
         browser()
     maps = read_material(maps_dir)
     photos = find_views(views) if views is not None else []
     text = page(maps, name or default_name(maps_dir), photos)
-    with atomic_path(out) as tmp:
+    with atomic_path(output) as tmp:
         tmp.write_text(text, encoding="utf-8")
-    _logger.info(f"preview: {out} ({len(text) / 1e6:.1f} MB, opens offline)")
+    _logger.info(f"preview: {output} ({len(text) / 1e6:.1f} MB, opens offline)")
     if shot is not None:
-        screenshot(out, shot)
+        screenshot(output, shot)
         _logger.info(f"screenshot: {shot}")
 
 

@@ -1,12 +1,12 @@
 """Distil a mobile student from teacher shards plus ground truth (the teacher never runs here).
 
 Examples:
-    python student/train.py --config student_mnv3_plk_512 --shards-dir shards/ --input-dir data/demo \\
-        --output-dir runs/student --checkpoint-dir runs/student/ckpt
-    python student/train.py --config student_mnv3_vit_512 --image-size 64 --epochs 2 --shards-dir shards/ \\
-        --input-dir data/demo --output-dir runs/tiny
-    torchrun --nproc_per_node 2 student/train.py --config student_mnv3_plk_512 --shards-dir shards/ \\
-        --input-dir data/demo --output-dir runs/ddp
+    python student/train.py --config student_mnv3_plk_512 --shards shards/ --data data/demo \\
+        --output runs/student --checkpoint-dir runs/student/ckpt
+    python student/train.py --config student_mnv3_vit_512 --image-size 64 --epochs 2 --shards shards/ \\
+        --data data/demo --output runs/tiny
+    torchrun --nproc_per_node 2 student/train.py --config student_mnv3_plk_512 --shards shards/ \\
+        --data data/demo --output runs/ddp
 """
 
 from __future__ import annotations
@@ -16,7 +16,15 @@ from pathlib import Path
 import click
 
 from pbrforge.errors import user_errors
-from pbrforge.options import MAX_SIDE, Command, apply_train_options, examples_epilog, train_options
+from pbrforge.options import (
+    MAX_SIDE,
+    Command,
+    apply_train_options,
+    data_option,
+    examples_epilog,
+    old_spellings,
+    train_options,
+)
 
 
 @click.command("student-train", cls=Command, epilog=examples_epilog(__doc__))
@@ -26,18 +34,14 @@ from pbrforge.options import MAX_SIDE, Command, apply_train_options, examples_ep
     required=True,
     help="A student preset, or a .py file whose get_config() returns a TrainConfig; an unknown name lists the presets.",
 )
+@old_spellings("--shards", "--shards-dir")
 @click.option(
-    "--shards-dir",
+    "--shards",
     type=click.Path(path_type=Path, file_okay=False),
     required=True,
-    help="Written by teacher_infer.py.",
+    help="Teacher shards, written by `pbrforge shards` (shards.py).",
 )
-@click.option(
-    "--input-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    required=True,
-    help="The data set the shards came from.",
-)
+@data_option("--input-dir", help="The data set the shards came from.")
 @click.option(
     "--image-size",
     type=click.IntRange(32, MAX_SIDE),
@@ -49,8 +53,8 @@ from pbrforge.options import MAX_SIDE, Command, apply_train_options, examples_ep
 @user_errors
 def main(
     config_name: str,
-    shards_dir: Path,
-    input_dir: Path,
+    shards: Path,
+    data: Path,
     image_size: int | None,
     render_curriculum: int | None,
     output_dir: Path,
@@ -77,9 +81,9 @@ def main(
     cfg = apply_train_options(cfg, batch_size, epochs, render_curriculum, max_steps_per_epoch, extra)
     dev = resolve_device(device)
     info = init_distributed(dev)
-    scan_dataset(input_dir, deep=True)  # every view and map decoded and checked before anything is written
-    train_set = DistillDataset.for_config(input_dir, shards_dir, "train", cfg)
-    val_set = DistillDataset.for_config(input_dir, shards_dir, "val", cfg, check_hashes=False)
+    scan_dataset(data, deep=True)  # every view and map decoded and checked before anything is written
+    train_set = DistillDataset.for_config(data, shards, "train", cfg)
+    val_set = DistillDataset.for_config(data, shards, "val", cfg, check_hashes=False)
     sampler = ShardSampler(train_set, cfg.training.seed, info.world, info.rank)
     teacher = train_set.manifest["teacher"]
     trainer = Trainer(

@@ -1,12 +1,17 @@
-"""Run a trained teacher on three photos and write the four maps as PNGs.
+"""Run a trained teacher on three photos, or on a sample of a data set, and write the four maps as PNGs.
+
+It is not ``pbrforge run TEACHER.pt``: run treats a checkpoint as a deployed model (the export wrapper on
+the CPU, maps upscaled to --final-size, parity and latency reports), while this looks at the teacher as
+trained, on --device, at its own output size, from photos or a data set sample (--data with --sample-idx),
+and writes the views it saw beside the maps.
 
 Handheld photos are registered onto the first one before the model sees them (--align, as in
 ``pbrforge run``: features, corners with --corners FILE, markers, or none for rectified views).
 
 Examples:
-    python teacher/infer.py --checkpoint runs/teacher/checkpoints/best.pt --input-dir photos/ --out-dir out/
-    python teacher/infer.py --checkpoint runs/teacher/checkpoints/best.pt --input-dir rectified/ --out-dir out/ --align none
-    python teacher/infer.py --checkpoint runs/teacher/checkpoints/best.pt --data-root data/demo --sample-idx 3 --out-dir out/
+    python teacher/infer.py runs/teacher/checkpoints/best.pt --input photos/ --output out/
+    python teacher/infer.py runs/teacher/checkpoints/best.pt --input rectified/ --output out/ --align none
+    python teacher/infer.py runs/teacher/checkpoints/best.pt --data data/demo --sample-idx 3 --output out/
 """
 
 from __future__ import annotations
@@ -17,7 +22,15 @@ from typing import TYPE_CHECKING
 import click
 
 from pbrforge.errors import DataError, user_errors
-from pbrforge.options import DEVICE_CHOICE, OUTPUT_DIR, Command, align_options, examples_epilog
+from pbrforge.options import (
+    DEVICE_CHOICE,
+    OUTPUT_DIR,
+    Command,
+    align_options,
+    data_option,
+    examples_epilog,
+    old_spellings,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -34,19 +47,17 @@ def predict(model: torch.nn.Module, views01: torch.Tensor, device: torch.device)
 
 
 @click.command("teacher-infer", cls=Command, epilog=examples_epilog(__doc__))
-@click.option("--checkpoint", type=click.Path(path_type=Path, dir_okay=False), required=True)
+@old_spellings("checkpoint", "--checkpoint")
+@click.argument("checkpoint", type=click.Path(path_type=Path, dir_okay=False), required=True)
+@old_spellings("--input", "--input-dir")
 @click.option(
-    "--input-dir",
+    "--input",
+    "input_dir",
     type=click.Path(path_type=Path, file_okay=False),
     default=None,
     help="A folder with three photos.",
 )
-@click.option(
-    "--data-root",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=None,
-    help="A generated data set ...",
-)
+@data_option("--data-root", required=False, help="A data set from datagen ...")
 @click.option(
     "--sample-idx",
     type=click.IntRange(0, None),
@@ -55,23 +66,29 @@ def predict(model: torch.nn.Module, views01: torch.Tensor, device: torch.device)
 )
 @click.option("--source", type=click.Choice(["clean", "dirty"]), default="clean", show_default=True)
 @align_options
-@click.option("--out-dir", type=OUTPUT_DIR, required=True)
+@old_spellings("--output", "--out-dir")
+@click.option("--output", type=OUTPUT_DIR, required=True, help="Folder for the maps and the views.")
 @click.option("--device", type=DEVICE_CHOICE, default="auto", show_default=True)
 @user_errors
 def main(
     checkpoint: Path,
     input_dir: Path | None,
-    data_root: Path | None,
+    data: Path | None,
     sample_idx: int | None,
     source: str,
     align: str,
     corners: Path | None,
-    out_dir: Path,
+    output: Path,
     device: str,
 ) -> None:
-    """Predict albedo, roughness, metallic and normal maps with a teacher checkpoint."""
-    if (input_dir is None) == (data_root is None) or (data_root is None) != (sample_idx is None):
-        raise DataError("give either --input-dir, or --data-root with --sample-idx")
+    """Predict albedo, roughness, metallic and normal maps with a teacher CHECKPOINT as trained.
+
+    Unlike `pbrforge run`, which runs any checkpoint as deployed (export wrapper on the CPU, maps upscaled,
+    parity and latency reports), this runs on --device at the teacher's own output size, also on a data set
+    sample, and writes the views it saw.
+    """
+    if (input_dir is None) == (data is None) or (data is None) != (sample_idx is None):
+        raise DataError("give either --input, or --data with --sample-idx")
     from PIL import Image
 
     from pbrforge.contract import write_material
@@ -89,26 +106,26 @@ def main(
     model.to(dev)
     sizes = model_config(cfg)
     reg = None
-    if data_root is None or sample_idx is None:
+    if input_dir is not None:
         views, _, reg = read_registered_views(input_dir, sizes.image_size, align, corners)
-    else:
+    elif data is not None and sample_idx is not None:  # the one other way in, checked above
         ds = PBRDataset(
-            data_root, "all", sizes.image_size, sizes.output_size, curriculum={"clean": 0, "dirty": 2}[source]
+            data, "all", sizes.image_size, sizes.output_size, curriculum={"clean": 0, "dirty": 2}[source]
         )
         if not 0 <= sample_idx < len(ds):
             raise DataError(f"--sample-idx {sample_idx} is outside 0..{len(ds) - 1}")
         views = ds.load_views(*ds.entries[sample_idx])
     maps = predict(model, views, dev)
-    write_material(out_dir, maps)
+    write_material(output, maps)
     if reg is not None:
-        write_json(out_dir / "registration.json", reg.to_json())
-        overlay_png(reg, out_dir / "registration.png")
+        write_json(output / "registration.json", reg.to_json())
+        overlay_png(reg, output / "registration.png")
     for i, v in enumerate(views):
-        with atomic_path(out_dir / f"view_{i}.png") as tmp:
+        with atomic_path(output / f"view_{i}.png") as tmp:
             Image.fromarray((v.permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(
                 tmp, format="PNG"
             )
-    click.echo(f"wrote albedo, roughness, metallic, normal and 3 views to {out_dir}")
+    click.echo(f"wrote albedo, roughness, metallic, normal and 3 views to {output}")
 
 
 if __name__ == "__main__":

@@ -5,11 +5,15 @@ in a per-rank progress file; the manifest is written last. A second run keeps sh
 their record and redoes the rest. The manifest records, per sample, a fingerprint of its three input views,
 so a student never distils from shards of another data set (``pbrforge.shards`` reads and checks them).
 
+``pbrforge shards`` and ``python shards.py`` are this one command (the script is what torchrun runs;
+``teacher_infer.py`` is its old name, kept for one release). ``pbrforge teacher-infer`` is another thing:
+the teacher on one capture, for a look at its maps.
+
 Examples:
-    python teacher_infer.py --checkpoint runs/teacher/checkpoints/best.pt --data-root data/demo --shards-dir shards/
-    python teacher_infer.py --checkpoint best.pt --data-root data/big --shards-dir shards/ --shard-output-size 1024
-    torchrun --nproc_per_node 2 teacher_infer.py --checkpoint best.pt --data-root data/big --shards-dir shards/
-    python teacher_infer.py --verify shards/
+    python shards.py runs/teacher/checkpoints/best.pt --data data/demo --output shards/
+    python shards.py best.pt --data data/big --output shards/ --shard-output-size 1024
+    torchrun --nproc_per_node 2 shards.py best.pt --data data/big --output shards/
+    pbrforge shards --verify shards/
 """
 
 from __future__ import annotations
@@ -25,7 +29,15 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from pbrforge.errors import DataError, fail, user_errors
-from pbrforge.options import DEVICE_CHOICE, MAX_SIDE, OUTPUT_DIR, Command, examples_epilog
+from pbrforge.options import (
+    DEVICE_CHOICE,
+    MAX_SIDE,
+    OUTPUT_DIR,
+    Command,
+    data_option,
+    examples_epilog,
+    old_spellings,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -113,13 +125,13 @@ def _known_good(shards_dir: Path, header: dict[str, Any], plan: ShardPlan) -> di
             if not same:
                 raise DataError(
                     f"{shards_dir} holds shards of another data set (other samples or other views); "
-                    "use a new --shards-dir or pass --overwrite"
+                    "use a new --output or pass --overwrite"
                 )
         if not same:
             if src.name == MANIFEST:
                 raise DataError(
                     f"{shards_dir} holds shards of another teacher, size, curriculum or shard size; "
-                    "use a new --shards-dir or pass --overwrite"
+                    "use a new --output or pass --overwrite"
                 )
             continue
         if isinstance(data.get("shards"), dict):
@@ -279,13 +291,11 @@ def write_shards(
 
 
 @click.command("shards", cls=Command, epilog=examples_epilog(__doc__))
-@click.option("--checkpoint", type=click.Path(path_type=Path, dir_okay=False), help="Teacher checkpoint.")
-@click.option("--data-root", type=click.Path(path_type=Path, file_okay=False), help="Data set from datagen.")
-@click.option(
-    "--shards-dir",
-    type=OUTPUT_DIR,
-    help="Where shards and manifest.json go.",
-)
+@old_spellings("checkpoint", "--checkpoint")
+@click.argument("checkpoint", type=click.Path(path_type=Path, dir_okay=False), required=False)
+@data_option("--data-root", required=False, help="The data set to run the teacher over.")
+@old_spellings("--output", "--shards-dir")
+@click.option("--output", type=OUTPUT_DIR, help="Folder for the shards and manifest.json.")
 @click.option(
     "--shard-output-size",
     type=click.IntRange(8, MAX_SIDE),
@@ -310,8 +320,8 @@ def write_shards(
 @user_errors
 def main(
     checkpoint: Path | None,
-    data_root: Path | None,
-    shards_dir: Path | None,
+    data: Path | None,
+    output: Path | None,
     shard_output_size: int | None,
     shard_size: int,
     render_curriculum: int,
@@ -321,7 +331,10 @@ def main(
     verify_dir: Path | None,
     quiet: bool,
 ) -> None:
-    """Run the teacher once over a data set and write float16 distillation shards."""
+    """Run the teacher CHECKPOINT once over a data set and write float16 distillation shards.
+
+    The same command as `python shards.py`, the script torchrun runs (teacher_infer.py is its old name).
+    """
     from pbrforge.distributed import resolve_device
     from pbrforge.shards import load_manifest, verify_shards
 
@@ -335,12 +348,12 @@ def main(
             fail(f"shards in {verify_dir} fail verification: {problems[0]}{more}")
         click.echo(f"ok: {len(m['shards'])} shards, {len(m['entries'])} entries verified")
         return
-    if not (checkpoint and data_root and shards_dir):
-        raise DataError("--checkpoint, --data-root and --shards-dir are required (or --verify DIR)")
+    if not (checkpoint and data and output):
+        raise DataError("give a teacher CHECKPOINT, --data and --output (or --verify DIR)")
     m = write_shards(
         checkpoint,
-        data_root,
-        shards_dir,
+        data,
+        output,
         shard_output_size=shard_output_size,
         shard_size=shard_size,
         curriculum=render_curriculum,
@@ -352,7 +365,7 @@ def main(
     if m:
         click.echo(
             f"{len(m['entries'])} entries in {len(m['shards'])} shards at {m['output_size']}px; "
-            f"computed {m['computed']} samples at {m['throughput']:.2f} samples/s -> {shards_dir}"
+            f"computed {m['computed']} samples at {m['throughput']:.2f} samples/s -> {output}"
         )
 
 

@@ -1,10 +1,10 @@
 """Train the multi-view teacher on a generated data set.
 
 Examples:
-    python teacher/train.py --input-dir data/demo --output-dir runs/teacher --config quick_test
-    python teacher/train.py --input-dir data/demo --output-dir runs/teacher --config default --render-curriculum 2
-    python teacher/train.py --input-dir data/demo --output-dir runs/teacher --resume runs/teacher/checkpoints/latest.pt
-    torchrun --nproc_per_node 2 teacher/train.py --input-dir data/demo --output-dir runs/ddp --config quick_test
+    python teacher/train.py --data data/demo --output runs/teacher --config quick_test
+    python teacher/train.py --data data/demo --output runs/teacher --config default --render-curriculum 2
+    python teacher/train.py --data data/demo --output runs/teacher --resume runs/teacher/checkpoints/latest.pt
+    torchrun --nproc_per_node 2 teacher/train.py --data data/demo --output runs/ddp --config quick_test
 """
 
 from __future__ import annotations
@@ -14,16 +14,11 @@ from pathlib import Path
 import click
 
 from pbrforge.errors import user_errors
-from pbrforge.options import Command, apply_train_options, examples_epilog, train_options
+from pbrforge.options import Command, apply_train_options, data_option, examples_epilog, train_options
 
 
 @click.command("teacher-train", cls=Command, epilog=examples_epilog(__doc__))
-@click.option(
-    "--input-dir",
-    type=click.Path(path_type=Path, file_okay=False),
-    required=True,
-    help="Data root from datagen.",
-)
+@data_option("--input-dir")
 @click.option(
     "--config",
     "config_name",
@@ -40,7 +35,7 @@ from pbrforge.options import Command, apply_train_options, examples_epilog, trai
 @train_options
 @user_errors
 def main(
-    input_dir: Path,
+    data: Path,
     config_name: str,
     render_curriculum: int | None,
     output_dir: Path,
@@ -63,9 +58,9 @@ def main(
     cfg = load_config(config_name, family="teacher")
     cfg = apply_train_options(cfg, batch_size, epochs, render_curriculum, max_steps_per_epoch, extra)
     dev = resolve_device(device)
-    scan_dataset(input_dir, deep=True)  # every view and map decoded and checked before anything is written
-    train_set = PBRDataset.for_config(input_dir, "train", cfg)
-    val_set = PBRDataset.for_config(input_dir, "val", cfg)
+    scan_dataset(data, deep=True)  # every view and map decoded and checked before anything is written
+    train_set = PBRDataset.for_config(data, "train", cfg)
+    val_set = PBRDataset.for_config(data, "val", cfg)
     trainer = Trainer(
         cfg,
         train_set,

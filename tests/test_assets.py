@@ -79,7 +79,7 @@ def package(*args: str):
 @pytest.mark.parametrize("bits", [8, 16])
 def test_pngset_uses_ambientcg_names_and_keeps_the_values(maps_dir, maps, tmp_path, bits):
     out = tmp_path / "set"
-    r = package(maps_dir, "--emit", "pngset", "--out", out, "--name", "Plate01", "--bits", str(bits))
+    r = package(maps_dir, "--emit", "pngset", "--output", out, "--name", "Plate01", "--bits", str(bits))
     assert r.exit_code == 0, r.output
     names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     assert names == [
@@ -99,7 +99,7 @@ def test_pngset_uses_ambientcg_names_and_keeps_the_values(maps_dir, maps, tmp_pa
 
 
 def test_directx_normals_flip_green_only(maps_dir, tmp_path):
-    r = package(maps_dir, "--emit", "pngset", "--out", tmp_path / "dx", "--name", "P", "--normal", "dx")
+    r = package(maps_dir, "--emit", "pngset", "--output", tmp_path / "dx", "--name", "P", "--normal", "dx")
     assert r.exit_code == 0, r.output
     gl = np.asarray(Image.open(maps_dir / "normal.png")).astype(int)
     dx = np.asarray(Image.open(tmp_path / "dx" / "P_NormalDX.png")).astype(int)
@@ -116,7 +116,7 @@ def test_glb_passes_the_khronos_validator_with_the_contract_packed(maps_dir, tmp
     import pygltflib
 
     need_validator()
-    r = package(maps_dir, "--emit", "gltf", "--out", tmp_path / "g", "--name", "Plate", "--validate")
+    r = package(maps_dir, "--emit", "gltf", "--output", tmp_path / "g", "--name", "Plate", "--validate")
     assert r.exit_code == 0, r.output
     assert "gltf-validator" in r.output and re.search(r"\b0 errors, 0 warnings", r.output)
     glb = tmp_path / "g" / "Plate.glb"
@@ -150,7 +150,7 @@ def test_the_glb_validator_does_fail_a_broken_file(maps_dir, tmp_path):
     from pbrforge.runtime.validators import validate_glb
 
     need_validator()
-    assert package(maps_dir, "--emit", "gltf", "--out", tmp_path, "--name", "P").exit_code == 0
+    assert package(maps_dir, "--emit", "gltf", "--output", tmp_path, "--name", "P").exit_code == 0
     gltf = pygltflib.GLTF2().load(str(tmp_path / "P.glb"))
     gltf.accessors[gltf.meshes[0].primitives[0].indices].count *= 4
     gltf.save_binary(str(tmp_path / "broken.glb"))
@@ -164,7 +164,7 @@ def test_the_glb_validator_does_fail_a_broken_file(maps_dir, tmp_path):
 def test_usdz_passes_every_registered_usd_validator(maps_dir, tmp_path):
     from pxr import Usd, UsdGeom, UsdShade
 
-    r = package(maps_dir, "--emit", "usdz", "--out", tmp_path, "--name", "Plate", "--validate")
+    r = package(maps_dir, "--emit", "usdz", "--output", tmp_path, "--name", "Plate", "--validate")
     assert r.exit_code == 0, r.output
     assert "pxr.UsdValidation" in r.output and re.search(r"\b0 errors", r.output)
     usdz = tmp_path / "Plate.usdz"
@@ -207,7 +207,7 @@ def test_usd_validation_does_fail_a_stage_without_units(tmp_path):
 def test_mtlx_validates_against_the_standard_libraries_and_finds_its_pngs(maps_dir, tmp_path):
     import MaterialX as mx
 
-    r = package(maps_dir, "--emit", "mtlx", "--out", tmp_path, "--name", "Plate", "--validate")
+    r = package(maps_dir, "--emit", "mtlx", "--output", tmp_path, "--name", "Plate", "--validate")
     assert r.exit_code == 0, r.output
     doc = mx.createDocument()
     mx.readFromXmlFile(doc, str(tmp_path / "Plate.mtlx"))
@@ -220,7 +220,7 @@ def test_mtlx_validates_against_the_standard_libraries_and_finds_its_pngs(maps_d
 def test_the_mtlx_validator_does_fail_a_mistyped_document(maps_dir, tmp_path):
     from pbrforge.runtime.validators import validate_mtlx
 
-    assert package(maps_dir, "--emit", "mtlx", "--out", tmp_path, "--name", "P").exit_code == 0
+    assert package(maps_dir, "--emit", "mtlx", "--output", tmp_path, "--name", "P").exit_code == 0
     text = (
         (tmp_path / "P.mtlx")
         .read_text()
@@ -249,14 +249,14 @@ def test_the_mtlx_validator_does_fail_a_mistyped_document(maps_dir, tmp_path):
 )
 def test_package_refuses_bad_requests_before_writing(maps_dir, tmp_path, args, says):
     out = tmp_path / "never"
-    r = package(maps_dir, *args, "--out", out)
+    r = package(maps_dir, *args, "--output", out)
     assert r.exit_code == 2 and says in r.output, r.output
     assert not out.exists()
 
 
 def test_package_refuses_a_folder_without_maps(tmp_path):
     (tmp_path / "empty").mkdir()
-    r = package(tmp_path / "empty", "--out", tmp_path / "never")
+    r = package(tmp_path / "empty", "--output", tmp_path / "never")
     assert r.exit_code == 2 and "albedo.png" in r.output and len(r.output.strip().splitlines()) == 1
     assert not (tmp_path / "never").exists()
 
@@ -314,7 +314,7 @@ def test_preview_page_is_self_contained(maps_dir, tmp_path):
     for i in range(3):
         Image.new("RGB", (40, 30), (60 * i, 80, 90)).save(views / f"v{i}.png")
     r = CliRunner().invoke(
-        cli, ["preview", str(maps_dir), "--views", str(views), "--out", str(tmp_path / "p.html")]
+        cli, ["preview", str(maps_dir), "--views", str(views), "--output", str(tmp_path / "p.html")]
     )
     assert r.exit_code == 0, r.output
     text = (tmp_path / "p.html").read_text()

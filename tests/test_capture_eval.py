@@ -224,7 +224,7 @@ def test_bad_capture_is_one_sentence(case, capture, tmp_path):
     folder = tmp_path / "cap"
     shutil.copytree(capture, folder)
     extra = _break(case, folder)
-    args = ["evaluate-capture", str(folder), "--checkpoint", str(tmp_path / "none.pt")]
+    args = ["evaluate-capture", str(folder), str(tmp_path / "none.pt")]
     args += extra or ["--inputs", "00,01,02"]
     r = CliRunner().invoke(cli, args)
     lines = [ln for ln in r.output.splitlines() if ln.strip()]
@@ -262,7 +262,7 @@ def test_cli_scores_a_checkpoint_with_refinement(tiny_student_ckpt, tmp_path):
     folder = tmp_path / "cap"
     export_capture(_maps("bricks", 2, 32), folder, n_photos=4, seed=3)
     out = tmp_path / "eval"
-    args = ["evaluate-capture", str(folder), "--inputs", "00,01,02", "--checkpoint", str(tiny_student_ckpt)]
+    args = ["evaluate-capture", str(folder), str(tiny_student_ckpt), "--inputs", "00,01,02"]
     r = CliRunner().invoke(cli, [*args, "--refine", "3", "--output", str(out)])
     assert r.exit_code == 0, f"{r.output}\n{r.exception!r}"
     report = json.loads((out / "evaluation.json").read_text())
@@ -276,8 +276,8 @@ def test_cli_scores_a_checkpoint_with_refinement(tiny_student_ckpt, tmp_path):
 def test_datagen_exports_captures_and_keeps_the_data_set(tmp_path):
     base = ["datagen", "--count", "2", "--size", "32", "--capture", "tripod", "--dirty-ratio", "0"]
     plain, more = tmp_path / "plain", tmp_path / "more"
-    assert CliRunner().invoke(cli, [*base, "--out", str(plain)]).exit_code == 0
-    r = CliRunner().invoke(cli, [*base, "--out", str(more), "--export-capture", "1"])
+    assert CliRunner().invoke(cli, [*base, "--output", str(plain)]).exit_code == 0
+    r = CliRunner().invoke(cli, [*base, "--output", str(more), "--export-capture", "1"])
     assert r.exit_code == 0, r.output
     meta = json.loads((more / "input" / "render_metadata.json").read_text())
     first = next(iter(meta["materials"]))

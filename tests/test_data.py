@@ -92,7 +92,7 @@ def test_curricula(tiny_data):
 
 
 def test_check_data_ok(tiny_data):
-    r = CliRunner().invoke(cli, ["check-data", str(tiny_data)])
+    r = CliRunner().invoke(cli, ["check-data", "--data", str(tiny_data)])
     assert r.exit_code == 0, r.output
     assert "samples" in r.output and "14" in r.output
 
@@ -100,7 +100,7 @@ def test_check_data_ok(tiny_data):
 def test_contact_sheet(tiny_data, tmp_path):
     out = tmp_path / "sheet.png"
     r = CliRunner().invoke(
-        cli, ["contact-sheet", str(tiny_data), "--out", str(out), "--count", "2", "--tile", "16"]
+        cli, ["contact-sheet", "--data", str(tiny_data), "--output", str(out), "--count", "2", "--tile", "16"]
     )
     assert r.exit_code == 0, r.output
     from PIL import Image
@@ -164,7 +164,7 @@ def test_check_data_bad_input(tiny_data, tmp_path, case):
             shutil.rmtree(d, ignore_errors=True)
         message = "empty"
     before = sorted(p for p in root.rglob("*"))
-    r = CliRunner().invoke(cli, ["check-data", str(root)])
+    r = CliRunner().invoke(cli, ["check-data", "--data", str(root)])
     assert r.exit_code == 2, r.output
     assert message in r.output
     assert len(r.output.strip().splitlines()) == 1  # one sentence
@@ -172,8 +172,8 @@ def test_check_data_bad_input(tiny_data, tmp_path, case):
 
 
 def test_datagen_cli(tmp_path):
-    r = CliRunner().invoke(cli, ["datagen", "--out", str(tmp_path / "d"), "--count", "3", "--size", "16"])
+    r = CliRunner().invoke(cli, ["datagen", "--output", str(tmp_path / "d"), "--count", "3", "--size", "16"])
     assert r.exit_code == 0, r.output
     assert "samples" in r.output
-    r = CliRunner().invoke(cli, ["datagen", "--out", str(tmp_path / "d"), "--count", "3", "--size", "16"])
+    r = CliRunner().invoke(cli, ["datagen", "--output", str(tmp_path / "d"), "--count", "3", "--size", "16"])
     assert r.exit_code == 2 and "--overwrite" in r.output

@@ -225,9 +225,9 @@ def _state(path: Path) -> object:
 STUDENT = ["--config", "student_mnv3_plk_512", "--image-size", "32", "--set", "model.sr_scale=1"]
 TEACHER_TRAIN = lambda p, out, *more: [
     "teacher-train",
-    "--input-dir",
+    "--data",
     p.data,
-    "--output-dir",
+    "--output",
     out,
     "--max-steps-per-epoch",
     "1",
@@ -236,11 +236,11 @@ TEACHER_TRAIN = lambda p, out, *more: [
 STUDENT_TRAIN = lambda p, out, *more: [
     "student-train",
     *STUDENT,
-    "--shards-dir",
+    "--shards",
     p.shards,
-    "--input-dir",
+    "--data",
     p.data,
-    "--output-dir",
+    "--output",
     out,
     *more,
 ]
@@ -248,17 +248,16 @@ EXPORT = lambda p, out, *more: ["export", p.student, "--output", out / "s", "--f
 RUN = lambda p, out, *more: ["run", p.student, "--input", p.views, "--output", out, "--align", "none", *more]
 SHARDS = lambda p, out, *more: [
     "shards",
-    "--checkpoint",
     p.teacher,
-    "--data-root",
+    "--data",
     p.data,
-    "--shards-dir",
+    "--output",
     out,
     *more,
 ]
-INFER = lambda p, out, *more: ["teacher-infer", "--checkpoint", p.teacher, "--out-dir", out, *more]
-DATAGEN = lambda p, out, *more: ["datagen", "--out", out, "--count", "2", "--size", "16", *more]
-SHEET = lambda p, out, *more: ["contact-sheet", p.data, "--out", out / "s.png", *more]
+INFER = lambda p, out, *more: ["teacher-infer", p.teacher, "--output", out, *more]
+DATAGEN = lambda p, out, *more: ["datagen", "--output", out, "--count", "2", "--size", "16", *more]
+SHEET = lambda p, out, *more: ["contact-sheet", "--data", p.data, "--output", out / "s.png", *more]
 
 BAD_NUMBERS = ["0", "-1", "abc", "nan", "1e400", "99999999999"]
 
@@ -272,26 +271,38 @@ CASES += [
 ]
 CASES += [
     ("datagen --seed -1", lambda p, o: DATAGEN(p, o, "--seed", "-1")),
-    ("datagen --out under a file", lambda p, o: ["datagen", "--out", p.a_file / "d", "--count", "2"]),
-    ("datagen --out is a file", lambda p, o: ["datagen", "--out", p.a_file, "--count", "2"]),
-    ("datagen --out non-empty", lambda p, o: ["datagen", "--out", p.views, "--count", "2"]),
+    ("datagen --output under a file", lambda p, o: ["datagen", "--output", p.a_file / "d", "--count", "2"]),
+    ("datagen --output is a file", lambda p, o: ["datagen", "--output", p.a_file, "--count", "2"]),
+    ("datagen --output non-empty", lambda p, o: ["datagen", "--output", p.views, "--count", "2"]),
 ]
 for label in ("meta_empty", "meta_notjson", "meta_nan", "meta_wrongtype", "meta_missing", "meta_unknown",
               "meta_list", "meta_material", "meta_source", "meta_version", "meta_huge", "meta_bool",
               "zero_normal", "corrupt_view", "missing_view"):  # fmt: skip
     CASES.append(
-        (f"check-data {label}", lambda p, o, label=label: ["check-data", getattr(p, f"data_{label}")])
+        (
+            f"check-data {label}",
+            lambda p, o, label=label: ["check-data", "--data", getattr(p, f"data_{label}")],
+        )
     )
 CASES += [
-    ("check-data missing root", lambda p, o: ["check-data", p.root / "nowhere"]),
-    ("check-data root is a file", lambda p, o: ["check-data", p.a_file]),
-    ("check-data empty folder", lambda p, o: ["check-data", p.a_dir]),
+    ("check-data missing root", lambda p, o: ["check-data", "--data", p.root / "nowhere"]),
+    ("check-data root is a file", lambda p, o: ["check-data", "--data", p.a_file]),
+    ("check-data empty folder", lambda p, o: ["check-data", "--data", p.a_dir]),
     ("contact-sheet --count 0", lambda p, o: SHEET(p, o, "--count", "0")),
     ("contact-sheet --tile 0", lambda p, o: SHEET(p, o, "--tile", "0")),
     ("contact-sheet --tile huge", lambda p, o: SHEET(p, o, "--tile", "100000")),
-    ("contact-sheet --out is a folder", lambda p, o: ["contact-sheet", p.data, "--out", p.a_dir]),
-    ("contact-sheet --out under a file", lambda p, o: ["contact-sheet", p.data, "--out", p.a_file / "s.png"]),
-    ("contact-sheet broken data", lambda p, o: ["contact-sheet", p.data_meta_nan, "--out", o / "s.png"]),
+    (
+        "contact-sheet --output is a folder",
+        lambda p, o: ["contact-sheet", "--data", p.data, "--output", p.a_dir],
+    ),
+    (
+        "contact-sheet --output under a file",
+        lambda p, o: ["contact-sheet", "--data", p.data, "--output", p.a_file / "s.png"],
+    ),
+    (
+        "contact-sheet broken data",
+        lambda p, o: ["contact-sheet", "--data", p.data_meta_nan, "--output", o / "s.png"],
+    ),
 ]
 for opt in ("--epochs", "--batch-size"):
     CASES += [
@@ -311,43 +322,45 @@ CASES += [
     ("teacher-train --device gpu0", lambda p, o: TEACHER_TRAIN(p, o, "--device", "gpu0")),
     (
         "teacher-train missing input",
-        lambda p, o: ["teacher-train", "--input-dir", p.root / "no", "--output-dir", o],
+        lambda p, o: ["teacher-train", "--data", p.root / "no", "--output", o],
     ),
     (
         "teacher-train input is a file",
-        lambda p, o: ["teacher-train", "--input-dir", p.a_file, "--output-dir", o],
+        lambda p, o: ["teacher-train", "--data", p.a_file, "--output", o],
     ),
     (
         "teacher-train broken data",
-        lambda p, o: ["teacher-train", "--input-dir", p.data_meta_missing, "--output-dir", o],
+        lambda p, o: ["teacher-train", "--data", p.data_meta_missing, "--output", o],
     ),
     ("teacher-train output under a file", lambda p, o: TEACHER_TRAIN(p, p.a_file / "run")),
     (
         "teacher-train checkpoint-dir is a file",
         lambda p, o: TEACHER_TRAIN(p, o, "--checkpoint-dir", p.a_file),
     ),
-    ("teacher-train empty output-dir", lambda p, o: TEACHER_TRAIN(p, "")),
+    ("teacher-train empty output", lambda p, o: TEACHER_TRAIN(p, "")),
     (
         "teacher-train view of the wrong size",
-        lambda p, o: ["teacher-train", "--input-dir", p.data_wrong_size_view, "--output-dir", o],
+        lambda p, o: ["teacher-train", "--data", p.data_wrong_size_view, "--output", o],
     ),
-    ("datagen --out is a symlink", lambda p, o: ["datagen", "--out", p.link, "--count", "2", "--overwrite"]),
+    (
+        "datagen --output is a symlink",
+        lambda p, o: ["datagen", "--output", p.link, "--count", "2", "--overwrite"],
+    ),
     ("shards --verify duplicate entries", lambda p, o: ["shards", "--verify", p.shards_dup]),
     (
         "shards onto another data set",
         lambda p, o: [
             "shards",
-            "--checkpoint",
             p.teacher,
-            "--data-root",
+            "--data",
             p.data_other,
-            "--shards-dir",
+            "--output",
             p.shards,
         ],
     ),
     (
-        "teacher-infer --input-dir with --sample-idx",
-        lambda p, o: INFER(p, o, "--input-dir", p.views, "--sample-idx", "2"),
+        "teacher-infer --input with --sample-idx",
+        lambda p, o: INFER(p, o, "--input", p.views, "--sample-idx", "2"),
     ),
 ]
 for name in ("cfg_syntax", "cfg_raises", "cfg_none", "cfg_wrong", "cfg_call_fails"):
@@ -388,11 +401,11 @@ for label in ("v1", "nan", "noentries", "badrow", "channels", "sha", "damaged"):
             lambda p, o, label=label: [
                 "student-train",
                 *STUDENT,
-                "--shards-dir",
+                "--shards",
                 getattr(p, f"shards_{label}"),
-                "--input-dir",
+                "--data",
                 p.data,
-                "--output-dir",
+                "--output",
                 o,
             ],
         )
@@ -403,11 +416,11 @@ CASES += [
         lambda p, o: [
             "student-train",
             *STUDENT,
-            "--shards-dir",
+            "--shards",
             p.shards,
-            "--input-dir",
+            "--data",
             p.data_other,
-            "--output-dir",
+            "--output",
             o,
         ],
     ),
@@ -416,11 +429,11 @@ CASES += [
         lambda p, o: [
             "student-train",
             *STUDENT,
-            "--shards-dir",
+            "--shards",
             p.root / "none",
-            "--input-dir",
+            "--data",
             p.data,
-            "--output-dir",
+            "--output",
             o,
         ],
     ),
@@ -441,14 +454,13 @@ for opt, values in (
 for name in ("empty", "garbage", "pickle", "student", "inf_ckpt", "foreign_ckpt"):
     CASES.append(
         (
-            f"shards --checkpoint {name}",
+            f"shards checkpoint {name}",
             lambda p, o, name=name: [
                 "shards",
-                "--checkpoint",
                 getattr(p, name),
-                "--data-root",
+                "--data",
                 p.data,
-                "--shards-dir",
+                "--output",
                 o,
             ],
         )
@@ -457,14 +469,14 @@ CASES += [
     ("shards nothing given", lambda p, o: ["shards"]),
     (
         "shards missing data",
-        lambda p, o: ["shards", "--checkpoint", p.teacher, "--data-root", p.root / "no", "--shards-dir", o],
+        lambda p, o: ["shards", p.teacher, "--data", p.root / "no", "--output", o],
     ),
     (
         "shards broken data",
-        lambda p, o: ["shards", "--checkpoint", p.teacher, "--data-root", p.data_meta_nan, "--shards-dir", o],
+        lambda p, o: ["shards", p.teacher, "--data", p.data_meta_nan, "--output", o],
     ),
     ("shards upsampling", lambda p, o: SHARDS(p, o, "--shard-output-size", "128")),
-    ("shards --shards-dir under a file", lambda p, o: SHARDS(p, p.a_file / "s")),
+    ("shards --output under a file", lambda p, o: SHARDS(p, p.a_file / "s")),
     ("shards --verify damaged", lambda p, o: ["shards", "--verify", p.shards_damaged]),
     ("shards --verify nan manifest", lambda p, o: ["shards", "--verify", p.shards_nan]),
     ("shards --verify missing", lambda p, o: ["shards", "--verify", p.root / "none"]),
@@ -473,20 +485,20 @@ CASES += [
     ("teacher-infer neither input", lambda p, o: INFER(p, o)),
     (
         "teacher-infer both inputs",
-        lambda p, o: INFER(p, o, "--input-dir", p.views, "--data-root", p.data, "--sample-idx", "0"),
+        lambda p, o: INFER(p, o, "--input", p.views, "--data", p.data, "--sample-idx", "0"),
     ),
-    ("teacher-infer --sample-idx -1", lambda p, o: INFER(p, o, "--data-root", p.data, "--sample-idx", "-1")),
+    ("teacher-infer --sample-idx -1", lambda p, o: INFER(p, o, "--data", p.data, "--sample-idx", "-1")),
     (
         "teacher-infer --sample-idx past the end",
-        lambda p, o: INFER(p, o, "--data-root", p.data, "--sample-idx", "9999"),
+        lambda p, o: INFER(p, o, "--data", p.data, "--sample-idx", "9999"),
     ),
-    ("teacher-infer two views", lambda p, o: INFER(p, o, "--input-dir", p.views2)),
-    ("teacher-infer corrupt view", lambda p, o: INFER(p, o, "--input-dir", p.views_corrupt)),
+    ("teacher-infer two views", lambda p, o: INFER(p, o, "--input", p.views2)),
+    ("teacher-infer corrupt view", lambda p, o: INFER(p, o, "--input", p.views_corrupt)),
     (
         "teacher-infer student checkpoint",
-        lambda p, o: ["teacher-infer", "--checkpoint", p.student, "--input-dir", p.views, "--out-dir", o],
+        lambda p, o: ["teacher-infer", p.student, "--input", p.views, "--output", o],
     ),
-    ("teacher-infer --out-dir is a file", lambda p, o: INFER(p, p.a_file, "--input-dir", p.views)),
+    ("teacher-infer --output is a file", lambda p, o: INFER(p, p.a_file, "--input", p.views)),
 ]
 for name in (
     "empty",
@@ -577,7 +589,7 @@ CASES += [
     ("datagen --materials missing", lambda p, o: DATAGEN(p, o, "--materials", p.root / "none")),
     (
         "datagen --materials without sets and --count 0",
-        lambda p, o: ["datagen", "--out", o, "--count", "0", "--materials", p.a_dir],
+        lambda p, o: ["datagen", "--output", o, "--count", "0", "--materials", p.a_dir],
     ),
     ("export --quantize without --calibration", lambda p, o: EXPORT(p, o, "--quantize", "int8")),
     (
@@ -635,7 +647,7 @@ CASES += [
     ("run --bits without --emit", lambda p, o: RUN(p, o, "--bits", "16")),
     (
         "preview --name with a newline",
-        lambda p, o: ["preview", p.maps, "--out", o / "p.html", "--name", "a\nb"],
+        lambda p, o: ["preview", p.maps, "--output", o / "p.html", "--name", "a\nb"],
     ),
     ("export --render-psnr-min nan", lambda p, o: EXPORT(p, o, "--render-psnr-min", "nan")),
     ("export --normal-p99-max -1", lambda p, o: EXPORT(p, o, "--normal-p99-max", "-1")),
@@ -645,26 +657,26 @@ CASES += [
     ("run --validate without --emit", lambda p, o: RUN(p, o, "--validate")),
     ("run --name with a slash", lambda p, o: RUN(p, o, "--emit", "gltf", "--name", "a/b")),
     ("run --bits 32", lambda p, o: RUN(p, o, "--emit", "pngset", "--bits", "32")),
-    ("package missing folder", lambda p, o: ["package", p.root / "none", "--out", o]),
-    ("package a file", lambda p, o: ["package", p.a_file, "--out", o]),
-    ("package a folder without maps", lambda p, o: ["package", p.a_dir, "--out", o]),
-    ("package corrupt map", lambda p, o: ["package", p.maps_corrupt, "--out", o]),
-    ("package zero-length normals", lambda p, o: ["package", p.maps_gray_normal, "--out", o]),
-    ("package --out is a file", lambda p, o: ["package", p.maps, "--out", p.a_file]),
-    ("package --emit nothing", lambda p, o: ["package", p.maps, "--out", o, "--emit", ","]),
-    ("package --name too long", lambda p, o: ["package", p.maps, "--out", o, "--name", "x" * 65]),
-    ("preview missing folder", lambda p, o: ["preview", p.root / "none", "--out", o / "p.html"]),
-    ("preview a folder without maps", lambda p, o: ["preview", p.a_dir, "--out", o / "p.html"]),
-    ("preview corrupt map", lambda p, o: ["preview", p.maps_corrupt, "--out", o / "p.html"]),
-    ("preview --out is a folder", lambda p, o: ["preview", p.maps, "--out", p.a_dir]),
+    ("package missing folder", lambda p, o: ["package", p.root / "none", "--output", o]),
+    ("package a file", lambda p, o: ["package", p.a_file, "--output", o]),
+    ("package a folder without maps", lambda p, o: ["package", p.a_dir, "--output", o]),
+    ("package corrupt map", lambda p, o: ["package", p.maps_corrupt, "--output", o]),
+    ("package zero-length normals", lambda p, o: ["package", p.maps_gray_normal, "--output", o]),
+    ("package --output is a file", lambda p, o: ["package", p.maps, "--output", p.a_file]),
+    ("package --emit nothing", lambda p, o: ["package", p.maps, "--output", o, "--emit", ","]),
+    ("package --name too long", lambda p, o: ["package", p.maps, "--output", o, "--name", "x" * 65]),
+    ("preview missing folder", lambda p, o: ["preview", p.root / "none", "--output", o / "p.html"]),
+    ("preview a folder without maps", lambda p, o: ["preview", p.a_dir, "--output", o / "p.html"]),
+    ("preview corrupt map", lambda p, o: ["preview", p.maps_corrupt, "--output", o / "p.html"]),
+    ("preview --output is a folder", lambda p, o: ["preview", p.maps, "--output", p.a_dir]),
     (
         "preview --screenshot under a file",
-        lambda p, o: ["preview", p.maps, "--out", o / "p.html", "--screenshot", p.a_file / "s.png"],
+        lambda p, o: ["preview", p.maps, "--output", o / "p.html", "--screenshot", p.a_file / "s.png"],
     ),
-    ("preview two views", lambda p, o: ["preview", p.maps, "--views", p.views2, "--out", o / "p.html"]),
+    ("preview two views", lambda p, o: ["preview", p.maps, "--views", p.views2, "--output", o / "p.html"]),
     (
         "preview corrupt view",
-        lambda p, o: ["preview", p.maps, "--views", p.views_corrupt, "--out", o / "p.html"],
+        lambda p, o: ["preview", p.maps, "--views", p.views_corrupt, "--output", o / "p.html"],
     ),
     ("unknown command", lambda p, o: ["frobnicate"]),
     ("unknown group option", lambda p, o: ["--colour", "datagen"]),
@@ -672,11 +684,8 @@ CASES += [
 
 
 def _target(argv: list) -> Path | None:
-    """The output path an argv names (the value after its output option)."""
-    for opt in ("--out", "--output", "--output-dir", "--out-dir", "--shards-dir"):
-        if opt in argv:
-            return Path(argv[argv.index(opt) + 1])
-    return None
+    """The output path an argv names (the value after --output)."""
+    return Path(argv[argv.index("--output") + 1]) if "--output" in argv else None
 
 
 @pytest.mark.parametrize("case", [c[0] for c in CASES])

@@ -276,7 +276,7 @@ def test_imported_data_set_is_deterministic_mixed_and_split_by_material(library,
 
 def test_check_data_prints_counts_per_source(library, tmp_path):
     generate_dataset(tmp_path / "d", count=2, size=32, progress=False, material_dirs=[library / "polyhaven"])
-    r = CliRunner().invoke(cli, ["check-data", str(tmp_path / "d")])
+    r = CliRunner().invoke(cli, ["check-data", "--data", str(tmp_path / "d")])
     assert r.exit_code == 0, r.output
     assert re.search(r"samples by source\s+polyhaven 2, procedural 2\n", r.output), r.output
     assert re.search(r"samples by capture\s+phone-flash 4\n", r.output), r.output
@@ -287,7 +287,7 @@ def test_nothing_usable_is_one_sentence_and_writes_nothing(library, tmp_path):
         cli,
         [
             "datagen",
-            "--out",
+            "--output",
             str(tmp_path / "none"),
             "--count",
             "0",
@@ -305,7 +305,7 @@ def test_nothing_usable_is_one_sentence_and_writes_nothing(library, tmp_path):
         cli,
         [
             "datagen",
-            "--out",
+            "--output",
             str(tmp_path / "never"),
             "--count",
             "0",

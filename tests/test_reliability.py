@@ -177,7 +177,7 @@ def test_full_disk_is_one_sentence(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "d"))
 
     monkeypatch.setattr(os, "replace", full)
-    r = CliRunner().invoke(main, ["datagen", "--out", str(tmp_path / "d"), "--count", "2", "--size", "16"])
+    r = CliRunner().invoke(main, ["datagen", "--output", str(tmp_path / "d"), "--count", "2", "--size", "16"])
     assert r.exit_code == 2 and "disk is full" in r.output and "Traceback" not in r.output
     assert not (tmp_path / "d").exists()
 
@@ -203,7 +203,7 @@ def test_a_second_run_into_the_same_output_is_refused_by_the_command(tmp_path):
 
     with exclusive(tmp_path / "d"):  # as if another datagen were writing there now
         r = CliRunner().invoke(
-            main, ["datagen", "--out", str(tmp_path / "d"), "--count", "2", "--size", "16"]
+            main, ["datagen", "--output", str(tmp_path / "d"), "--count", "2", "--size", "16"]
         )
     assert r.exit_code == 2 and "another pbrforge run is writing" in r.output
     assert not (tmp_path / "d").exists()

@@ -242,9 +242,9 @@ def test_train_cli_and_infer(tiny_data, tmp_path):
     r = _cli(
         [
             "teacher-train",
-            "--input-dir",
+            "--data",
             str(tiny_data),
-            "--output-dir",
+            "--output",
             str(tmp_path / "run"),
             "--epochs",
             "1",
@@ -263,13 +263,12 @@ def test_train_cli_and_infer(tiny_data, tmp_path):
     r = _cli(
         [
             "teacher-infer",
-            "--checkpoint",
             str(ckpt),
-            "--data-root",
+            "--data",
             str(tiny_data),
             "--sample-idx",
             "1",
-            "--out-dir",
+            "--output",
             str(tmp_path / "pred"),
         ]
     )
@@ -281,13 +280,12 @@ def test_train_cli_and_infer(tiny_data, tmp_path):
     r = _cli(
         [
             "teacher-infer",
-            "--checkpoint",
             str(ckpt),
-            "--input-dir",
+            "--input",
             str(tiny_data / "input" / "clean" / "sample_0000"),
             "--align",
             "none",
-            "--out-dir",
+            "--output",
             str(tmp_path / "pred2"),
         ]
     )
@@ -295,13 +293,12 @@ def test_train_cli_and_infer(tiny_data, tmp_path):
     r = _cli(
         [
             "teacher-infer",
-            "--checkpoint",
             str(ckpt),
-            "--data-root",
+            "--data",
             str(tiny_data),
             "--sample-idx",
             "999",
-            "--out-dir",
+            "--output",
             str(tmp_path / "pred3"),
         ]
     )
@@ -323,9 +320,9 @@ def test_train_cli_errors(tiny_data, tmp_path, args, message):
     r = _cli(
         [
             "teacher-train",
-            "--input-dir",
+            "--data",
             str(tiny_data),
-            "--output-dir",
+            "--output",
             str(tmp_path / "run"),
             "--quiet",
             *args,
@@ -339,9 +336,9 @@ def test_train_cli_errors(tiny_data, tmp_path, args, message):
 def test_ddp_two_processes_gloo(tiny_data, tmp_path):
     r = run_torchrun(
         "teacher/train.py",
-        "--input-dir",
+        "--data",
         str(tiny_data),
-        "--output-dir",
+        "--output",
         str(tmp_path / "ddp"),
         "--epochs",
         "2",
