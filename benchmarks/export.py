@@ -78,7 +78,7 @@ def latency_rows(checkpoint: Path, data: Path, out: Path, runs: int) -> list[dic
             ("onnx",),
             test_resolution=size,
             quantize="int8",
-            calibration=data,
+            data=data,
             fp32_max_abs=LATENCY_FP32_MAX_ABS,
             **MEASURE,
         )
@@ -144,7 +144,7 @@ def main(checkpoint: Path, data: Path, runs: int, out: Path) -> None:
         base = out / "export_work" / label.replace(" ", "_")
         needs_data = "quantize" in kw or "budget_db" in kw
         result = export_artifacts(
-            checkpoint, base, (fmt,), calibration=data if needs_data else None, **kw, **MEASURE
+            checkpoint, base, (fmt,), data=data if needs_data else None, **kw, **MEASURE
         )
         row = variant_row(label, result, fp16_bytes)
         if label == "coreml fp16":

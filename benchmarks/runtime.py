@@ -68,7 +68,8 @@ def measure_one(artifact: str, checkpoint: str, size: int, runs: int, threads: i
     if checkpoint == "-":
         runner = load_runner(Path(artifact), "auto", threads)
     else:
-        from pbrforge.deploy import DeployContract, contract_path
+        from pbrforge.artifacts import contract_path
+        from pbrforge.deploy import DeployContract
 
         runner = torch_runner(Path(checkpoint), threads, DeployContract.load(contract_path(Path(artifact))))
     timing = measure(runner, example_inputs(size), runs, 3)
@@ -79,6 +80,7 @@ def measure_one(artifact: str, checkpoint: str, size: int, runs: int, threads: i
 def export_size(checkpoint: Path, data: Path, base: Path, size: int) -> dict[str, dict]:
     """Every artifact at ``size``; per column its render PSNR and fp32 max abs as the converter measured."""
     from pbrforge.export.converter import export_artifacts
+    from pbrforge.export.formats import for_artifact
 
     result = export_artifacts(
         checkpoint,
@@ -87,22 +89,16 @@ def export_size(checkpoint: Path, data: Path, base: Path, size: int) -> dict[str
         test_resolution=size,
         use_sr=True,
         quantize="int8",
-        calibration=data,
+        data=data,
         **RECORD_ONLY,
     )
     figures = {}
     by_path = {Path(r.path).name: r for r in result.rows if r.path}
-    formats = {
-        ".onnx": "onnx",
-        ".int8.onnx": "onnx-int8",
-        ".ort": "onnx-ort",
-        ".pte": "executorch",
-        ".int8.pte": "executorch-int8",
-    }
     for label, suffix in COLUMNS.items():
         row = by_path.get(base.name + suffix) if suffix else None
         if suffix and (row is None or row.status != "ok"):  # recorded with the converter's reason, not timed
-            why = next((r.detail for r in result.rows if r.format == formats[suffix]), "not exported")
+            name = for_artifact(base.with_name(base.name + suffix)).name
+            why = next((r.detail for r in result.rows if r.format == name), "not exported")
             figures[label] = {"missing": why}
             continue
         parity = row.parity.to_dict() if row else None

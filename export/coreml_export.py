@@ -7,8 +7,11 @@ saved .mlpackage (LUT and indices expanded to dense) put into the BN-folded PyTo
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import platform
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +19,15 @@ import torch
 from torch import nn
 
 from pbrforge import __version__
+from pbrforge.artifacts import ArtifactPaths, contract_path
 from pbrforge.deploy import INPUT_NAMES, OUTPUT_NAMES, DeployContract
-from pbrforge.errors import ConfigError, ToolFailure, UnavailableError
-from pbrforge.export.gates import RenderGate
-from pbrforge.export.parity import COREML_MIN_PSNR, ParityReport, comparison
-from pbrforge.fileio import atomic_path
+from pbrforge.errors import ToolFailure, UnavailableError
+from pbrforge.export.formats import Built, ExportJob, Format, Runner, compare_run, register
+from pbrforge.export.parity import COREML_MIN_PSNR, ParityReport
+from pbrforge.fileio import atomic_path, write_json
 
-TARGETS = ("iOS17", "iOS18")
-NBITS = (8, 6, 4)
+_logger = logging.getLogger(__name__)
+
 GROUP_SIZE_4BIT = 8  # MobileNetV3 widths (24, 40, 120, 168, 184) are multiples of 8, not of 16
 READBACK_MATCH_TOLERANCE = 0.35  # relative L2 error accepted when matching a dense LUT weight to a tensor
 
@@ -34,18 +38,6 @@ def _ct():
     except ImportError as e:
         raise UnavailableError("Core ML export needs the coreml extra: pip install 'pbrforge[coreml]'") from e
     return ct
-
-
-def check_target(min_target: str, nbits: int | None) -> None:
-    if min_target not in TARGETS:
-        raise ConfigError(f"--min-target {min_target} is not one of {', '.join(TARGETS)}")
-    if nbits is not None and nbits not in NBITS:
-        raise ConfigError(f"--nbits {nbits} is not one of {NBITS}")
-    if nbits == 4 and min_target == "iOS17":
-        raise ConfigError(
-            "4-bit palettization uses per-grouped-channel LUTs, which need iOS18: "
-            "pass --min-target iOS18 or choose --nbits 8 or 6"
-        )
 
 
 def convert_coreml(
@@ -195,62 +187,69 @@ def apply_readback(folded: nn.Module, dense: list[tuple[str, np.ndarray]]) -> tu
     return model, len(matched)
 
 
-def _run(model: nn.Module, example: tuple[torch.Tensor, ...], dtype: torch.dtype) -> dict[str, np.ndarray]:
+def _run(model: nn.Module, views: tuple[torch.Tensor, ...], dtype: torch.dtype) -> dict[str, np.ndarray]:
+    """The PyTorch model in ``dtype``: Core ML's FP16 numerics where Core ML cannot predict."""
     with torch.no_grad():
-        outs = model.to(dtype)(*(x.to(dtype) for x in example))
+        outs = model.to(dtype)(*(x.to(dtype) for x in views))
     model.float()
     return {n: o.float().numpy() for n, o in zip(OUTPUT_NAMES, outs, strict=True)}
 
 
-def coreml_parity(
-    path: Path,
-    folded: nn.Module,
-    reference: dict[str, np.ndarray],
-    example: tuple[torch.Tensor, ...],
-    fp16: bool,
-    palettized: bool,
-    render_gate: RenderGate | None = None,
-    palettized_gate: RenderGate | None = None,
-    palettized_tensor_gate: bool = True,
-) -> ParityReport:
+def coreml_runner(path: Path, threads: int, contract: DeployContract | None = None) -> Runner:
+    """``MLModel.predict`` on the CPU and Neural Engine: macOS only."""
+    if platform.system() != "Darwin":
+        raise UnavailableError(
+            "Core ML prediction needs macOS; on this machine convert and inspect only "
+            "(the exporter reports emulated numerics)"
+        )
+    from PIL import Image
+
+    ct = _ct()
+    contract = contract or DeployContract.load(contract_path(path))
+    mlmodel = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit.CPU_AND_NE)
+
+    def run(views: tuple[torch.Tensor, ...]) -> dict[str, np.ndarray]:
+        feed = {
+            n: Image.fromarray(v[0].permute(1, 2, 0).numpy().astype(np.uint8), "RGB")
+            for n, v in zip(INPUT_NAMES, views, strict=True)
+        }
+        out = mlmodel.predict(feed)
+        return {n: np.asarray(out[n], dtype=np.float32) for n in OUTPUT_NAMES}
+
+    return Runner("coreml", contract, run, threads)
+
+
+def check_package(job: ExportJob, staged: Path, built: Built) -> ParityReport:
     """Predict on macOS; elsewhere measure FP16 and read-back palettized numerics in PyTorch.
 
-    Gates: PSNR >= 35 dB per output (for palettized weights only if ``palettized_tensor_gate``: a mixed-bit
-    recipe is judged in render space alone), and ``render_gate`` (FP16) or ``palettized_gate`` (palettized
-    weights; None records the render figures without judging them).
+    Gates: PSNR >= 35 dB per output (for palettized weights only when the bits are uniform: a mixed-bit recipe
+    is judged in render space alone), and the render gate (FP16) or the palettized gate (palettized weights;
+    None records the render figures without judging them).
     """
+    o = job.options
+    palettized = bool(o.nbits) or o.mixed
     if platform.system() == "Darwin":
-        ct = _ct()
-        from PIL import Image
-
-        mlmodel = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit.CPU_AND_NE)
-        feed = {
-            n: Image.fromarray(x[0].permute(1, 2, 0).numpy().astype(np.uint8), "RGB")
-            for n, x in zip(INPUT_NAMES, example, strict=True)
-        }
-        gate = palettized_gate if palettized else render_gate
-        return ParityReport(
-            "coreml predict (macOS)",
-            [comparison("Core ML", reference, mlmodel.predict(feed), "psnr_db", COREML_MIN_PSNR, gate)],
-        )
+        run = coreml_runner(staged, 0, job.contract).run
+        gate = o.palettized_gate if palettized else job.gate
+        c = compare_run(job, "Core ML", run, psnr_db=COREML_MIN_PSNR, render_gate=gate)
+        return ParityReport("coreml predict (macOS)", [c])
     report = ParityReport("pytorch emulation (Core ML cannot predict on this OS)", [])
-    if fp16:
-        outputs = _run(folded, example, torch.float16)
+    if o.fp16:
+        run = functools.partial(_run, job.folded, dtype=torch.float16)
         report.comparisons.append(
-            comparison("Core ML FP16 (emulated)", reference, outputs, "psnr_db", COREML_MIN_PSNR, render_gate)
+            compare_run(job, "Core ML FP16 (emulated)", run, psnr_db=COREML_MIN_PSNR, render_gate=job.gate)
         )
     if palettized:
-        dense = dense_lut_weights(path)
-        model, matched = apply_readback(folded, dense)
-        outputs = _run(model, example, torch.float32)
+        dense = dense_lut_weights(staged)
+        model, matched = apply_readback(job.folded, dense)
+        run = functools.partial(_run, model, dtype=torch.float32)
         report.comparisons.append(
-            comparison(
+            compare_run(
+                job,
                 "Core ML palettized (read back)",
-                reference,
-                outputs,
-                "psnr_db" if palettized_tensor_gate else None,
-                COREML_MIN_PSNR,
-                palettized_gate,
+                run,
+                psnr_db=None if o.mixed else COREML_MIN_PSNR,
+                render_gate=o.palettized_gate,
             )
         )
         report.info["readback"] = {"lut_weights": len(dense), "matched_to_pytorch": matched}
@@ -259,6 +258,77 @@ def coreml_parity(
                 f"only {matched} of {len(dense)} palettized weights could be matched to the "
                 "PyTorch model, so its numerics cannot be measured honestly"
             )
-    if not (fp16 or palettized):
+    if not (o.fp16 or palettized):
         report.info["note"] = "FP32 mlprogram: nothing to emulate here; predict on macOS to measure it"
     return report
+
+
+def _mixed(job: ExportJob, mlmodel):
+    """Bits per layer: replayed from a recipe, or searched for the budget on the held-out views and the example
+    the gate will judge, so the budget holds for both. Returns the package and (recipe, sensitivity) or None."""
+    from pbrforge.export.mixed_bits import apply_recipe, search
+
+    o = job.options
+    if o.recipe is not None:
+        return apply_recipe(mlmodel, o.recipe), None
+    judged = [*(job.held_out.judged if job.held_out else []), job.example]
+    with torch.no_grad():
+        outs = [dict(zip(OUTPUT_NAMES, (x.numpy() for x in job.wrapper(*b)), strict=True)) for b in judged]
+    reference = {n: np.concatenate([out[n] for out in outs]) for n in OUTPUT_NAMES}
+    p99 = o.palettized_gate.normal_deg_p99 if o.palettized_gate is not None else None
+    chosen, sens = search(
+        job.folded, mlmodel, judged, reference, float(o.mixed_budget_db or 0), normal_p99_max=p99
+    )
+    return apply_recipe(mlmodel, chosen), (chosen, sens)
+
+
+def _write_recipe(chosen: tuple, paths: ArtifactPaths) -> None:
+    """OUTPUT.recipe.json (reusable with --recipe) and OUTPUT.pareto.png."""
+    from pbrforge.export.mixed_bits import pareto_chart
+
+    recipe, sens = chosen
+    write_json(paths.recipe, recipe)
+    pareto_chart(sens, recipe, paths.pareto)
+    _logger.info(
+        f"recipe: {recipe['bits_used']} (bits: layers), {recipe['predicted_bytes'] / 2**20:.2f} of "
+        f"{recipe['fp16_bytes'] / 2**20:.2f} MiB FP16, measured render PSNR "
+        f"{recipe['measured_render']['psnr_db_min']:.1f} dB; {paths.recipe.name}, {paths.pareto.name}"
+    )
+
+
+def _build(job: ExportJob, staged: Path) -> Built:
+    """Convert the BN-folded model, palettize it (uniform or mixed bits) and save it; the ANE report on keep."""
+    o = job.options
+    t0 = time.perf_counter()
+    mlmodel = convert_coreml(job.folded, job.example, o.fp16, o.min_target, job.contract)
+    chosen = None
+    if o.mixed:
+        mlmodel, chosen = _mixed(job, mlmodel)
+    elif o.nbits:
+        mlmodel = palettize(mlmodel, o.nbits)
+    save_mlpackage(mlmodel, staged)
+    seconds = time.perf_counter() - t0
+    ane = None
+    if o.ane:
+        from pbrforge.export.ane_report import ane_report, report_table
+
+        ane = ane_report(staged)
+        _logger.info(report_table(ane))
+
+    def on_keep(kept: Path) -> None:
+        if chosen is not None:
+            _write_recipe(chosen, job.paths)
+        if ane is not None:
+            write_json(kept.with_suffix(".ane.json"), ane)
+
+    return Built(
+        seconds,
+        info={"fp16": o.fp16, "nbits": "mixed" if o.mixed else o.nbits, "min_target": o.min_target},
+        deployment={"coreml_ane": ane} if ane is not None else {},
+        on_keep=on_keep,
+    )
+
+
+register(
+    Format("coreml", "coreml", ".mlpackage", "coreml", _build, check_package, coreml_runner, available=_ct)
+)

@@ -13,6 +13,7 @@ The PLK bottleneck's two functional convolutions (a kernel shared across blocks,
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from collections import Counter
 from pathlib import Path
@@ -23,8 +24,10 @@ from torch import nn
 
 from pbrforge.deploy import INPUT_NAMES, OUTPUT_NAMES, DeployContract
 from pbrforge.errors import ToolFailure
-from pbrforge.export.gates import RenderGate
-from pbrforge.export.parity import ParityReport, comparison
+from pbrforge.export.formats import Built, ExportJob, Format, measure, register
+from pbrforge.export.parity import ParityReport
+
+_logger = logging.getLogger(__name__)
 
 Inputs = tuple[torch.Tensor, ...]
 QDQ = ("quantize", "dequantize")
@@ -92,7 +95,8 @@ def op_census(mlmodel) -> dict:
     ``quantize``: the Neural Engine can then run it on int8 tensors.
     """
     ops = list(mlmodel._mil_program.functions["main"].operations)
-    int8, floats = Counter(), Counter()
+    int8: Counter[str] = Counter()
+    floats: Counter[str] = Counter()
     for op in ops:
         if op.op_type in NOT_COMPUTE:
             continue
@@ -115,62 +119,62 @@ def op_census(mlmodel) -> dict:
 
 def _vars(values) -> list:
     """An op's input variables, with the lists some ops take (concat's values) flattened."""
-    out = []
+    out: list = []
     for v in values:
         out.extend(v if isinstance(v, list | tuple) else [v])
     return [v for v in out if hasattr(v, "op")]
 
 
-def w8a8_parity(
-    final: nn.Module, wrapper: nn.Module, views: list[Inputs], render_gate: RenderGate | None
-) -> ParityReport:
-    """The fake-quant model (the package's numerics) against PyTorch fp32 on held-out views."""
-    import numpy as np
-
-    ref: dict[str, list] = {n: [] for n in OUTPUT_NAMES}
-    got: dict[str, list] = {n: [] for n in OUTPUT_NAMES}
-    with torch.no_grad():
-        for batch in views:
-            for n, a, b in zip(OUTPUT_NAMES, wrapper(*batch), final(*batch), strict=True):
-                ref[n].append(a.numpy())
-                got[n].append(b.numpy())
-    report = ParityReport(
-        "pytorch fake-quant (the W8A8 package's numerics; Core ML cannot predict on this OS)",
-        [
-            comparison(
-                "Core ML W8A8 (fake-quant)",
-                {n: np.concatenate(v) for n, v in ref.items()},
-                {n: np.concatenate(v) for n, v in got.items()},
-                render_gate=render_gate or RenderGate(),
-            )
-        ],
-    )
-    report.info["held_out_samples"] = len(views)
-    return report
-
-
-def export_w8a8(
-    folded: nn.Module,
-    wrapper: nn.Module,
-    example: Inputs,
-    calibration: list[Inputs],
-    judged: list[Inputs],
-    staged: Path,
-    min_target: str,
-    contract: DeployContract,
-    gate: RenderGate,
-) -> tuple[ParityReport, float]:
-    """Quantize, convert, save to ``staged`` and judge; returns the report and seconds taken."""
+def _build(job: ExportJob, staged: Path) -> Built:
+    """Quantize the BN-folded model, convert and save it; the fake-quant model goes to ``check``."""
     from pbrforge.export.coreml_export import save_mlpackage
 
     t0 = time.perf_counter()
-    final = fake_quant_model(folded, example, calibration)
-    mlmodel = convert_w8a8(final, example, min_target, contract)
+    final = fake_quant_model(job.folded, job.example, job.views().calibration)
+    mlmodel = convert_w8a8(final, job.example, job.options.min_target, job.contract)
     census = op_census(mlmodel)
     if census["quantize"] == 0:
         raise ToolFailure("the converted W8A8 program holds no quantize op; no model was written")
     save_mlpackage(mlmodel, staged)
-    seconds = time.perf_counter() - t0
-    report = w8a8_parity(final, wrapper, judged, gate)
-    report.info |= {"mil": census, "calibration_samples": len(calibration), "min_target": min_target}
-    return report, seconds
+    _logger.info(
+        "W8A8 program: %d quantize, %d dequantize, %d int8 weights; ops between dequantize and quantize: %s; "
+        "ops left in float: %s",
+        census["quantize"],
+        census["dequantize"],
+        census["int8_weights"],
+        ", ".join(f"{k} {v}" for k, v in census["int8_ops"].items()) or "none",
+        ", ".join(f"{k} {v}" for k, v in census["float_ops"].items()) or "none",
+    )
+    info = {"mil": census, "min_target": job.options.min_target} | job.calibration_info()
+    return Built(time.perf_counter() - t0, info=info, state=final)
+
+
+def _check(job: ExportJob, staged: Path, built: Built) -> ParityReport:
+    """The fake-quant model (the package's numerics; Core ML cannot predict here) on held-out views."""
+    model = built.state
+
+    def run(views: Inputs) -> dict:
+        with torch.no_grad():
+            return {n: o.numpy() for n, o in zip(OUTPUT_NAMES, model(*views), strict=True)}
+
+    return measure(
+        job,
+        "pytorch fake-quant (the W8A8 package's numerics; Core ML cannot predict on this OS)",
+        "Core ML W8A8 (fake-quant)",
+        run,
+        job.views().judged,
+    )
+
+
+def _register() -> None:
+    from pbrforge.export.coreml_export import _ct, coreml_runner
+
+    register(
+        Format(
+            "coreml-w8a8", "coreml", ".w8a8.mlpackage", "coreml", _build, _check, coreml_runner,
+            needs=("coreml",), wanted=lambda options: options.quantize == "w8a8", available=_ct,
+        )
+    )  # fmt: skip
+
+
+_register()

@@ -9,6 +9,7 @@ calibrated on the same held-out views as the ONNX int8 model. ``OUTPUT.coreml.pt
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -16,15 +17,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pbrforge.errors import ParityError, UnavailableError
+from pbrforge.artifacts import contract_path, report_path
+from pbrforge.deploy import DeployContract
+from pbrforge.errors import DataError, ParityError, UnavailableError
+from pbrforge.export.formats import Built, ExportJob, Format, Runner, SkipStep, check_io, measure, register
+from pbrforge.fileio import write_json
 
 if TYPE_CHECKING:
     import torch
 
-    from pbrforge.export.gates import RenderGate
     from pbrforge.export.parity import ParityReport
 
     Inputs = tuple[torch.Tensor, ...]
+
+_logger = logging.getLogger(__name__)
 
 INSTALL = "ExecuTorch is not installed: pip install 'pbrforge[executorch]' (make install does)"
 
@@ -262,26 +268,113 @@ def run_pte(method, views: Inputs) -> dict[str, np.ndarray]:
     return {n: o.numpy() for n, o in zip(OUTPUT_NAMES, outs, strict=True)}
 
 
-def pte_parity(
-    path: Path,
-    wrapper: torch.nn.Module,
-    samples: Sequence[Inputs],
-    label: str,
-    max_abs: float | None,
-    render_gate: RenderGate,
-) -> ParityReport:
-    """The ``.pte`` run in ExecuTorch against PyTorch fp32 on ``samples``, batched as one comparison.
+def executorch_runner(path: Path, threads: int, contract: DeployContract | None = None) -> Runner:
+    """ExecuTorch's own runtime with the delegates built into its Python wheel (XNNPACK; not Core ML)."""
+    contract = contract or DeployContract.load(contract_path(path))
+    try:
+        method = load_method(path, threads)
+    except UnavailableError:
+        raise
+    except Exception as e:  # the runtime raises RuntimeError for any file it cannot load
+        if path.name.endswith(".coreml.pte"):
+            raise UnavailableError(
+                f"{path} is delegated to Core ML, which runs only on Apple devices (not in this runtime)"
+            ) from e
+        raise DataError(
+            f"{path} is not an ExecuTorch program this runtime can load ({type(e).__name__})"
+        ) from e
+    meta = method.metadata
+    shapes = [list(meta.input_tensor_meta(i).sizes()) for i in range(meta.num_inputs())]
+    sides = [list(meta.output_tensor_meta(i).sizes())[-1] for i in range(meta.num_outputs())]
+    check_io(path, contract, shapes, sides)
+    return Runner("executorch", contract, lambda v: run_pte(method, v), threads)
 
-    fp32 is gated per value (``max_abs``) and by the render gate; int8 (``max_abs=None``) by the render gate.
-    """
-    from pbrforge.export.parity import ParityReport, batched_outputs, comparison
 
-    method = load_method(path)
-    reference, outputs = batched_outputs(wrapper, lambda views: run_pte(method, views), samples)
-    gate = "max_abs" if max_abs is not None else None
-    report = ParityReport(
-        "executorch xnnpack",
-        [comparison(label, reference, outputs, gate, max_abs, render_gate)],
+def _log_delegation(label: str, delegation: dict[str, Any]) -> None:
+    _logger.info(
+        "%s delegation: %d XNNPACK subgraphs hold %d nodes; left to portable kernels: %s",
+        label,
+        delegation["delegated_subgraphs"],
+        delegation["delegated_nodes"],
+        ", ".join(f"{k} {v}" for k, v in delegation["non_delegated_ops"].items()) or "none",
     )
-    report.info["samples"] = len(samples)
-    return report
+
+
+def _build_xnnpack(job: ExportJob, staged: Path, calibration: Sequence[Inputs] = ()) -> Built:
+    seconds, delegation = export_pte(job.wrapper, job.example, staged, "xnnpack", calibration)
+    name = job.paths.artifact(".int8.pte" if calibration else ".pte").name
+    _log_delegation("ExecuTorch int8" if calibration else "ExecuTorch", delegation)
+    return Built(seconds, info={"delegation": delegation}, deployment={f"executorch {name}": delegation})
+
+
+def _build_int8(job: ExportJob, staged: Path) -> Built:
+    built = _build_xnnpack(job, staged, job.views().calibration)
+    built.info |= job.calibration_info()
+    return built
+
+
+def _build_coreml(job: ExportJob, staged: Path) -> Built:
+    """Delegated to Core ML: built here, runnable only on Apple devices, so kept unverified."""
+    try:
+        seconds, delegation = export_pte(job.folded, job.example, staged, "coreml")
+    except UnavailableError:
+        raise
+    except Exception as e:  # the Core ML delegate's converter raises its own types
+        raise SkipStep(f"Core ML delegate failed ({type(e).__name__}: {e})") from e
+    name = job.paths.artifact(".coreml.pte").name
+    return Built(
+        seconds,
+        deployment={f"executorch {name}": delegation},
+        on_keep=lambda kept: write_json(report_path(kept, "delegation"), delegation),
+        note=f"(unverified: the Core ML delegate runs only on Apple devices; {delegation['delegated_nodes']} "
+        f"nodes delegated, {delegation['non_delegated_nodes']} not)",
+    )
+
+
+def _runner_for_check(job: ExportJob, staged: Path) -> Runner:
+    try:
+        return executorch_runner(staged, 0, job.contract)
+    except DataError as e:  # the runtime refused the program it was given: nothing to judge
+        raise SkipStep(f"ExecuTorch could not run it ({e})") from e
+
+
+def _run_or_skip(run: Any) -> Any:
+    def guarded(views: Inputs) -> dict[str, np.ndarray]:
+        try:
+            return run(views)
+        except RuntimeError as e:
+            raise SkipStep(f"ExecuTorch could not run it ({e})") from e
+
+    return guarded
+
+
+def _check_fp32(job: ExportJob, staged: Path, built: Built) -> ParityReport:
+    """Run in ExecuTorch against PyTorch fp32: per value at ``--fp32-max-abs`` and in render space."""
+    run = _run_or_skip(_runner_for_check(job, staged).run)
+    return measure(job, "executorch xnnpack", "ExecuTorch", run, max_abs=job.options.fp32_max_abs)
+
+
+def _check_int8(job: ExportJob, staged: Path, built: Built) -> ParityReport:
+    """On held-out views it was not calibrated on, in render space."""
+    run = _run_or_skip(_runner_for_check(job, staged).run)
+    return measure(job, "executorch xnnpack", "ExecuTorch int8", run, job.views().judged)
+
+
+register(
+    Format(
+        "executorch", "executorch", ".pte", "executorch", _build_xnnpack, _check_fp32, executorch_runner,
+        available=executorch_available,
+    )
+)  # fmt: skip
+register(
+    Format(
+        "executorch-int8", "executorch", ".int8.pte", "executorch", _build_int8, _check_int8, executorch_runner,
+        needs=("executorch",), wanted=lambda options: options.quantize == "int8", available=executorch_available,
+    )
+)  # fmt: skip
+register(
+    Format(
+        "executorch-coreml", "executorch", ".coreml.pte", "executorch", _build_coreml, None, executorch_runner,
+        available=executorch_available,
+    )
+)  # fmt: skip

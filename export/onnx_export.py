@@ -1,4 +1,4 @@
-"""ONNX export with the dynamo exporter, a full checker pass, and an ONNX Runtime parity gate."""
+"""ONNX (``.onnx``): the dynamo exporter, a full checker pass, ONNX Runtime as its runner and fp32 gate."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pbrforge.deploy import INPUT_NAMES, OUTPUT_NAMES
-from pbrforge.errors import UnavailableError
-from pbrforge.export.gates import FP32_MAX_ABS, RenderGate
-from pbrforge.export.parity import ParityReport, comparison
+from pbrforge.artifacts import contract_path
+from pbrforge.deploy import INPUT_NAMES, OUTPUT_NAMES, DeployContract
+from pbrforge.errors import DataError, UnavailableError
+from pbrforge.export.formats import Built, ExportJob, Format, Runner, check_io, measure, register
+from pbrforge.export.parity import ParityReport
 from pbrforge.fileio import atomic_path
 
 MIN_OPSET = 18
@@ -41,6 +42,8 @@ def export_onnx(
             external_data=external,
             verbose=False,
         )
+        if program is None:  # only the legacy exporter returns nothing; dynamo=True always returns a program
+            raise RuntimeError("torch.onnx.export returned no program")
         program.save(str(tmp), external_data=external)
         onnx.checker.check_model(str(tmp), full_check=True)
         if external:  # the weights file is named after the temporary graph file; keep them together
@@ -73,16 +76,37 @@ def run_onnx(session, inputs: tuple[torch.Tensor, ...]) -> dict[str, np.ndarray]
     return dict(zip(OUTPUT_NAMES, session.run(list(OUTPUT_NAMES), feed), strict=True))
 
 
-def onnx_parity(
-    path: Path,
-    reference: dict[str, np.ndarray],
-    example: tuple[torch.Tensor, ...],
-    render_gate: RenderGate | None = None,
-    max_abs: float = FP32_MAX_ABS,
-) -> ParityReport:
-    """ONNX Runtime vs PyTorch fp32, gated at ``max_abs`` per output and by the render gate."""
-    outputs = run_onnx(onnx_session(path), example)
-    return ParityReport(
-        "onnxruntime",
-        [comparison("ONNX", reference, outputs, "max_abs", max_abs, render_gate or RenderGate())],
-    )
+def onnx_runner(
+    path: Path, threads: int, contract: DeployContract | None = None, level: str = "all"
+) -> Runner:
+    """ONNX Runtime on the CPU for ``.onnx``, ``.ort`` and ``.int8.onnx``; a file that is not a pbrforge ONNX
+    model is one sentence."""
+    contract = contract or DeployContract.load(contract_path(path))
+    try:
+        session = onnx_session(path, threads=threads, level=level)
+    except UnavailableError:
+        raise
+    except Exception as e:  # onnxruntime raises its own types for a file that is not a model
+        raise DataError(f"{path} is not an ONNX model that ONNX Runtime can load ({type(e).__name__})") from e
+    inputs = {i.name: i.shape for i in session.get_inputs()}
+    outputs = [o.name for o in session.get_outputs()]
+    if sorted(inputs) != sorted(INPUT_NAMES) or sorted(outputs) != sorted(OUTPUT_NAMES):
+        raise DataError(
+            f"{path} is not a pbrforge model: it takes {sorted(inputs)} and returns {outputs}, "
+            f"expected {list(INPUT_NAMES)} and {list(OUTPUT_NAMES)}"
+        )
+    check_io(path, contract, list(inputs.values()), [o.shape[-1] for o in session.get_outputs()])
+    return Runner("onnx", contract, lambda v: run_onnx(session, v), threads)
+
+
+def check_fp32(job: ExportJob, staged: Path, built: Built) -> ParityReport:
+    """ONNX Runtime vs PyTorch fp32 on the parity example: per value at ``--fp32-max-abs`` and in render space."""
+    runner = onnx_runner(staged, 0, job.contract)
+    return measure(job, "onnxruntime", "ONNX", runner.run, max_abs=job.options.fp32_max_abs)
+
+
+def _build(job: ExportJob, staged: Path) -> Built:
+    return Built(export_onnx(job.wrapper, job.example, staged))
+
+
+register(Format("onnx", "onnx", ".onnx", "onnx", _build, check_fp32, onnx_runner))

@@ -130,7 +130,9 @@ class _Rewriter:
     def static(self, name: str) -> list[int] | None:
         """The shape of ``name`` if shape inference fixed every dimension."""
         dims = self.shapes.get(name)
-        return None if dims is None or any(d is None for d in dims) else [int(d) for d in dims]  # type: ignore[misc]
+        if dims is None or any(d is None for d in dims):
+            return None
+        return [int(d) for d in dims if d is not None]
 
     def axes(self, node: onnx.NodeProto, rank: int) -> list[int] | None:
         """A reduction's axes, non-negative; None if not constant or if it reduces nothing."""

@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pbrforge.export.formats import Built, ExportJob, Format, register
+
 _logger = logging.getLogger(__name__)
 
 PROVIDERS = {  # the checker's name -> the op list it reads
@@ -114,3 +116,22 @@ def usability_table(report: dict[str, Any]) -> str:
             )
         )
     return "\n".join(lines)
+
+
+def _build(job: ExportJob, staged: Path) -> Built:
+    seconds, rewrites, usability = write_ort(job.paths.artifact(".onnx"), staged)
+    _logger.info(usability_table(usability))
+    return Built(
+        seconds,
+        info={"mobile_rewrites": rewrites, "mobile_usability": usability},
+        deployment={"onnxruntime_mobile": usability},
+    )
+
+
+def _register() -> None:
+    from pbrforge.export.onnx_export import check_fp32, onnx_runner
+
+    register(Format("onnx-ort", "onnx", ".ort", "onnx", _build, check_fp32, onnx_runner, needs=("onnx",)))
+
+
+_register()

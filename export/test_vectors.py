@@ -34,12 +34,6 @@ VERSION = 1
 UNJUDGED_MARGIN_DB = 3.0
 
 
-def vectors_dir(output: Path) -> Path:
-    """``artifacts/student`` -> ``artifacts/student.testvectors``: one folder for every artifact of OUTPUT."""
-    output = Path(output)
-    return output.with_name(output.name + ".testvectors")
-
-
 def view_file(sample: int, view: int) -> str:
     return f"sample_{sample}/view_{view}.png"
 
@@ -61,6 +55,7 @@ def tolerance(report: ParityReport) -> dict[str, Any]:
         }
     else:
         gate = {"psnr_db_min": None, "normal_deg_p99": None}
+    tensor: dict[str, Any] | None
     if c.gate:
         tensor = {"figure": c.gate, "limit": c.limit}
     else:
@@ -131,6 +126,8 @@ def _earlier(folder: Path, image_size: int, model_hash: str) -> dict[str, Any]:
     try:
         meta = read_json(folder / TOLERANCES)
     except DataError:
+        return {}
+    if not isinstance(meta, dict):
         return {}
     same = (
         isinstance(meta, dict)

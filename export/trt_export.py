@@ -9,8 +9,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from pbrforge.deploy import INPUT_NAMES
+from pbrforge.artifacts import contract_path
+from pbrforge.deploy import INPUT_NAMES, OUTPUT_NAMES, DeployContract
 from pbrforge.errors import ToolFailure, UnavailableError
+from pbrforge.export.formats import Built, ExportJob, Format, Runner, register
 from pbrforge.fileio import atomic_path
 
 WORKSPACE_BYTES = 2 << 30
@@ -85,3 +87,37 @@ def run_engine(plan_path: Path, inputs: dict, outputs: list[str]) -> dict:
     context.execute_async_v3(stream.cuda_stream)
     stream.synchronize()
     return {n: t.cpu().numpy() for n, t in results.items()}
+
+
+def tensorrt_runner(path: Path, threads: int, contract: DeployContract | None = None) -> Runner:
+    """A CUDA GPU with TensorRT: neither exists here, so this says so in one sentence."""
+    import torch
+
+    tensorrt_module()
+    if not torch.cuda.is_available():
+        raise UnavailableError("a TensorRT engine runs only on a CUDA GPU, and this machine has none")
+
+    def run(views: tuple) -> dict:
+        return run_engine(path, dict(zip(INPUT_NAMES, views, strict=True)), list(OUTPUT_NAMES))
+
+    return Runner("tensorrt", contract or DeployContract.load(contract_path(path)), run, threads)
+
+
+def _build(job: ExportJob, staged: Path) -> Built:
+    paths = job.paths
+    seconds = build_engine(
+        paths.artifact(".onnx"),
+        staged,
+        job.contract.image_size,
+        job.options.fp16,
+        paths.artifact(".timing.cache"),
+    )
+    return Built(seconds, note="(unverified: no GPU parity here)")
+
+
+register(
+    Format(
+        "tensorrt", "tensorrt", ".plan", "tensorrt", _build, None, tensorrt_runner,
+        needs=("onnx",), available=tensorrt_module,
+    )
+)  # fmt: skip

@@ -29,9 +29,12 @@ class PBRExportWrapper(nn.Module):
         self.register_buffer("scale", (1.0 / (255.0 * torch.tensor(INPUT_STD))).view(1, 3, 1, 1))
         self.register_buffer("shift", (-torch.tensor(INPUT_MEAN) / torch.tensor(INPUT_STD)).view(1, 3, 1, 1))
 
+    scale: torch.Tensor
+    shift: torch.Tensor
+
     def forward(self, view_0: torch.Tensor, view_1: torch.Tensor, view_2: torch.Tensor):
         flat = torch.cat([view_0, view_1, view_2], dim=0) * self.scale + self.shift  # (V, 3, H, W)
-        maps = self.model.forward_flat(flat, NUM_VIEWS, self.use_sr)  # (1, 8, S, S)
+        maps = self.model.forward_flat(flat, NUM_VIEWS, self.use_sr)  # type: ignore[operator]  # (1, 8, S, S)
         return tuple(maps[:, MAPS[n].slice] for n in MAP_NAMES)
 
 
@@ -118,6 +121,8 @@ FOLD_STEP_MIN_PSNR = 90.0  # dB between outputs before and after one fold: only 
 
 def _fold_pair(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     """Fold ``bn`` into ``conv`` and turn ``bn`` into an exact identity (its activation, if any, stays)."""
+    if bn.running_mean is None or bn.running_var is None:
+        raise ValueError(f"{bn} tracks no running statistics: there is nothing to fold")
     s = bn.weight / torch.sqrt(bn.running_var + bn.eps)
     conv.weight.mul_(s.view(-1, 1, 1, 1))
     bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)

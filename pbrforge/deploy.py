@@ -123,9 +123,3 @@ def model_hash(cfg: TrainConfig) -> str:
     import json
 
     return hashlib.sha256(json.dumps(cfg.model, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def contract_path(artifact: Path) -> Path:
-    """``model.onnx`` / ``model.mlpackage`` / ``model.plan`` -> ``model.contract.json``."""
-    artifact = Path(artifact)
-    return artifact.with_name(artifact.stem + ".contract.json")

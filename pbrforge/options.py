@@ -271,6 +271,69 @@ def old_spellings(new: str, *old: str) -> Callable[[Callable[..., Any]], Callabl
     return decorate
 
 
+COREML_TARGETS = ("iOS17", "iOS18")
+PALETTE_BITS = (8, 6, 4)
+
+
+def check_export(
+    families: tuple[str, ...],
+    *,
+    nbits: int | None,
+    mixed: bool,
+    quantize: str | None,
+    data: bool,
+    min_target: str,
+    palettization: bool = True,
+    nbits_given: bool = False,
+    budget_given: bool = False,
+    recipe_with_nbits: str | None = None,
+) -> None:
+    """Every combination of export options that cannot work, as one sentence, before torch loads.
+
+    Args:
+        families: the formats asked for (``--format``, ``all`` expanded).
+        nbits: uniform palettization bits, or None.
+        mixed: per-layer bits, searched (``--nbits mixed``) or replayed (``--recipe``).
+        data: whether ``--data`` was given.
+        palettization, nbits_given, budget_given, recipe_with_nbits: how the command line spelled them.
+    """
+    from pbrforge.artifacts import FAMILIES
+    from pbrforge.errors import ConfigError
+
+    unknown = [f for f in families if f not in FAMILIES] if families else [""]
+    if unknown:
+        raise ConfigError(f"unknown format {unknown[0]!r}; known: {', '.join(FAMILIES)}")
+    if (nbits_given or budget_given) and not palettization:
+        raise ConfigError("--nbits and --budget-db choose a palettization: give --palettization too")
+    if recipe_with_nbits is not None:
+        raise ConfigError(
+            f"--recipe sets the bits of every weight: it cannot go with --nbits {recipe_with_nbits}"
+        )
+    if budget_given and not mixed:
+        raise ConfigError("--budget-db is the render budget of --nbits mixed")
+    if min_target not in COREML_TARGETS:
+        raise ConfigError(f"--min-target {min_target} is not one of {', '.join(COREML_TARGETS)}")
+    if nbits is not None and nbits not in PALETTE_BITS:
+        raise ConfigError(f"--nbits {nbits} is not one of {PALETTE_BITS}")
+    if nbits == 4 and min_target == "iOS17" and "coreml" in families:
+        raise ConfigError(
+            "4-bit palettization uses per-grouped-channel LUTs, which need iOS18: "
+            "pass --min-target iOS18 or choose --nbits 8 or 6"
+        )
+    if mixed and "coreml" not in families:
+        raise ConfigError("mixed-bit palettization is for Core ML: use --format coreml or all")
+    if quantize is not None and not data:
+        raise ConfigError(f"--quantize {quantize} calibrates on real views: give --data DATA_ROOT")
+    if quantize == "int8" and not {"onnx", "executorch"} & set(families):
+        raise ConfigError(
+            "--quantize int8 quantizes the ONNX and ExecuTorch models: use --format onnx, executorch or all"
+        )
+    if quantize == "w8a8" and "coreml" not in families:
+        raise ConfigError("--quantize w8a8 writes a Core ML package: use --format coreml or all")
+    if data and not (quantize or mixed):
+        raise ConfigError("--data is for --quantize and --nbits mixed; neither was asked for")
+
+
 def data_option(*old: str, required: bool = True, help: str = "A data set written by datagen.") -> Callable:
     """``--data``, the data set a command reads, with the command's old spellings of it (``old_spellings``).
 
@@ -285,3 +348,33 @@ def data_option(*old: str, required: bool = True, help: str = "A data set writte
         return old_spellings("--data", *old)(fn)
 
     return decorate
+
+
+def check_run(
+    self_check: bool, given: dict[str, bool], input_dir: Path | None, output: Path | None
+) -> tuple[Path, Path] | None:
+    """Every combination of ``pbrforge run`` options that cannot work, as one usage error, before torch loads.
+
+    Args:
+        given: each option's flag -> whether it was on the command line.
+
+    Returns:
+        ``(input_dir, output)`` for a prediction run, None for ``--self-check``.
+    """
+    if self_check:
+        asks = "--input --output --reference --emit --runs --warmup --final-size --render-psnr-min --normal-p99-max"
+        extra = [flag for flag in (*asks.split(), "--align", "--corners") if given.get(flag)]
+        if extra:
+            raise click.UsageError(
+                f"--self-check needs no {extra[0]}: the vectors are the inputs and the reference"
+            )
+        return None
+    if input_dir is None or output is None:
+        raise click.UsageError(
+            f"Missing option '{'--input' if input_dir is None else '--output'}' (or give --self-check)."
+        )
+    if not given.get("--emit"):
+        about_emit = [flag for flag in ("--validate", "--name", "--bits", "--normal") if given.get(flag)]
+        if about_emit:
+            raise click.UsageError(f"{about_emit[0]} is about the files --emit writes: give --emit too")
+    return input_dir, output

@@ -34,7 +34,7 @@ import click
 
 from pbrforge.errors import user_errors
 from pbrforge.export.gates import render_gate, render_gate_options
-from pbrforge.options import MAX_SIDE, OUTPUT_DIR, Command, align_options, examples_epilog
+from pbrforge.options import MAX_SIDE, OUTPUT_DIR, Command, align_options, check_run, examples_epilog
 from pbrforge.runtime.backends import BACKENDS
 from pbrforge.runtime.emit import emit_options
 
@@ -131,45 +131,22 @@ def main(
                 "give an artifact or checkpoint (make pretrained builds the default)"
             )
         artifact = DEFAULT_MODEL
-    if self_check:
-        given = [
-            o
-            for o, v in (
-                ("--input", input_dir),
-                ("--output", output),
-                ("--reference", reference),
-                ("--emit", formats),
-            )
-            if v
-        ]
-        given += [
-            "--" + n.replace("_", "-")
-            for n in ("runs", "warmup", "final_size", "render_psnr_min", "normal_p99_max", "align", "corners")
-            if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE
-        ]
-        if given:
-            raise click.UsageError(
-                f"--self-check needs no {given[0]}: the vectors are the inputs and the reference"
-            )
+    explicit = click.core.ParameterSource.COMMANDLINE
+    given = {  # each option as spelled on the command line -> whether it was given there
+        p.opts[0]: ctx.get_parameter_source(p.name) == explicit
+        for p in ctx.command.params
+        if isinstance(p, click.Option) and p.name
+    }
+    checked = check_run(self_check, given, input_dir, output)
+    if checked is None:
         from pbrforge.runtime.inference import self_check as check_vectors
 
         check_vectors(artifact, backend, threads)
         return
-    for name, value in (("--input", input_dir), ("--output", output)):
-        if value is None:
-            raise click.UsageError(f"Missing option '{name}' (or give --self-check).")
+    input_dir, output = checked
     from pbrforge.views import check_align
 
     check_align(align, corners)
-    if not formats:
-        given = [
-            f"--{n}"
-            for n in ("validate", "name", "bits", "normal")
-            if ctx.get_parameter_source({"validate": "run_validators", "name": "material"}.get(n, n))
-            == click.core.ParameterSource.COMMANDLINE
-        ]
-        if given:
-            raise click.UsageError(f"{given[0]} is about the files --emit writes: give --emit too")
     assets = AssetRequest(formats, material, int(bits), normal, run_validators) if formats else None
     gate = render_gate(render_psnr_min, normal_p99_max)
     run_inference(

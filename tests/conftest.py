@@ -84,7 +84,7 @@ def tiny_pte_export(tiny_student_ckpt, tiny_data, tmp_path_factory):
         out,
         ("executorch",),
         quantize="int8",
-        calibration=tiny_data,
+        data=tiny_data,
         render_psnr_min=0.0,
         normal_p99_max=180.0,
     )
@@ -97,7 +97,19 @@ def tiny_pte(tiny_pte_export) -> Path:
     return tiny_pte_export[0]
 
 
-SLOW_FIXTURES = {"tiny_onnx", "tiny_pte", "tiny_pte_export"}  # an export and its parity run: ~15 s on 2 cores
+@pytest.fixture(scope="session")
+def tiny_coreml(tiny_student_ckpt, tmp_path_factory) -> Path:
+    """The tiny student as a 6-bit palettized Core ML package (its weights read back for parity)."""
+    pytest.importorskip("coremltools")
+    from pbrforge.export.converter import export_artifacts
+
+    out = tmp_path_factory.mktemp("coreml") / "s"
+    result = export_artifacts(tiny_student_ckpt, out, ("coreml",), nbits=6)
+    assert not result.failures, result.failures
+    return out.with_suffix(".mlpackage")
+
+
+SLOW_FIXTURES = {"tiny_onnx", "tiny_pte", "tiny_pte_export", "tiny_coreml"}  # an export and its parity run: ~15 s on 2 cores
 
 
 def pytest_collection_modifyitems(items):

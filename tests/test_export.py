@@ -7,10 +7,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from pbrforge.artifacts import contract_path
 from pbrforge.cli import main as cli
-from pbrforge.deploy import INPUT_NAMES, OUTPUT_NAMES, DeployContract, contract_path
-from pbrforge.export.converter import export_artifacts, prepare
-from pbrforge.export.onnx_export import onnx_parity
+from pbrforge.deploy import INPUT_NAMES, OUTPUT_NAMES, DeployContract
+from pbrforge.export.converter import export_artifacts
 from pbrforge.export.parity import psnr
 from pbrforge.export.wrappers import example_inputs, fold_batchnorm
 from pbrforge.models import model_from_checkpoint
@@ -29,25 +29,6 @@ def test_onnx_names_shapes_and_gate(tiny_onnx):
     assert parity["passed"] and all(r["max_abs"] <= 1e-4 for r in parity["outputs"].values())
     contract = DeployContract.load(contract_path(tiny_onnx))
     assert contract.image_size == 32 and contract.output_names == list(OUTPUT_NAMES)
-
-
-def test_onnx_gate_fails_on_perturbed_weights(tiny_student_ckpt, tiny_onnx, tmp_path):
-    _, _, example, reference, _ = prepare(tiny_student_ckpt, None, False)
-    model = onnx.load(str(tiny_onnx))
-    from onnx import numpy_helper
-
-    perturbed = 0
-    for init in model.graph.initializer:  # every conv weight off by 2 %
-        arr = numpy_helper.to_array(init)
-        if arr.ndim == 4 and arr.dtype == np.float32:
-            init.CopyFrom(numpy_helper.from_array(arr * 1.02, init.name))
-            perturbed += 1
-    assert perturbed > 10
-    bad = tmp_path / "bad.onnx"
-    onnx.save(model, str(bad))
-    result = onnx_parity(bad, reference, example)
-    assert not result.passed and "ONNX parity failed" in result.failure
-    assert onnx_parity(tiny_onnx, reference, example).passed
 
 
 def test_fold_batchnorm_is_exact_and_skips_shared_convs(tiny_student_ckpt):
@@ -74,12 +55,9 @@ def test_fold_batchnorm_is_exact_and_skips_shared_convs(tiny_student_ckpt):
 
 
 @pytest.mark.slow
-def test_coreml_fp16_spec_and_palettization(tiny_student_ckpt, tmp_path):
+def test_coreml_fp16_spec_and_palettization(tiny_coreml):
     ct = pytest.importorskip("coremltools")
-    out = tmp_path / "s"
-    result = export_artifacts(tiny_student_ckpt, out, ("coreml",), nbits=6)
-    assert not result.failures, result.failures
-    pkg = out.with_suffix(".mlpackage")
+    pkg = out = tiny_coreml
     spec = ct.models.MLModel(str(pkg), skip_model_load=True).get_spec()
     assert spec.WhichOneof("Type") == "mlProgram"
     assert [i.name for i in spec.description.input] == list(INPUT_NAMES)

@@ -13,8 +13,9 @@ from click.testing import CliRunner
 from helpers import ROOT
 from safetensors.numpy import load_file
 
+from pbrforge.artifacts import contract_path
 from pbrforge.cli import main as cli
-from pbrforge.deploy import OUTPUT_NAMES, DeployContract, contract_path
+from pbrforge.deploy import OUTPUT_NAMES, DeployContract
 from pbrforge.export.test_vectors import EXPECTED, TOLERANCES
 
 

@@ -11,9 +11,10 @@ from click.testing import CliRunner
 from helpers import ROOT, run_script
 from PIL import Image
 
+from pbrforge.artifacts import contract_path
 from pbrforge.cli import main as cli
 from pbrforge.contract import read_material
-from pbrforge.deploy import DeployContract, contract_path
+from pbrforge.deploy import DeployContract
 from pbrforge.runtime.inference import upscale
 from pbrforge.views import image_to_float
 
