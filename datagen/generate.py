@@ -5,7 +5,8 @@ MatSynth, and glTF 2.0 materials (.gltf/.glb), and renders --samples-per-materia
 (1-4 source texels per pixel, mirrored and turned by multiples of 90 degrees, normals turned with them).
 --photo-textures adds scikit-image's texture photographs (brick, grass, gravel; each quadrant a material)
 as photo-textured materials. Sets without base colour or with unreadable files are skipped with a
-warning; the run ends with a summary, and a run with nothing usable is one sentence and exit code 2.
+warning; the run ends with a summary and one warning per --materials folder that gave nothing usable (naming
+it and why), and a run with nothing usable at all is one sentence and exit code 2.
 
 --capture mixes capture models (pbrforge.captures), NAME[:WEIGHT] separated by commas: phone-flash (the
 default: a handheld phone, its flash beside the lens, room light always on), phone-ambient (room light

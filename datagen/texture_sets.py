@@ -15,7 +15,7 @@ then, with one warning naming it.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pbrforge.errors import DataError
@@ -84,6 +84,7 @@ class Skipped:
     where: str
     why: str
     at_decode: bool = False  # a set found by name that then failed to decode (counted in the sets found)
+    root: Path | None = None  # the --materials folder it was found under
 
 
 def _res_value(res: str) -> int:
@@ -186,4 +187,4 @@ def find_sets(root: Path) -> tuple[list[TextureSet], list[Skipped]]:
         if s.library != "gltf" and "color" not in s.files:
             skipped.append(Skipped(f"{s.library} {s.material_id} ({s.root})", "no base colour map"))
     usable = [s for s in sets if s.library == "gltf" or "color" in s.files]
-    return usable, skipped
+    return usable, [replace(s, root=root) for s in skipped]

@@ -114,7 +114,7 @@ def generate_dataset(
                     progress,
                     render_sample,
                 )
-            used = _imported(
+            used_sets = _imported(
                 tmp,
                 sets,
                 size,
@@ -129,6 +129,7 @@ def generate_dataset(
             )
             if not samples:
                 raise DataError(_nothing_usable(material_dirs, skipped))
+            _warn_unused_folders(material_dirs, used_sets, skipped)
             meta = {
                 "format_version": FORMAT_VERSION,
                 "generator": f"pbrforge.datagen {__version__}",
@@ -149,7 +150,7 @@ def generate_dataset(
             if material_dirs or photo_textures:
                 meta["imports"] = {
                     "found": len(sets) + sum(1 for s in skipped if not s.at_decode),
-                    "used": used,
+                    "used": len(used_sets),
                     "skipped": [{"where": s.where, "why": s.why} for s in skipped],
                 }
             write_json(tmp / "input" / METADATA_FILE, meta)
@@ -191,6 +192,26 @@ def _nothing_usable(material_dirs: Sequence[Path], skipped: list[Skipped]) -> st
     )
 
 
+def _warn_unused_folders(
+    material_dirs: Sequence[Path], used_sets: Sequence[TextureSet], skipped: list[Skipped]
+) -> None:
+    """One warning per --materials folder that gave the data set nothing, saying why (the rest rendered)."""
+    used = {ts.root for ts in used_sets}
+    folders: dict[Path, Path] = {}
+    for d in material_dirs:
+        folders.setdefault(Path(d).resolve(), Path(d))
+    for folder, given in folders.items():
+        if folder in used:
+            continue
+        mine = [s for s in skipped if s.root == folder]
+        why = (
+            f"every set in it was skipped ({len(mine)}; the first, {mine[0].where}: {mine[0].why})"
+            if mine
+            else "nothing in it is laid out as ambientCG, Poly Haven, MatSynth or glTF"
+        )
+        _logger.warning(f"--materials {given} gave no usable material set: {why}")
+
+
 def _procedural(
     tmp, count, size, seed, dirty_ratio, samples_per_material, materials, samples, progress, render_sample
 ) -> None:
@@ -227,19 +248,22 @@ def _imported(
     skipped,
     progress,
     render_sample,
-) -> int:
-    """Render ``samples_per_material`` crops of each set; a set that cannot be read is skipped with a warning."""
-    used = 0
+) -> list[TextureSet]:
+    """Render ``samples_per_material`` crops of each set; a set that cannot be read is skipped with a warning.
+
+    Returns the sets that were rendered.
+    """
+    used: list[TextureSet] = []
     keys: dict[str, int] = {}
     for index, ts in enumerate(tqdm(sets, desc="material sets", disable=not progress or not sets)):
         try:
             src = load_set(ts)
             info = metadata_of(ts)
         except DataError as e:
-            skipped.append(Skipped(f"{ts.library} {ts.material_id}", str(e), at_decode=True))
+            skipped.append(Skipped(f"{ts.library} {ts.material_id}", str(e), at_decode=True, root=ts.root))
             _logger.warning(f"skipped {ts.library} {ts.material_id}: {e}")
             continue
-        used += 1
+        used.append(ts)
         keys[ts.key] = keys.get(ts.key, 0) + 1  # two MatSynth folders or glTF files may share a name
         key = ts.key if keys[ts.key] == 1 else f"{ts.key}-{keys[ts.key]}"
         files = {role: _relative(p, ts.root) for role, p in ts.files.items()}
@@ -270,7 +294,7 @@ def _imported(
             samples[sid] = render_sample(tmp, sid, torch.from_numpy(maps), mid, seed, j, dirty_ratio)
     if sets:
         _logger.info(
-            f"material sets: {len(sets) + sum(1 for s in skipped if not s.at_decode)} found, {used} used, {len(skipped)} skipped"
+            f"material sets: {len(sets) + sum(1 for s in skipped if not s.at_decode)} found, {len(used)} used, {len(skipped)} skipped"
             + "".join(f"\n  skipped {s.where}: {s.why}" for s in skipped)
         )
     return used

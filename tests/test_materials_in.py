@@ -320,6 +320,26 @@ def test_nothing_usable_is_one_sentence_and_writes_nothing(library, tmp_path):
     assert not (tmp_path / "never").exists()
 
 
+def test_unusable_folders_beside_procedural_samples_are_named(library, tmp_path):
+    """Procedural samples still make a data set, but each --materials folder that gave nothing says why."""
+    only_broken, unrelated = tmp_path / "only_broken", tmp_path / "unrelated"
+    only_broken.mkdir()
+    unrelated.mkdir()
+    (only_broken / "x_diff_1k.png").write_bytes(b"junk")  # a Poly Haven set that cannot be decoded
+    (only_broken / "y_1K-PNG_Roughness.png").write_bytes(b"junk")  # an ambientCG set without base colour
+    (unrelated / "notes.txt").write_text("not a texture")
+    args = ["datagen", "--output", str(tmp_path / "d"), "--count", "2", "--size", "16"]
+    folders = [only_broken, unrelated, library / "polyhaven"]
+    r = CliRunner().invoke(cli, [*args, *(a for f in folders for a in ("--materials", str(f)))])
+    assert r.exit_code == 0, r.output
+    warned = [ln for ln in r.output.splitlines() if "gave no usable material set" in ln]
+    assert len(warned) == 2 and all(ln.startswith("warning: --materials ") for ln in warned), r.output
+    assert str(only_broken) in warned[0] and "every set in it was skipped (2;" in warned[0], warned[0]
+    assert str(unrelated) in warned[1] and "ambientCG, Poly Haven, MatSynth or glTF" in warned[1], warned[1]
+    meta = json.loads((tmp_path / "d" / "input" / "render_metadata.json").read_text())
+    assert meta["imports"]["used"] == 1 and meta["count"] == 2 + 2  # procedural + rusty_metal's crops
+
+
 @pytest.mark.slow
 def test_photo_textured_materials_are_plausible_and_held_out_by_quadrant(tmp_path):
     meta = generate_dataset(
