@@ -39,7 +39,7 @@ from pbrforge.options import (
     "--shards",
     type=click.Path(path_type=Path, file_okay=False),
     required=True,
-    help="Teacher shards, written by `pbrforge shards` (shards.py).",
+    help="Teacher shards, written by `pbrforge shards` (teacher_infer.py).",
 )
 @data_option("--input-dir", help="The data set the shards came from.")
 @click.option(

@@ -109,7 +109,12 @@ def tiny_coreml(tiny_student_ckpt, tmp_path_factory) -> Path:
     return out.with_suffix(".mlpackage")
 
 
-SLOW_FIXTURES = {"tiny_onnx", "tiny_pte", "tiny_pte_export", "tiny_coreml"}  # an export and its parity run: ~15 s on 2 cores
+SLOW_FIXTURES = {
+    "tiny_onnx",
+    "tiny_pte",
+    "tiny_pte_export",
+    "tiny_coreml",
+}  # an export and its parity run: ~15 s on 2 cores
 
 
 def pytest_collection_modifyitems(items):

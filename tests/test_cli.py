@@ -17,8 +17,7 @@ SCRIPTS = {  # stage scripts run as files, and the commands they define
     "datagen/generate.py": "datagen",
     "teacher/train.py": "teacher-train",
     "teacher/infer.py": "teacher-infer",
-    "shards.py": "shards",
-    "teacher_infer.py": "shards",  # the old name of shards.py, kept for one release
+    "teacher_infer.py": "shards",
     "student/train.py": "student-train",
     "export/converter.py": "export",
     "runtime/run_inference.py": "run",

@@ -1,7 +1,6 @@
 import importlib.util
 import json
 
-import numpy as np
 import onnx
 import pytest
 import torch
@@ -55,7 +54,7 @@ def test_fold_batchnorm_is_exact_and_skips_shared_convs(tiny_student_ckpt):
 
 
 @pytest.mark.slow
-def test_coreml_fp16_spec_and_palettization(tiny_coreml):
+def test_coreml_fp16_spec_and_palettization(tiny_coreml, tiny_student_ckpt):
     ct = pytest.importorskip("coremltools")
     pkg = out = tiny_coreml
     spec = ct.models.MLModel(str(pkg), skip_model_load=True).get_spec()

@@ -163,7 +163,7 @@ def test_shard_sampler_reads_each_shard_once(tiny_data, tiny_shards):
 def test_torchrun_ranks_split_and_rank0_merges(tiny_data, tiny_teacher_ckpt, tiny_shards, tmp_path):
     out = tmp_path / "ddp"
     r = run_torchrun(
-        "shards.py",
+        "teacher_infer.py",
         str(tiny_teacher_ckpt),
         "--data",
         str(tiny_data),
