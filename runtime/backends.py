@@ -75,5 +75,13 @@ def load_runner(artifact: Path, backend: str = "auto", threads: int = 0) -> Runn
     if backend == "torch" or (backend == "auto" and is_checkpoint):
         return torch_runner(artifact, threads)
     if backend == "auto":
-        return for_artifact(artifact).runner(artifact, threads)
+        try:
+            fmt = for_artifact(artifact)
+        except DataError:
+            endings = sorted({f.suffix for f in registered()} | set(CHECKPOINT_SUFFIXES))
+            raise DataError(
+                f"cannot tell the backend of {artifact} from its name; known endings: {', '.join(endings)} "
+                "(or pass --backend)"
+            ) from None
+        return fmt.runner(artifact, threads)
     return next(f for f in registered() if f.backend == backend).runner(artifact, threads)
