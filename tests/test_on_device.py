@@ -186,12 +186,15 @@ def test_int8_pte_is_calibrated_smaller_and_runs(tiny_pte_export):
     assert rows["executorch"].status == "ok" and not result.failures, result.table()
     int8 = out.with_name("student.int8.pte")
     assert rows["executorch-int8"].status == "ok", result.table()
-    # int8 weights (a quarter of the bytes) except in the modules kept fp32, about 40% of the weights here
-    assert int8.stat().st_size < 0.75 * out.with_suffix(".pte").stat().st_size
     parity = json.loads(int8.with_name(int8.name + ".parity.json").read_text())
     assert parity["calibration_samples"] >= 1 and parity["render"]["psnr_db_min"] > 0
-    # the view fusion stays fp32: quantized, ExecuTorch 1.5.1's XNNPACK executor cannot run it
+    # the view fusion's own ops stay fp32 (quantized, ExecuTorch 1.5.1's XNNPACK executor cannot run them),
+    # kept by node: its convolutions are int8, so nearly every weight is (by module type, 38% stayed float)
     assert "model.fusion" in parity["delegation"]["kept_float"]
+    weights = parity["delegation"]["weights"]
+    assert weights["int8_weights"] > 0 and weights["float_share"] < 0.05, weights
+    # int8 weights are a quarter of the fp32 bytes
+    assert int8.stat().st_size < 0.5 * out.with_suffix(".pte").stat().st_size
     r = _run(int8, "--self-check")  # its own tolerance: what it reached at export, less a margin
     assert r.exit_code == 0, r.output
 
