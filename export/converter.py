@@ -63,8 +63,8 @@ def prepare(
     use_sr: bool = False,
     data: Path | None = None,
 ) -> ExportJob:
-    """The job: the export wrapper, its BN-folded copy, example inputs, fp32 reference outputs, the contract
-    and, with ``data``, its held-out views split into calibration and judged ones.
+    """The job: the export wrapper, its BN-folded copy (checked against the wrapper), example inputs, the
+    contract and, with ``data``, its held-out views split into calibration and judged ones.
 
     ONNX and XNNPACK take the wrapper as trained (their runtimes fold BatchNorm themselves); Core ML exports
     the folded copy, whose conv weights are then the ones stored in the package, so palettized weights can be
@@ -100,7 +100,7 @@ def prepare(
         )
     held_out: HeldOut | None = held_out_views(data, cfg, contract.image_size) if data is not None else None
     contract.test_vectors = paths.vectors.name  # before Core ML embeds the contract in its metadata
-    return ExportJob(checkpoint, paths, options, wrapper, folded, example, reference, contract, held_out)
+    return ExportJob(checkpoint, paths, options, wrapper, folded, example, contract, held_out)
 
 
 def export_artifacts(
@@ -172,7 +172,7 @@ def export_artifacts(
     )
     steps = plan(options)
     check_needs(steps, paths)
-    if len(options.families) == 1:  # the one format asked for needs its tool: say so before torch loads
+    if len(options.families) == 1:  # the one format asked for needs its tool: say so before the model loads
         for fmt in steps:
             if primary(fmt):
                 fmt.available()

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from pbrforge import __version__
-from pbrforge.artifacts import ArtifactPaths, contract_path
+from pbrforge.artifacts import ArtifactPaths, contract_path, sidecar_path
 from pbrforge.deploy import INPUT_NAMES, OUTPUT_NAMES, DeployContract
 from pbrforge.errors import ToolFailure, UnavailableError
 from pbrforge.export.formats import Built, ExportJob, Format, Runner, compare_run, register
@@ -319,7 +319,7 @@ def _build(job: ExportJob, staged: Path) -> Built:
         if chosen is not None:
             _write_recipe(chosen, job.paths)
         if ane is not None:
-            write_json(kept.with_suffix(".ane.json"), ane)
+            write_json(sidecar_path(kept, "ane"), ane)
 
     return Built(
         seconds,

@@ -24,6 +24,7 @@ from torch import nn
 
 from pbrforge.deploy import INPUT_NAMES, OUTPUT_NAMES, DeployContract
 from pbrforge.errors import ToolFailure
+from pbrforge.export.coreml_export import _ct, coreml_runner, save_mlpackage, set_metadata
 from pbrforge.export.formats import Built, ExportJob, Format, measure, register
 from pbrforge.export.parity import ParityReport
 
@@ -66,8 +67,6 @@ def fake_quant_model(folded: nn.Module, example: Inputs, calibration: list[Input
 
 def convert_w8a8(final: nn.Module, example: Inputs, min_target: str, contract: DeployContract):
     """Trace the fake-quant model and convert it to an mlprogram with int8 weights and activations."""
-    from pbrforge.export.coreml_export import _ct, set_metadata
-
     ct = _ct()
     with torch.no_grad():
         traced = torch.jit.trace(final, example)
@@ -127,8 +126,6 @@ def _vars(values) -> list:
 
 def _build(job: ExportJob, staged: Path) -> Built:
     """Quantize the BN-folded model, convert and save it; the fake-quant model goes to ``check``."""
-    from pbrforge.export.coreml_export import save_mlpackage
-
     t0 = time.perf_counter()
     final = fake_quant_model(job.folded, job.example, job.views().calibration)
     mlmodel = convert_w8a8(final, job.example, job.options.min_target, job.contract)
@@ -166,15 +163,9 @@ def _check(job: ExportJob, staged: Path, built: Built) -> ParityReport:
     )
 
 
-def _register() -> None:
-    from pbrforge.export.coreml_export import _ct, coreml_runner
-
-    register(
-        Format(
-            "coreml-w8a8", "coreml", ".w8a8.mlpackage", "coreml", _build, _check, coreml_runner,
-            needs=("coreml",), wanted=lambda options: options.quantize == "w8a8", available=_ct,
-        )
-    )  # fmt: skip
-
-
-_register()
+register(
+    Format(
+        "coreml-w8a8", "coreml", ".w8a8.mlpackage", "coreml", _build, _check, coreml_runner,
+        needs=("coreml",), wanted=lambda options: options.quantize == "w8a8", available=_ct,
+    )
+)  # fmt: skip

@@ -369,14 +369,13 @@ def _build_coreml(job: ExportJob, staged: Path) -> Built:
     )
 
 
-def _runner_for_check(job: ExportJob, staged: Path) -> Runner:
+def _run_for_check(job: ExportJob, staged: Path) -> Any:
+    """The staged program's run; the runtime refusing to load or run it is a skipped step, not a verdict."""
     try:
-        return executorch_runner(staged, 0, job.contract)
-    except DataError as e:  # the runtime refused the program it was given: nothing to judge
+        run = executorch_runner(staged, 0, job.contract).run
+    except DataError as e:
         raise SkipStep(f"ExecuTorch could not run it ({e})") from e
 
-
-def _run_or_skip(run: Any) -> Any:
     def guarded(views: Inputs) -> dict[str, np.ndarray]:
         try:
             return run(views)
@@ -388,13 +387,13 @@ def _run_or_skip(run: Any) -> Any:
 
 def _check_fp32(job: ExportJob, staged: Path, built: Built) -> ParityReport:
     """Run in ExecuTorch against PyTorch fp32: per value at ``--fp32-max-abs`` and in render space."""
-    run = _run_or_skip(_runner_for_check(job, staged).run)
+    run = _run_for_check(job, staged)
     return measure(job, "executorch xnnpack", "ExecuTorch", run, max_abs=job.options.fp32_max_abs)
 
 
 def _check_int8(job: ExportJob, staged: Path, built: Built) -> ParityReport:
     """On held-out views it was not calibrated on, in render space."""
-    run = _run_or_skip(_runner_for_check(job, staged).run)
+    run = _run_for_check(job, staged)
     return measure(job, "executorch xnnpack", "ExecuTorch int8", run, job.views().judged)
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,7 +82,7 @@ class ExportOptions:
 
 @dataclass
 class ExportJob:
-    """One model about to be exported: its modules, reference outputs, contract, names and held-out views."""
+    """One model about to be exported: its modules, example inputs, contract, names and held-out views."""
 
     checkpoint: Path
     paths: ArtifactPaths
@@ -91,7 +90,6 @@ class ExportJob:
     wrapper: torch.nn.Module  # as trained: ONNX and XNNPACK fold BatchNorm themselves
     folded: torch.nn.Module  # BatchNorm folded: Core ML stores these weights, so they can be read back
     example: Inputs
-    reference: Outputs  # the wrapper's fp32 outputs on ``example``
     contract: DeployContract
     held_out: HeldOut | None = None  # from --data: calibrates and judges the 8-bit artifacts
 
@@ -415,10 +413,3 @@ def check_io(
         raise DataError(
             f"{path} returns maps of side {list(output_sides)}, its contract says {contract.output_size}"
         )
-
-
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    """Seconds taken by ``fn()`` and what it returned."""
-    t0 = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t0, out

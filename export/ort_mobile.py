@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pbrforge.export.formats import Built, ExportJob, Format, register
+from pbrforge.export.onnx_export import check_fp32, onnx_runner
 
 _logger = logging.getLogger(__name__)
 
@@ -128,10 +129,4 @@ def _build(job: ExportJob, staged: Path) -> Built:
     )
 
 
-def _register() -> None:
-    from pbrforge.export.onnx_export import check_fp32, onnx_runner
-
-    register(Format("onnx-ort", "onnx", ".ort", "onnx", _build, check_fp32, onnx_runner, needs=("onnx",)))
-
-
-_register()
+register(Format("onnx-ort", "onnx", ".ort", "onnx", _build, check_fp32, onnx_runner, needs=("onnx",)))

@@ -14,11 +14,16 @@ FAILED = ".failed"
 FAMILIES = ("coreml", "onnx", "executorch", "tensorrt")  # what `export --format` chooses; each holds variants
 
 
+def sidecar_path(artifact: Path, kind: str) -> Path:
+    """``model.mlpackage`` + ``ane`` -> ``model.ane.json``: a file named by the artifact's stem."""
+    artifact = Path(artifact)
+    return artifact.with_name(f"{artifact.stem}.{kind}.json")
+
+
 def contract_path(artifact: Path) -> Path:
     """``model.onnx`` / ``model.int8.onnx`` / ``model.mlpackage`` -> ``model.contract.json`` /
     ``model.int8.contract.json``: where a runtime finds an artifact's contract."""
-    artifact = Path(artifact)
-    return artifact.with_name(artifact.stem + ".contract.json")
+    return sidecar_path(artifact, "contract")
 
 
 def report_path(artifact: Path, kind: str) -> Path:
@@ -47,11 +52,6 @@ class ArtifactPaths:
         """``.int8.onnx`` -> ``OUTPUT.int8.failed.onnx``: an artifact that failed its gate, kept for study."""
         variant, _, ext = suffix.rpartition(".")
         return self._named(f"{variant}{FAILED}.{ext}")
-
-    def beside(self, suffix: str, kind: str) -> Path:
-        """``.mlpackage`` + ``ane`` -> ``OUTPUT.ane.json``: a file about one artifact, named by its variant."""
-        variant = suffix.rpartition(".")[0]
-        return self._named(f"{variant}.{kind}.json")
 
     @property
     def contract(self) -> Path:

@@ -350,6 +350,22 @@ def data_option(*old: str, required: bool = True, help: str = "A data set writte
     return decorate
 
 
+# what --self-check replaces: its vectors are the inputs and the reference
+SELF_CHECK_NEEDS_NO: tuple[str, ...] = (
+    "--input",
+    "--output",
+    "--reference",
+    "--emit",
+    "--runs",
+    "--warmup",
+    "--final-size",
+    "--render-psnr-min",
+    "--normal-p99-max",
+    "--align",
+    "--corners",
+)
+
+
 def check_run(
     self_check: bool, given: dict[str, bool], input_dir: Path | None, output: Path | None
 ) -> tuple[Path, Path] | None:
@@ -362,8 +378,7 @@ def check_run(
         ``(input_dir, output)`` for a prediction run, None for ``--self-check``.
     """
     if self_check:
-        asks = "--input --output --reference --emit --runs --warmup --final-size --render-psnr-min --normal-p99-max"
-        extra = [flag for flag in (*asks.split(), "--align", "--corners") if given.get(flag)]
+        extra = [flag for flag in SELF_CHECK_NEEDS_NO if given.get(flag)]
         if extra:
             raise click.UsageError(
                 f"--self-check needs no {extra[0]}: the vectors are the inputs and the reference"

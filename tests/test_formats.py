@@ -129,11 +129,7 @@ def _artifact(request, fmt):
     if fmt.name not in EXPORTED_BY:
         pytest.skip(f"{fmt.name}: {BUILT_ELSEWHERE.get(fmt.name) or NOT_RUNNABLE_HERE[fmt.name]}")
     base = request.getfixturevalue(EXPORTED_BY[fmt.name])
-    return base.with_name(base.name[: -len(by_name(EXPORTED_BY_SUFFIX[fmt.name]).suffix)] + fmt.suffix)
-
-
-EXPORTED_BY_SUFFIX = {"tiny_onnx": "onnx", "tiny_pte": "executorch", "tiny_coreml": "coreml"}
-EXPORTED_BY_SUFFIX = {name: EXPORTED_BY_SUFFIX[fixture] for name, fixture in EXPORTED_BY.items()}
+    return base.with_name(base.name[: -len(for_artifact(base).suffix)] + fmt.suffix)
 
 
 @pytest.mark.slow
