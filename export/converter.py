@@ -22,6 +22,8 @@ Examples:
         --quantize int8 --data data/demo --render-psnr-min 30
     python export/converter.py best.pt --output artifacts/student --format coreml --quantize w8a8 --data data/demo
     python export/converter.py best.pt --output artifacts/student --format executorch --quantize int8 --data data/demo
+    python export/converter.py best.pt --output artifacts/student --format executorch --quantize int8 --data data/demo \\
+        --qat-steps 200
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ def prepare(
     """
     import torch
 
-    from pbrforge.calibration import held_out_views
+    from pbrforge.calibration import held_out_views, training_views
     from pbrforge.deploy import OUTPUT_NAMES, build_contract
     from pbrforge.export.parity import Comparison, compare
     from pbrforge.export.wrappers import PBRExportWrapper, example_inputs, fold_batchnorm
@@ -99,8 +101,11 @@ def prepare(
             f"{folding.failure}; refusing to export (the checkpoint's weights may hold NaN or inf)"
         )
     held_out: HeldOut | None = held_out_views(data, cfg, contract.image_size) if data is not None else None
+    training = (
+        training_views(data, cfg, contract.image_size) if data is not None and options.qat_steps else []
+    )
     contract.test_vectors = paths.vectors.name  # before Core ML embeds the contract in its metadata
-    return ExportJob(checkpoint, paths, options, wrapper, folded, example, contract, held_out)
+    return ExportJob(checkpoint, paths, options, wrapper, folded, example, contract, held_out, training)
 
 
 def export_artifacts(
@@ -121,6 +126,8 @@ def export_artifacts(
     budget_db: float | None = None,
     recipe: Path | None = None,
     fp32_max_abs: float = FP32_MAX_ABS,
+    qat_steps: int = 0,
+    progress: bool = True,
 ) -> ExportResult:
     """Build every artifact the options ask for, in plan order, each through :func:`formats.run_step`.
 
@@ -139,6 +146,7 @@ def export_artifacts(
         quantize=quantize,
         data=data is not None,
         min_target=min_target,
+        qat_steps=qat_steps,
     )
     output = Path(output)
     paths = ArtifactPaths(output)
@@ -169,6 +177,8 @@ def export_artifacts(
         fp32_max_abs=fp32_max_abs,
         gate=gate,
         palettized_gate=palettized_gate,
+        qat_steps=qat_steps,
+        progress=progress,
     )
     steps = plan(options)
     check_needs(steps, paths)
@@ -298,6 +308,13 @@ def _vectors(job: ExportJob, result: ExportResult) -> None:
     help="Data set whose held-out views calibrate --quantize and --nbits mixed (others judge them).",
 )
 @click.option(
+    "--qat-steps",
+    type=click.IntRange(0, 100_000),
+    default=0,
+    show_default=True,
+    help="Quantization-aware fine-tuning of the --quantize model toward the float one, on --data's training views.",
+)
+@click.option(
     "--fp32-max-abs",
     type=FiniteFloatRange(1e-7, 1e-2),
     default=FP32_MAX_ABS,
@@ -326,6 +343,7 @@ def main(
     budget_db: float,
     recipe: Path | None,
     fp32_max_abs: float,
+    qat_steps: int,
 ) -> None:
     """Convert a checkpoint to deployable artifacts; exit 2 if any parity gate fails."""
     formats = FAMILIES if fmt == "all" else (fmt,)
@@ -343,6 +361,7 @@ def main(
         nbits_given=source("nbits") == explicit,
         budget_given=source("budget_db") == explicit,
         recipe_with_nbits=nbits if recipe is not None and palettization and not mixed else None,
+        qat_steps=qat_steps,
     )
     result = export_artifacts(
         checkpoint,
@@ -362,6 +381,7 @@ def main(
         budget_db=budget_db if mixed and recipe is None else None,
         recipe=recipe,
         fp32_max_abs=fp32_max_abs,
+        qat_steps=qat_steps,
     )
     click.echo(result.table())
     if result.failures:

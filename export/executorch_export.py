@@ -13,6 +13,7 @@ import functools
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,11 +23,13 @@ from pbrforge.artifacts import contract_path, report_path
 from pbrforge.deploy import DeployContract
 from pbrforge.errors import DataError, ParityError, UnavailableError
 from pbrforge.export.formats import Built, ExportJob, Format, Runner, SkipStep, check_io, measure, register
+from pbrforge.export.int8_precision import module_of
 from pbrforge.fileio import write_json
 
 if TYPE_CHECKING:
     import torch
 
+    from pbrforge.export.gates import RenderGate
     from pbrforge.export.parity import ParityReport
 
     Inputs = tuple[torch.Tensor, ...]
@@ -108,12 +111,6 @@ def _unrolled(kind: str) -> Any:
     return reduce
 
 
-def _module_of(node: torch.fx.Node) -> str | None:
-    """The innermost module a traced node was called in."""
-    stack = list(node.meta.get("nn_module_stack", {}).values())
-    return stack[-1][0] if stack else None
-
-
 def _dynamic_weight_modules(captured: torch.fx.GraphModule) -> list[str]:
     """Modules whose convolutions take computed weights (the PLK block's per-sample 3x3).
 
@@ -121,7 +118,7 @@ def _dynamic_weight_modules(captured: torch.fx.GraphModule) -> list[str]:
     portable quantize kernels that ExecuTorch's Python runtime lacks, so they stay fp32.
     """
     found = [
-        _module_of(n)
+        module_of(n)
         for n in captured.graph.nodes
         if n.op == "call_function" and "conv" in str(n.target) and n.args[1].op != "get_attr"
     ]
@@ -143,40 +140,140 @@ def _view_fusion_modules(exported: torch.export.ExportedProgram) -> list[str]:
         if n.op == "call_function" and str(n.target) == "aten.amax.default":
             dims, shape = (n.args[1] if len(n.args) > 1 else []), n.args[0].meta["val"].shape
             if dims and all(shape[d] <= MAX_VIEWS for d in dims):
-                found.append(_module_of(n))
+                found.append(module_of(n))
     return list(dict.fromkeys(m for m in found if m))
 
 
-def _quantized(
-    module: torch.nn.Module, example: Inputs, calibration: Sequence[Inputs]
-) -> tuple[torch.nn.Module, list[str], dict[str, Any]]:
-    """PT2E post-training quantization with XNNPACK's scheme, observers fed the calibration views.
+def keep_shared_conv_outputs(captured: torch.fx.GraphModule) -> int:
+    """Give a BatchNorm its own copy of the convolution it reads when another node reads that output too.
 
-    Returns the quantized module, the modules whose own ops stay fp32 (by node: their child modules are
-    quantized), and the census of weights quantized and left in float.
+    ``prepare_pt2e`` folds every BatchNorm that reads a convolution into that convolution's weights, even when
+    another node reads the same output (a pre-norm residual block after a projection: the student's view
+    fusion). The other reader then sees normalised values: on the demo student at 128 px that alone, before
+    any rounding, renders at 43.9 dB with a 3.5 deg normal p99 against the float model, a floor no calibration
+    can lift. With a copy (its own weights), the BatchNorm folds into the copy and the other reader keeps the
+    original. A ``clone`` in between instead leaves a float BatchNorm that ExecuTorch 1.5.1's XNNPACK executor
+    fails to run. Returns how many copies were made.
     """
     import torch
+
+    graph, made = captured.graph, 0
+    for conv in list(graph.nodes):
+        if conv.op != "call_function" or "conv" not in str(conv.target) or len(conv.users) < 2:
+            continue
+        for bn in [u for u in conv.users if "batch_norm" in str(u.target)]:
+            params = []
+            with graph.inserting_before(bn):
+                for source in conv.args[1:3]:
+                    if not isinstance(source, torch.fx.Node) or source.op != "get_attr":
+                        params.append(source)
+                        continue
+                    name = f"{source.target}_bn_copy_{made}".replace(".", "_")
+                    stored: Any = functools.reduce(getattr, str(source.target).split("."), captured)
+                    captured.register_parameter(name, torch.nn.Parameter(stored.detach().clone(), False))
+                    attr = graph.get_attr(name)
+                    attr.meta = dict(source.meta)
+                    params.append(attr)
+                twin = graph.call_function(conv.target, (conv.args[0], *params, *conv.args[3:]), conv.kwargs)
+            twin.meta = dict(conv.meta)
+            bn.replace_input_with(conv, twin)
+            made += 1
+    if made:
+        graph.lint()
+        captured.recompile()
+    return made
+
+
+@dataclass
+class Int8Plan:
+    """How the int8 program is made: calibration, the render budget of the precision search, and QAT."""
+
+    calibration: Sequence[Inputs]
+    judged: Sequence[Inputs] = ()
+    gate: RenderGate | None = None  # search per-node precision for this gate; None quantizes every point
+    training: Sequence[Inputs] = ()  # views the QAT fine-tune runs over
+    qat_steps: int = 0
+    progress: bool = True
+
+
+def _quantizer(keep_modules: set[str]) -> Any:
+    """XNNPACK's symmetric per-channel scheme; a node stays fp32 when it is one of ``keep_modules``' own ops
+    (by node: a module's children are still quantized)."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
     )
-    from executorch.kernels import quantized  # noqa: F401  (out variants of the ops XNNPACK leaves to portable kernels)
+
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    quantizer.set_filter_function(lambda node: module_of(node) not in keep_modules)
+    return quantizer
+
+
+def _calibrated(captured: torch.fx.GraphModule, quantizer: Any, calibration: Sequence[Inputs]) -> Any:
+    import torch
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
-    exported = torch.export.export(module, example)
-    captured = xnnpack_friendly(exported).module()
-    kept_float = _dynamic_weight_modules(captured)
-    kept_float += [name for name in _view_fusion_modules(exported) if name not in kept_float]
-    keep = set(kept_float)
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    # by node: an op stays fp32 only when it is one of those modules' own ops, not one of their children's
-    quantizer.set_filter_function(lambda node: _module_of(node) not in keep)
     prepared = prepare_pt2e(captured, quantizer)
     with torch.no_grad():
         for views in calibration:
             prepared(*views)
-    converted = _convert_post_training(prepared)
-    return converted, kept_float, weight_census(converted)
+    return prepared
+
+
+def _quantized(
+    module: torch.nn.Module, example: Inputs, plan: Int8Plan
+) -> tuple[torch.nn.Module, list[str], dict[str, Any]]:
+    """PT2E quantization with XNNPACK's scheme: calibrated, precision searched in render space, QAT-tuned.
+
+    Both the search and QAT work on one graph, ``convert_pt2e``'s with a switch per quantize/dequantize pair
+    (``int8_precision``), and the program is lowered from exactly that graph: what was measured is what ships.
+
+    Returns the quantized module, the modules whose own ops stay fp32 whatever the budget (by node: their
+    child modules are quantized), and the report: weight census, the precision recipe and the QAT figures.
+    """
+
+    import torch
+    from executorch.kernels import quantized  # noqa: F401  (out variants of the ops XNNPACK leaves to portable kernels)
+
+    from pbrforge.export import int8_precision
+
+    def capture() -> tuple[torch.export.ExportedProgram, torch.fx.GraphModule]:
+        exported = torch.export.export(module, example)
+        captured = xnnpack_friendly(exported).module()
+        keep_shared_conv_outputs(captured)
+        return exported, captured
+
+    exported, captured = capture()
+    kept_float = _dynamic_weight_modules(captured)
+    kept_float += [name for name in _view_fusion_modules(exported) if name not in kept_float]
+    keep = set(kept_float)
+    report: dict[str, Any] = {}
+    prepared = _calibrated(captured, _quantizer(keep), plan.calibration)
+    graph, points = int8_precision.with_switches(_convert_post_training(prepared, fold_quantize=False))
+    if plan.gate is not None:
+        samples = list(plan.calibration[: int8_precision.SEARCH_SAMPLES])
+        found = int8_precision.search(graph, points, module, samples, plan.gate, plan.progress)
+        report["precision"] = found.recipe()
+        int8_precision.set_float(graph, {p.key for p in found.kept_float})
+    judged = int8_precision.render_figures_of(module, plan.judged) if plan.judged else None
+    if judged is not None:  # on the views the artifact is judged on
+        report["post_training_judged"] = judged(graph)
+    if plan.qat_steps:
+        from pbrforge.export.qat import fine_tune
+
+        report["qat"] = fine_tune(
+            graph,
+            module,
+            plan.training or plan.calibration,
+            plan.qat_steps,
+            params=int8_precision.trainable(graph),
+            progress=plan.progress,
+        )
+        if judged is not None:
+            report["qat"]["judged"] = judged(graph)
+    converted = int8_precision.materialize(graph)
+    report["weights"] = weight_census(converted)
+    return converted, kept_float, report
 
 
 def weight_census(graph: torch.fx.GraphModule) -> dict[str, Any]:
@@ -208,7 +305,9 @@ def weight_census(graph: torch.fx.GraphModule) -> dict[str, Any]:
     return {"int8_weights": int8, "float_weights": floats, "float_share": floats / max(1, int8 + floats)}
 
 
-def _convert_post_training(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
+def _convert_post_training(
+    prepared: torch.fx.GraphModule, fold_quantize: bool = True
+) -> torch.fx.GraphModule:
     """``convert_pt2e`` without its quantization-aware-training conv-BN fold, which has nothing to match here.
 
     ``prepare_pt2e`` has already folded each conv-BN pair; the BatchNorms left (after a residual sum, not a
@@ -228,7 +327,7 @@ def _convert_post_training(prepared: torch.fx.GraphModule) -> torch.fx.GraphModu
         else contextlib.nullcontext()
     )
     with skip:
-        return quantize_pt2e.convert_pt2e(prepared)
+        return quantize_pt2e.convert_pt2e(prepared, fold_quantize=fold_quantize)
 
 
 def export_pte(
@@ -236,11 +335,11 @@ def export_pte(
     example: Inputs,
     path: Path,
     delegate: str = "xnnpack",
-    calibration: Sequence[Inputs] = (),
+    int8: Int8Plan | None = None,
 ) -> tuple[float, dict[str, Any]]:
     """Lower ``module`` to a ``.pte`` at ``path``; returns seconds and the delegation report.
 
-    With ``calibration`` the model is int8-quantized first (XNNPACK only).
+    With ``int8`` the model is int8-quantized first (XNNPACK only).
     """
     import torch
     from executorch.devtools.backend_debug import get_delegation_info
@@ -257,10 +356,10 @@ def export_pte(
         partitioner = CoreMLPartitioner()
     else:
         raise ValueError(f"unknown ExecuTorch delegate {delegate!r}")
-    source, kept_float, census = _quantized(module, example, calibration) if calibration else (module, [], {})
+    source, kept_float, quantization = _quantized(module, example, int8) if int8 else (module, [], {})
     with torch.no_grad():
         exported = torch.export.export(source, example)
-        if delegate == "xnnpack" and not calibration:  # quantized, it was captured already rewritten
+        if delegate == "xnnpack" and not int8:  # quantized, it was captured already rewritten
             exported = xnnpack_friendly(exported)
         edge = to_edge_transform_and_lower(exported, partitioner=[partitioner])
     info = get_delegation_info(edge.exported_program().graph_module)
@@ -283,8 +382,7 @@ def export_pte(
         "non_delegated_nodes": sum(left.values()),
         "non_delegated_ops": dict(sorted(left.items(), key=lambda kv: -kv[1])),
         "kept_float": kept_float,
-        "weights": census,
-    }
+    } | quantization
     return time.perf_counter() - t0, report
 
 
@@ -338,16 +436,26 @@ def _log_delegation(label: str, delegation: dict[str, Any]) -> None:
     )
 
 
-def _build_xnnpack(job: ExportJob, staged: Path, calibration: Sequence[Inputs] = ()) -> Built:
-    seconds, delegation = export_pte(job.wrapper, job.example, staged, "xnnpack", calibration)
-    name = job.paths.artifact(".int8.pte" if calibration else ".pte").name
-    _log_delegation("ExecuTorch int8" if calibration else "ExecuTorch", delegation)
+def _build_xnnpack(job: ExportJob, staged: Path, int8: Int8Plan | None = None) -> Built:
+    seconds, delegation = export_pte(job.wrapper, job.example, staged, "xnnpack", int8)
+    name = job.paths.artifact(".int8.pte" if int8 else ".pte").name
+    _log_delegation("ExecuTorch int8" if int8 else "ExecuTorch", delegation)
     return Built(seconds, info={"delegation": delegation}, deployment={f"executorch {name}": delegation})
 
 
 def _build_int8(job: ExportJob, staged: Path) -> Built:
-    built = _build_xnnpack(job, staged, job.views().calibration)
+    """Calibrated on the held-out views, its precision searched against the job's gate, QAT-tuned if asked."""
+    views = job.views()
+    plan = Int8Plan(
+        views.calibration, views.judged, job.gate, job.training, job.options.qat_steps, job.options.progress
+    )
+    built = _build_xnnpack(job, staged, plan)
     built.info |= job.calibration_info()
+    delegation = built.info["delegation"]
+    if "precision" in delegation:
+        recipe = {"artifact": job.paths.artifact(".int8.pte").name, **delegation["precision"]}
+        recipe |= {k: delegation[k] for k in ("post_training_judged", "qat") if k in delegation}
+        built.on_keep = lambda kept: write_json(report_path(kept, "recipe"), recipe)
     return built
 
 

@@ -70,6 +70,8 @@ class ExportOptions:
     mixed_budget_db: float | None = None  # search per-layer bits for this render PSNR
     recipe: dict | None = None  # or replay the bits of an earlier search
     quantize: str | None = None  # int8 | w8a8
+    qat_steps: int = 0  # quantization-aware fine-tuning of the quantized models toward the float one
+    progress: bool = True
     ane: bool = True
     fp32_max_abs: float = 1e-4
     gate: RenderGate | None = None  # fp32, FP16 and 8-bit artifacts
@@ -92,6 +94,7 @@ class ExportJob:
     example: Inputs
     contract: DeployContract
     held_out: HeldOut | None = None  # from --data: calibrates and judges the 8-bit artifacts
+    training: list[Inputs] = field(default_factory=list)  # from --data's training split, for --qat-steps
 
     @property
     def gate(self) -> RenderGate:

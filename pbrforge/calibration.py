@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 CALIBRATION_VIEWS = 8  # samples whose views calibrate the activations
 PARITY_VIEWS = 4  # other held-out samples a calibrated artifact is judged on
+TRAINING_VIEWS = 32  # training samples quantization-aware fine-tuning cycles through
 
 Inputs = tuple["torch.Tensor", ...]  # three (1, 3, H, W) float views of whole numbers in 0..255
 
@@ -45,15 +46,27 @@ def split(samples: list[Inputs]) -> HeldOut:
 
 def held_out_views(data_root: Path, cfg: TrainConfig, image_size: int) -> HeldOut:
     """The data set's first held-out samples' clean views at ``image_size``, as 0..255 float inputs, split."""
+    samples = _views(data_root, cfg, image_size, "val", CALIBRATION_VIEWS + PARITY_VIEWS)
+    if not samples:
+        raise DataError(f"{data_root} has no held-out samples to calibrate with")
+    return split(samples)
+
+
+def training_views(data_root: Path, cfg: TrainConfig, image_size: int) -> list[Inputs]:
+    """The first ``TRAINING_VIEWS`` training samples' clean views: what QAT tunes on, never what judges it."""
+    samples = _views(data_root, cfg, image_size, "train", TRAINING_VIEWS)
+    if not samples:
+        raise DataError(f"{data_root} has no training samples for quantization-aware fine-tuning")
+    return samples
+
+
+def _views(data_root: Path, cfg: TrainConfig, image_size: int, split_name: str, count: int) -> list[Inputs]:
     from pbrforge.dataset import PBRDataset, view_paths
     from pbrforge.views import load_view
 
-    val = PBRDataset.for_config(data_root, "val", cfg)
-    ids = sorted({sid for sid, _ in val.entries})[: CALIBRATION_VIEWS + PARITY_VIEWS]
-    if not ids:
-        raise DataError(f"{data_root} has no held-out samples to calibrate with")
-    samples = []
-    for sid in ids:
-        views = [(load_view(p, image_size) * 255).round()[None] for p in view_paths(data_root, "clean", sid)]
-        samples.append(tuple(views))
-    return split(samples)
+    data = PBRDataset.for_config(data_root, split_name, cfg)
+    ids = sorted({sid for sid, _ in data.entries})[:count]
+    return [
+        tuple((load_view(p, image_size) * 255).round()[None] for p in view_paths(data_root, "clean", sid))
+        for sid in ids
+    ]

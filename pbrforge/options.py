@@ -287,6 +287,7 @@ def check_export(
     nbits_given: bool = False,
     budget_given: bool = False,
     recipe_with_nbits: str | None = None,
+    qat_steps: int = 0,
 ) -> None:
     """Every combination of export options that cannot work, as one sentence, before torch loads.
 
@@ -295,6 +296,7 @@ def check_export(
         nbits: uniform palettization bits, or None.
         mixed: per-layer bits, searched (``--nbits mixed``) or replayed (``--recipe``).
         data: whether ``--data`` was given.
+        qat_steps: quantization-aware fine-tuning steps of the 8-bit-activation models.
         palettization, nbits_given, budget_given, recipe_with_nbits: how the command line spelled them.
     """
     from pbrforge.artifacts import FAMILIES
@@ -330,6 +332,8 @@ def check_export(
         )
     if quantize == "w8a8" and "coreml" not in families:
         raise ConfigError("--quantize w8a8 writes a Core ML package: use --format coreml or all")
+    if qat_steps and quantize is None:
+        raise ConfigError("--qat-steps fine-tunes a quantized model: give --quantize int8 or w8a8 too")
     if data and not (quantize or mixed):
         raise ConfigError("--data is for --quantize and --nbits mixed; neither was asked for")
 

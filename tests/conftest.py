@@ -74,8 +74,11 @@ def tiny_onnx(tiny_student_ckpt, tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_pte_export(tiny_student_ckpt, tiny_data, tmp_path_factory):
     """The tiny student as ExecuTorch programs, in one export: XNNPACK fp32 (run and gated here), int8
-    calibrated on the tiny data's held-out views (render recorded, not gated), Core ML (built only)."""
+    calibrated on the tiny data's held-out views and fine-tuned with quantization-aware training, held to the
+    default render gate (40 dB, 2 deg), and Core ML (built only)."""
     pytest.importorskip("executorch")
+    from helpers import QAT_STEPS
+
     from pbrforge.export.converter import export_artifacts
 
     out = tmp_path_factory.mktemp("pte") / "student"
@@ -85,8 +88,8 @@ def tiny_pte_export(tiny_student_ckpt, tiny_data, tmp_path_factory):
         ("executorch",),
         quantize="int8",
         data=tiny_data,
-        render_psnr_min=0.0,
-        normal_p99_max=180.0,
+        qat_steps=QAT_STEPS,
+        progress=False,
     )
     assert not result.failures, result.failures
     return out.with_suffix(".pte"), result

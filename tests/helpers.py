@@ -10,6 +10,7 @@ from pathlib import Path
 from pbrforge.config import TrainConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]  # the repository: stage scripts are run from here as a user would
+QAT_STEPS = 30  # quantization-aware fine-tuning steps of the tiny int8 .pte
 
 
 def run_script(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:

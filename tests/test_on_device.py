@@ -10,7 +10,7 @@ import onnx
 import pytest
 import torch
 from click.testing import CliRunner
-from helpers import ROOT
+from helpers import QAT_STEPS, ROOT
 from safetensors.numpy import load_file
 
 from pbrforge.artifacts import contract_path
@@ -179,7 +179,7 @@ def test_self_check_refuses_other_options(tiny_onnx, tmp_path):
     assert r.exit_code == 2 and "Missing option '--input'" in r.output, r.output
 
 
-def test_int8_pte_is_calibrated_smaller_and_runs(tiny_pte_export):
+def test_qat_int8_pte_passes_the_default_render_gate(tiny_pte_export):
     pte, result = tiny_pte_export
     out = pte.with_suffix("")
     rows = {r.format: r for r in result.rows}
@@ -187,7 +187,16 @@ def test_int8_pte_is_calibrated_smaller_and_runs(tiny_pte_export):
     int8 = out.with_name("student.int8.pte")
     assert rows["executorch-int8"].status == "ok", result.table()
     parity = json.loads(int8.with_name(int8.name + ".parity.json").read_text())
-    assert parity["calibration_samples"] >= 1 and parity["render"]["psnr_db_min"] > 0
+    assert parity["calibration_samples"] >= 1
+    # quantization-aware fine-tuned, and held to the default render gate on views it never saw
+    assert parity["passed"] is True and parity["render"]["psnr_db_min"] >= 40.0, parity["render"]
+    assert parity["render"]["normal_deg_p99"] <= 2.0, parity["render"]
+    recipe = json.loads(int8.with_name(int8.name + ".recipe.json").read_text())
+    assert recipe["qat"]["steps"] == QAT_STEPS and recipe["qat"]["training_samples"] >= 1
+    assert recipe["budget_reached"] and recipe["points"] > 0
+    # every layer is either int8 or kept float with its reason
+    assert len(recipe["int8"]) + len(recipe["float"]) == recipe["points"]
+    assert all(layer["why"] for layer in recipe["float"])
     # the view fusion's own ops stay fp32 (quantized, ExecuTorch 1.5.1's XNNPACK executor cannot run them),
     # kept by node: its convolutions are int8, so nearly every weight is (by module type, 38% stayed float)
     assert "model.fusion" in parity["delegation"]["kept_float"]

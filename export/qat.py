@@ -1,0 +1,63 @@
+"""Quantization-aware fine-tuning: a short distillation of a fake-quant graph toward the float model it came from.
+
+The gate judges an artifact against the float student, so the float student is the teacher: no labels are
+needed and the loss is the distance the gate measures (L1 on every map). For the int8 ``.pte`` the graph trained is
+the post-training one itself (``int8_precision``: calibrated ranges fixed, rounding passed straight through,
+BatchNorm already folded), not ``prepare_qat_pt2e``'s: XNNPACK's QAT scheme observes activations with
+moving-average min/max, and on the demo student at 128 px its fake-quant graph rendered at 13.9 dB before
+a single step, against 40.8 dB for the histogram-calibrated post-training graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+Inputs = tuple[torch.Tensor, ...]
+
+QAT_LEARNING_RATE = 1e-5  # a nudge: the float weights are already right, only their rounding moves
+
+
+def distillation_loss(outputs: Sequence[torch.Tensor], targets: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Mean L1 over the maps, each map counted once."""
+    return torch.stack([(o - t).abs().mean() for o, t in zip(outputs, targets, strict=True)]).mean()
+
+
+def fine_tune(
+    model: torch.nn.Module,
+    reference: torch.nn.Module,
+    views: Sequence[Inputs],
+    steps: int,
+    params: Sequence[torch.nn.Parameter],
+    after_step: Callable[[], None] | None = None,
+    lr: float = QAT_LEARNING_RATE,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """``steps`` Adam steps of ``params`` of ``model`` toward ``reference`` over ``views`` in turn; the first and
+    last losses (each the mean over one pass of the views, or a quarter of the steps)."""
+    if not views:
+        raise ValueError("quantization-aware fine-tuning needs training views")
+    optimizer = torch.optim.Adam(params, lr=lr)
+    with torch.no_grad():
+        targets = [reference(*v) for v in views]
+    losses: list[float] = []
+    for step in tqdm(range(steps), desc="QAT", disable=not progress, unit="step"):
+        i = step % len(views)
+        loss = distillation_loss(model(*views[i]), targets[i])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        if after_step is not None:
+            after_step()
+    window = max(1, min(len(views), len(losses) // 4))  # one pass over the views, at each end
+    return {
+        "steps": steps,
+        "learning_rate": lr,
+        "training_samples": len(views),
+        "loss_first": sum(losses[:window]) / window,
+        "loss_last": sum(losses[-window:]) / window,
+    }
