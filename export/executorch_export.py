@@ -190,7 +190,7 @@ class Int8Plan:
 
     calibration: Sequence[Inputs]
     judged: Sequence[Inputs] = ()
-    gate: RenderGate | None = None  # search per-node precision for this gate; None quantizes every point
+    gate: RenderGate | None = None  # search per-layer precision for this gate; None quantizes every layer
     training: Sequence[Inputs] = ()  # views the QAT fine-tune runs over
     qat_steps: int = 0
     progress: bool = True
@@ -237,13 +237,9 @@ def _quantized(
 
     from pbrforge.export import int8_precision
 
-    def capture() -> tuple[torch.export.ExportedProgram, torch.fx.GraphModule]:
-        exported = torch.export.export(module, example)
-        captured = xnnpack_friendly(exported).module()
-        keep_shared_conv_outputs(captured)
-        return exported, captured
-
-    exported, captured = capture()
+    exported = torch.export.export(module, example)
+    captured = xnnpack_friendly(exported).module()
+    keep_shared_conv_outputs(captured)
     kept_float = _dynamic_weight_modules(captured)
     kept_float += [name for name in _view_fusion_modules(exported) if name not in kept_float]
     keep = set(kept_float)
