@@ -245,12 +245,12 @@ def _quantized(
     keep = set(kept_float)
     report: dict[str, Any] = {}
     prepared = _calibrated(captured, _quantizer(keep), plan.calibration)
-    graph, points = int8_precision.with_switches(_convert_post_training(prepared, fold_quantize=False))
+    graph, points = int8_precision.with_switches(_convert_post_training(prepared))
     if plan.gate is not None:
         samples = list(plan.calibration[: int8_precision.SEARCH_SAMPLES])
-        found = int8_precision.search(graph, points, module, samples, plan.gate, plan.progress)
-        report["precision"] = found.recipe()
-        int8_precision.set_float(graph, {p.key for p in found.kept_float})
+        report["precision"] = int8_precision.search(
+            graph, points, module, samples, plan.gate, plan.progress
+        ).recipe()
     judged = int8_precision.render_figures_of(module, plan.judged) if plan.judged else None
     if judged is not None:  # on the views the artifact is judged on
         report["post_training_judged"] = judged(graph)
@@ -301,10 +301,9 @@ def weight_census(graph: torch.fx.GraphModule) -> dict[str, Any]:
     return {"int8_weights": int8, "float_weights": floats, "float_share": floats / max(1, int8 + floats)}
 
 
-def _convert_post_training(
-    prepared: torch.fx.GraphModule, fold_quantize: bool = True
-) -> torch.fx.GraphModule:
-    """``convert_pt2e`` without its quantization-aware-training conv-BN fold, which has nothing to match here.
+def _convert_post_training(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """``convert_pt2e`` with the weights left float (``int8_precision`` switches them and ``materialize`` folds
+    them to int8) and without its quantization-aware-training conv-BN fold, which has nothing to match here.
 
     ``prepare_pt2e`` has already folded each conv-BN pair; the BatchNorms left (after a residual sum, not a
     conv) still make ``convert_pt2e`` trace its QAT patterns, 96 small programs through ``torch.export``, to
@@ -323,7 +322,7 @@ def _convert_post_training(
         else contextlib.nullcontext()
     )
     with skip:
-        return quantize_pt2e.convert_pt2e(prepared, fold_quantize=fold_quantize)
+        return quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
 
 
 def export_pte(

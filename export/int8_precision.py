@@ -211,7 +211,10 @@ def search(
     gate: RenderGate,
     progress: bool = True,
 ) -> Search:
-    """Keep float the fewest layers, highest first-order gain first, for which the graph meets the budget."""
+    """Keep float the fewest layers, highest first-order gain first, for which the graph meets the budget.
+
+    The graph is left switched to that choice (every layer int8 when the budget was not reached).
+    """
     budget = budget_of(gate)
     figures_of = render_figures_of(reference, samples)
     set_float(graph, set())
@@ -243,7 +246,7 @@ def search(
     for i, key in enumerate(ranked[:high]):
         points[key].precision = "float"
         points[key].why = f"rank {i + 1} of {len(ranked)} by first-order render gain"
-    set_float(graph, set())
+    set_float(graph, set(ranked[:high]))
     return Search(points, budget, tried[0], tried[high], len(tried))
 
 
