@@ -332,8 +332,10 @@ def check_export(
         )
     if quantize == "w8a8" and "coreml" not in families:
         raise ConfigError("--quantize w8a8 writes a Core ML package: use --format coreml or all")
-    if qat_steps and quantize is None:
-        raise ConfigError("--qat-steps fine-tunes a quantized model: give --quantize int8 or w8a8 too")
+    if qat_steps and (quantize != "int8" or "executorch" not in families):
+        raise ConfigError(
+            "--qat-steps fine-tunes the int8 ExecuTorch model only: give --quantize int8 with --format executorch or all"
+        )
     if data and not (quantize or mixed):
         raise ConfigError("--data is for --quantize and --nbits mixed; neither was asked for")
 

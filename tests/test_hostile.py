@@ -615,6 +615,23 @@ CASES += [
         "export --calibration not a data set",
         lambda p, o: EXPORT(p, o, "--quantize", "int8", "--calibration", p.a_dir),
     ),
+    (
+        "export --qat-steps with --quantize w8a8",
+        lambda p, o: [
+            "export",
+            p.student,
+            "--output",
+            o / "s",
+            "--format",
+            "coreml",
+            "--quantize",
+            "w8a8",
+            "--data",
+            p.data,
+            "--qat-steps",
+            "5",
+        ],
+    ),
     ("export --nbits mixed --format onnx", lambda p, o: EXPORT(p, o, "--palettization", "--nbits", "mixed")),
     (
         "export --budget-db nan",
