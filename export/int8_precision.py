@@ -211,24 +211,49 @@ def search(
     gate: RenderGate,
     progress: bool = True,
 ) -> Search:
-    """Keep float the fewest layers, highest first-order gain first, for which the graph meets the budget.
+    """The switch graph's search: ranked by first-order render gain, measured by switching layers off.
 
-    The graph is left switched to that choice (every layer int8 when the budget was not reached).
+    The graph is left switched to the choice (every layer int8 when the budget was not reached).
+    """
+    figures_of = render_figures_of(reference, samples)
+
+    def measure(keys: set[str]) -> Figures:
+        set_float(graph, keys)
+        return figures_of(graph)
+
+    def ranked() -> list[str]:
+        return rank(graph, points, reference, samples)
+
+    found = choose(points, ranked, measure, gate, "first-order render gain", progress)
+    set_float(graph, {p.key for p in found.kept_float})
+    return found
+
+
+def choose(
+    points: dict[str, Point],
+    ranked: Callable[[], list[str]],
+    measure: Callable[[set[str]], Figures],
+    gate: RenderGate,
+    ranked_by: str,
+    progress: bool = True,
+) -> Search:
+    """Keep float the fewest top-ranked layers for which ``measure`` meets the budget; any format's search.
+
+    ``measure(keys)`` renders the model with the layers ``keys`` float and every other one int8; ``ranked()``
+    orders the layers, most to gain from float first, and is called only when all-int8 misses the budget.
+    Past ``MAX_FLOAT_SHARE`` of the layers the budget is reported unmet and every layer stays int8.
     """
     budget = budget_of(gate)
-    figures_of = render_figures_of(reference, samples)
-    set_float(graph, set())
-    tried: dict[int, Figures] = {0: figures_of(graph)}
+    tried: dict[int, Figures] = {0: measure(set())}
     if _meets(tried[0], budget):
         return Search(points, budget, tried[0], tried[0], 1)
-    ranked = rank(graph, points, reference, samples)
-    limit = max(1, int(len(ranked) * MAX_FLOAT_SHARE))
+    order = ranked()
+    limit = max(1, int(len(order) * MAX_FLOAT_SHARE))
     with tqdm(desc="int8 precision search", disable=not progress, unit="render") as bar:
 
         def meets(n: int) -> bool:
             if n not in tried:
-                set_float(graph, set(ranked[:n]))
-                tried[n] = figures_of(graph)
+                tried[n] = measure(set(order[:n]))
                 bar.update()
             return _meets(tried[n], budget)
 
@@ -237,29 +262,28 @@ def search(
             high *= 2
         high = min(high, limit)
         if not meets(high):  # float beyond the cap would no longer be an int8 model: keep every layer int8
-            set_float(graph, set())
             return Search(points, budget, tried[0], tried[0], len(tried), reached=False, tried_float=limit)
         low = high // 2  # failed (0, all int8, failed above)
         while high - low > 1:
             mid = (low + high) // 2
             low, high = (low, mid) if meets(mid) else (mid, high)
-    for i, key in enumerate(ranked[:high]):
+    for i, key in enumerate(order[:high]):
         points[key].precision = "float"
-        points[key].why = f"rank {i + 1} of {len(ranked)} by first-order render gain"
-    set_float(graph, set(ranked[:high]))
+        points[key].why = f"rank {i + 1} of {len(order)} by {ranked_by}"
     return Search(points, budget, tried[0], tried[high], len(tried))
 
 
-def render_figures_of(
-    reference: torch.nn.Module, samples: Sequence[Inputs]
-) -> Callable[[torch.nn.Module], Figures]:
-    """The render figures of a candidate graph against ``reference`` on ``samples`` (the reference run once)."""
+Model = Callable[..., Sequence[torch.Tensor]]  # views in, the contract's maps out (a module or any runner)
+
+
+def render_figures_of(reference: Model, samples: Sequence[Inputs]) -> Callable[[Model], Figures]:
+    """The render figures of a candidate against ``reference`` on ``samples`` (the reference run once)."""
     import numpy as np
 
     from pbrforge.deploy import OUTPUT_NAMES
     from pbrforge.export.render_parity import render_figures
 
-    def outputs(model: torch.nn.Module) -> dict[str, np.ndarray]:
+    def outputs(model: Model) -> dict[str, np.ndarray]:
         with torch.no_grad():
             runs = [model(*views) for views in samples]
         return {n: torch.cat([r[i] for r in runs]).numpy() for i, n in enumerate(OUTPUT_NAMES)}

@@ -71,9 +71,13 @@ def onnx_session(path: Path, threads: int | None = None, level: str = "all"):
     return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
 
 
+def onnx_feed(inputs: tuple[torch.Tensor, ...]) -> dict[str, np.ndarray]:
+    """The views as ONNX Runtime's input dict."""
+    return {name: x.numpy().astype(np.float32) for name, x in zip(INPUT_NAMES, inputs, strict=True)}
+
+
 def run_onnx(session, inputs: tuple[torch.Tensor, ...]) -> dict[str, np.ndarray]:
-    feed = {name: x.numpy().astype(np.float32) for name, x in zip(INPUT_NAMES, inputs, strict=True)}
-    return dict(zip(OUTPUT_NAMES, session.run(list(OUTPUT_NAMES), feed), strict=True))
+    return dict(zip(OUTPUT_NAMES, session.run(list(OUTPUT_NAMES), onnx_feed(inputs)), strict=True))
 
 
 def onnx_runner(

@@ -6,25 +6,34 @@
 and uint8 activations calibrated by MinMax over the calibration views. ORT then fuses DQ -> op -> Q into
 integer kernels (QLinearConv and friends) wherever the op has one; what stays in float, and where the
 time goes, ``profile`` measures with ORT's own profiler.
+
+Which layers stay float is chosen in render space (``int8_precision.choose``), as for the int8 ``.pte``: a
+layer is a module of the student (the innermost name scope the exporter recorded on each node), ranked by
+ORT's own quantization debugger (``qdq_loss_debug``: the signal-to-noise ratio each activation's QDQ pair
+adds, lowest first), and excluded through ``quantize_static(nodes_to_exclude=...)``. The search renders
+calibration views; ``OUTPUT.int8.onnx.recipe.json`` says which layers stayed float and why.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pbrforge.deploy import INPUT_NAMES
+from pbrforge.artifacts import report_path
+from pbrforge.export import int8_precision
 from pbrforge.export.formats import Built, ExportJob, Format, measure, register
-from pbrforge.export.onnx_export import onnx_runner
+from pbrforge.export.onnx_export import onnx_feed, onnx_runner, onnx_session, run_onnx
 from pbrforge.export.parity import ParityReport
-from pbrforge.fileio import atomic_path
+from pbrforge.fileio import atomic_path, write_json
 
 _logger = logging.getLogger(__name__)
 
@@ -39,13 +48,15 @@ class _Reader:
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self._it, None)
-        if batch is None:
-            return None
-        return {n: x.numpy().astype(np.float32) for n, x in zip(INPUT_NAMES, batch, strict=True)}
+        return None if batch is None else onnx_feed(batch)
+
+    def __iter__(self):  # qdq_loss_debug iterates where quantize_static calls get_next
+        return iter(self.get_next, None)
 
 
-def quantize_onnx(fp32: Path, out: Path, calibration: list[Inputs]) -> float:
-    """Write the static int8 QDQ model of ``fp32`` to ``out`` atomically; returns seconds taken."""
+def quantize_onnx(fp32: Path, out: Path, calibration: list[Inputs], exclude: Sequence[str] = ()) -> float:
+    """Write the static int8 QDQ model of ``fp32`` to ``out`` atomically, the nodes ``exclude`` (names in the
+    pre-processed graph) left float; returns seconds taken."""
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -68,16 +79,108 @@ def quantize_onnx(fp32: Path, out: Path, calibration: list[Inputs]) -> float:
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 calibrate_method=CalibrationMethod.MinMax,
+                nodes_to_exclude=list(exclude),
                 extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
             )
     return time.perf_counter() - t0
 
 
+def layers(fp32: Path) -> dict[str, int8_precision.Point]:
+    """The nodes of the pre-processed graph grouped by the student module each was exported from.
+
+    ``quant_pre_process`` keeps node names but drops their metadata, so the module (the innermost name scope
+    ``torch.onnx`` recorded) is read from ``fp32``; a node it made itself is a layer of its own.
+    """
+    import onnx
+    from onnxruntime.quantization import quant_pre_process
+
+    scopes = {}
+    for node in onnx.load(str(fp32), load_external_data=False).graph.node:
+        meta = {p.key: p.value for p in node.metadata_props}
+        names = json.loads(meta.get("pkg.torch.onnx.name_scopes", "[]").replace("'", '"'))
+        scopes[node.name] = names[-2] if len(names) > 1 else ""
+    with tempfile.TemporaryDirectory(prefix="pbrforge-layers-") as work:
+        pre = Path(work) / "pre.onnx"
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        nodes = onnx.load(str(pre)).graph.node
+    points: dict[str, int8_precision.Point] = {}
+    for node in nodes:
+        module = scopes.get(node.name, "")
+        key = module or node.name
+        points.setdefault(key, int8_precision.Point(key, module)).nodes.append(node.name)
+    return points
+
+
+def ranked_by_qdq_noise(
+    fp32: Path, int8: Path, samples: list[Inputs], points: dict[str, int8_precision.Point]
+) -> list[str]:
+    """The layers, noisiest first: ORT's ``qdq_loss_debug`` gives each activation the signal-to-noise ratio
+    (dB) of its own QDQ pair; a layer scores its lowest, and its gain is that ratio's negative."""
+    import onnx
+    from onnxruntime.quantization import qdq_loss_debug as debug
+    from onnxruntime.quantization import quant_pre_process
+
+    with tempfile.TemporaryDirectory(prefix="pbrforge-qdq-debug-") as work:
+        pre, float_aug, int8_aug = (Path(work) / n for n in ("pre.onnx", "float.onnx", "int8.onnx"))
+        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        debug.modify_model_output_intermediate_tensors(str(pre), str(float_aug))
+        debug.modify_model_output_intermediate_tensors(str(int8), str(int8_aug))
+        matching = debug.create_activation_matching(
+            debug.collect_activations(str(int8_aug), _Reader(samples)),
+            debug.collect_activations(str(float_aug), _Reader(samples)),
+        )
+        producer = {out: node.name for node in onnx.load(str(pre)).graph.node for out in node.output}
+    layer_of = {node: p.key for p in points.values() for node in p.nodes}
+    noise: dict[str, float] = {}
+    for tensor, errors in debug.compute_activation_error(matching).items():
+        key = layer_of.get(producer.get(tensor, ""))
+        if key is not None and math.isfinite(errors["qdq_err"]):
+            noise[key] = min(noise.get(key, math.inf), float(errors["qdq_err"]))
+    for key, snr in noise.items():
+        points[key].gain = -snr
+    return sorted(noise, key=lambda k: noise[k])
+
+
+def search_precision(job: ExportJob, fp32: Path, int8: Path) -> int8_precision.Search:
+    """Which layers stay float for the job's gate, rendered on calibration views; ``int8`` is rewritten to it."""
+    calibration = job.views().calibration
+    samples = list(calibration[: int8_precision.SEARCH_SAMPLES])
+    figures_of = int8_precision.render_figures_of(job.wrapper, samples)
+    points = layers(fp32)
+
+    def figures(path: Path) -> int8_precision.Figures:
+        session = onnx_session(path)
+        return figures_of(
+            lambda *views: tuple(torch.from_numpy(o) for o in run_onnx(session, views).values())
+        )
+
+    def measure(keys: set[str]) -> int8_precision.Figures:
+        if not keys:
+            return figures(int8)
+        with tempfile.TemporaryDirectory(prefix="pbrforge-int8-try-") as work:
+            candidate = Path(work) / "try.onnx"
+            quantize_onnx(
+                fp32, candidate, calibration, [n for key in sorted(keys) for n in points[key].nodes]
+            )
+            return figures(candidate)
+
+    found = int8_precision.choose(
+        points,
+        lambda: ranked_by_qdq_noise(fp32, int8, samples, points),
+        measure,
+        job.gate,
+        "ORT's QDQ signal-to-noise ratio (qdq_loss_debug), lowest first",
+        job.options.progress,
+    )
+    if found.kept_float:
+        exclude = [node for p in found.kept_float for node in p.nodes]
+        quantize_onnx(fp32, int8, calibration, exclude)
+    return found
+
+
 def profile(path: Path, example: Inputs, runs: int = 10, threads: int = 2) -> dict:
     """Where ONNX Runtime spends its time: milliseconds per run by op type, and how much of it is integer."""
     import onnxruntime as ort
-
-    from pbrforge.export.onnx_export import run_onnx
 
     with tempfile.TemporaryDirectory(prefix="pbrforge-profile-") as work:
         opts = ort.SessionOptions()
@@ -127,7 +230,13 @@ def node_census(path: Path) -> dict[str, int]:
 def _build(job: ExportJob, staged: Path) -> Built:
     """Quantize the kept fp32 model, then census and profile both: where the int8 time goes is part of the report."""
     fp32 = job.paths.artifact(".onnx")
-    seconds = quantize_onnx(fp32, staged, job.views().calibration)
+    t0 = time.perf_counter()
+    quantize_onnx(fp32, staged, job.views().calibration)
+    recipe = {
+        "artifact": job.paths.artifact(".int8.onnx").name,
+        **search_precision(job, fp32, staged).recipe(),
+    }
+    seconds = time.perf_counter() - t0
     fp32_profile, int8_profile = profile(fp32, job.example), profile(staged, job.example)
     _logger.info(
         "where ONNX Runtime spends its time (ms per run, %s px):\n  fp32: %s\n  int8: %s\n  int8 time in integer "
@@ -138,11 +247,14 @@ def _build(job: ExportJob, staged: Path) -> Built:
         100 * int8_profile["integer_or_qdq_share"],
     )
     info = {
+        "precision": recipe,
         "ort_nodes_after_fusion": node_census(staged),
         "profile_fp32": fp32_profile,
         "profile_int8": int8_profile,
     }
-    return Built(seconds, info=info | job.calibration_info())
+    built = Built(seconds, info=info | job.calibration_info())
+    built.on_keep = lambda kept: write_json(report_path(kept, "recipe"), recipe)
+    return built
 
 
 def _check(job: ExportJob, staged: Path, built: Built) -> ParityReport:
