@@ -7,14 +7,22 @@ figures are the PyTorch numerics the converter measures (FP16 run, palettized we
 fake-quant). The ONNX rows are then rebuilt at 256 and 512 px and timed against PyTorch eager in the
 same run, on the same threads.
 
+The int8 and W8A8 variants come twice more: ``searched`` under the default render gate (40 dB, 2 deg), so
+the per-layer precision search runs and its recipe (budget reached, layers kept float, renders tried) is
+in the row, and ``QAT``, with ``--qat-steps 40`` on top. A gated row that fails its gate keeps its figures.
+``--variants`` reruns only some rows; the others are carried over from the existing JSON, each with the
+provenance it was measured under.
+
 Goals, reported met or not:
 * mixed bits at render PSNR >= 40 dB in <= 0.35x the FP16 size;
 * ONNX int8 >= 1.5x faster than fp32 ONNX at 512 px, with render PSNR >= 35 dB;
-* FP16 and uniform 8-bit at render PSNR >= 45 dB.
+* FP16 and uniform 8-bit at render PSNR >= 45 dB;
+* W8A8 (the best of its rows) at render PSNR >= 40 dB with a normal p99 <= 2 deg.
 
 Examples:
     python benchmarks/export.py
     python benchmarks/export.py runs/student/checkpoints/best.pt --data data/demo
+    python benchmarks/export.py --variants "et int8 searched" --variants "et int8 QAT"
 """
 
 from __future__ import annotations
@@ -24,12 +32,15 @@ from pathlib import Path
 
 import click
 
+from pbrforge.artifacts import report_path
 from pbrforge.export.converter import export_artifacts
 from pbrforge.options import examples_epilog, old_spellings
 from pbrforge.provenance import write_result
 
 MEASURE = {"render_psnr_min": 0.0, "normal_p99_max": 180.0}  # record every figure, gate none
-VARIANTS = [  # (label, format, kwargs)
+GATED = {"render_psnr_min": None, "normal_p99_max": None}  # the default gate: the precision search aims at it
+QAT_STEPS = 40
+VARIANTS = [  # (label, format, kwargs): MEASURE unless the kwargs give the gate
     ("onnx fp32", "onnx", {}),
     ("onnx int8", "onnx", {"quantize": "int8"}),
     ("coreml fp16", "coreml", {}),
@@ -40,17 +51,32 @@ VARIANTS = [  # (label, format, kwargs)
     ("mixed 40 dB", "coreml", {"budget_db": 40.0}),
     ("mixed 35 dB", "coreml", {"budget_db": 35.0}),
     ("coreml w8a8", "coreml", {"quantize": "w8a8"}),
+    ("onnx int8 searched", "onnx", {"quantize": "int8", **GATED}),
+    ("et int8", "executorch", {"quantize": "int8"}),
+    ("et int8 searched", "executorch", {"quantize": "int8", **GATED}),
+    ("et int8 QAT", "executorch", {"quantize": "int8", "qat_steps": QAT_STEPS, **GATED}),
+    ("w8a8 searched", "coreml", {"quantize": "w8a8", **GATED}),
+    ("w8a8 QAT", "coreml", {"quantize": "w8a8", "qat_steps": QAT_STEPS, **GATED}),
 ]
+QUANTIZED = (
+    "onnx-int8",
+    "executorch-int8",
+    "coreml-w8a8",
+)  # the format whose row a quantized variant reports
 LATENCY_SIZES = (256, 512)
 LATENCY_FP32_MAX_ABS = 2e-4  # fp32 rounding through the normal's normalize reached 1.26e-4 at 512 px
 
 
 def variant_row(label: str, result, fp16_bytes: int | None) -> dict:
-    r = result.rows[-1]  # the quantized artifact comes after the one it was made from
+    """The variant's artifact (the quantized one when there is one, kept or failed) and its figures."""
+    quantized = [r for r in result.rows if r.format in QUANTIZED and r.path]
+    r = quantized[-1] if quantized else result.rows[-1]  # else the artifact comes after its fp32 source
     if r.parity is None:
         raise click.ClickException(f"{label}: {r.status} {r.detail}")
     render = r.parity.to_dict()["render"]
     psnrs = {k: v["psnr_db"] for k, v in r.parity.outputs.items()}
+    recipe_path = report_path(Path(r.path), "recipe")
+    recipe = json.loads(recipe_path.read_text()) if quantized and recipe_path.is_file() else None
     return {
         "variant": label,
         "bytes": r.bytes,
@@ -60,6 +86,22 @@ def variant_row(label: str, result, fp16_bytes: int | None) -> dict:
         "render": render,
         "min_tensor_psnr_db": min(psnrs.values()),
         "psnr_db": psnrs,
+        "precision": None if recipe is None else _precision(recipe),
+    }
+
+
+def _precision(recipe: dict) -> dict:
+    """What the precision search and QAT did, from the artifact's recipe JSON."""
+    return {
+        "budget": recipe["budget"],
+        "budget_reached": recipe["budget_reached"],
+        "layers": recipe["points"],
+        "float_layers": [p["key"] for p in recipe["float"]],
+        "renders": recipe["evaluations"],
+        "all_int8_search_views": recipe["all_int8"],
+        "chosen_search_views": recipe["chosen"],
+        "post_training_judged": recipe.get("post_training_judged"),
+        "qat": recipe.get("qat"),
     }
 
 
@@ -133,30 +175,45 @@ def latency_rows(checkpoint: Path, data: Path, out: Path, runs: int) -> list[dic
 @click.option(
     "--output", "out", type=click.Path(path_type=Path), default=Path("benchmarks/results"), show_default=True
 )
-def main(checkpoint: Path, data: Path, runs: int, out: Path) -> None:
+@click.option(
+    "--variants",
+    multiple=True,
+    type=click.Choice([v[0] for v in VARIANTS]),
+    help="Rerun only these rows (repeatable); the others are kept from the existing export.json.",
+)
+def main(checkpoint: Path, data: Path, runs: int, out: Path, variants: tuple[str, ...]) -> None:
     """Export the student CHECKPOINT every way, tabulate size and render parity, time ONNX fp32/int8
     against eager (CHECKPOINT: demo_out/student/checkpoints/best.pt, which make demo writes, if not given)."""
     if not checkpoint.exists():
         raise click.ClickException(f"{checkpoint} is missing: run `make demo` first or give a checkpoint")
+    earlier = _earlier(out / "export.json") if variants else {}
     rows: list[dict] = []
     fp16_bytes = None
     for label, fmt, kw in VARIANTS:
-        base = out / "export_work" / label.replace(" ", "_")
-        needs_data = "quantize" in kw or "budget_db" in kw
-        result = export_artifacts(
-            checkpoint, base, (fmt,), data=data if needs_data else None, **kw, **MEASURE
-        )
-        row = variant_row(label, result, fp16_bytes)
+        if variants and label not in variants:
+            if label not in earlier["rows"]:
+                raise click.ClickException(f"{label!r} has no earlier row to keep: rerun it with --variants")
+            rows.append(earlier["rows"][label])
+        else:
+            base = out / "export_work" / label.replace(" ", "_")
+            needs_data = "quantize" in kw or "budget_db" in kw
+            result = export_artifacts(
+                checkpoint, base, (fmt,), data=data if needs_data else None, **(MEASURE | kw)
+            )
+            rows.append(variant_row(label, result, fp16_bytes))
         if label == "coreml fp16":
-            fp16_bytes = row["bytes"]
-        rows.append(row)
+            fp16_bytes = rows[-1]["bytes"]
     for row in rows:  # the rows before FP16 (ONNX) are not compared by size
         row["size_vs_fp16"] = (
             row["bytes"] / fp16_bytes
             if fp16_bytes and row["variant"].startswith(("coreml", "mixed"))
             else None
         )
-    latency = latency_rows(checkpoint, data, out, runs)
+    latency = (
+        latency_rows(checkpoint, data, out, runs)
+        if not variants or "onnx int8" in variants
+        else earlier["latency"]
+    )
     by = {r["variant"]: r for r in rows}
     at512 = next(r for r in latency if r["size"] == 512)
     mixed40 = by["mixed 40 dB"]
@@ -167,6 +224,11 @@ def main(checkpoint: Path, data: Path, runs: int, out: Path) -> None:
         and at512["int8_render"]["psnr_db_min"] >= 35,
         "FP16 and uniform 8-bit render PSNR >= 45 dB": by["coreml fp16"]["render"]["psnr_db_min"] >= 45
         and by["coreml 8-bit"]["render"]["psnr_db_min"] >= 45,
+        "W8A8 >= 40 dB render PSNR with a normal p99 <= 2 deg": any(
+            r["render"]["psnr_db_min"] >= 40 and r["render"]["normal_deg_p99"] <= 2
+            for r in rows
+            if "w8a8" in r["variant"]
+        ),
     }
     print(f"\nexport benchmark: {checkpoint}")
     print(
@@ -178,6 +240,25 @@ def main(checkpoint: Path, data: Path, runs: int, out: Path) -> None:
         print(
             f"{r['variant']:<13} {r['bytes'] / 2**20:6.2f} {ratio:>6} {f['psnr_db_min']:9.1f} {f['normal_deg_p99']:9.2f}° "
             f"{f['metallic_flip_share']:11.4f} {r['min_tensor_psnr_db']:9.1f}  {r['status']}"
+        )
+    print("\nper-layer precision and QAT (search views: calibration; judged: held out)")
+    print(f"{'variant':<19} {'layers':>6} {'float':>5} {'renders':>7} {'reached':>7} {'all-int8 dB':>11} {'chosen dB':>9} "
+          f"{'judged dB':>9} {'p99':>6}  QAT judged dB / p99")  # fmt: skip
+    for r in rows:
+        p = r.get("precision")
+        if p is None:
+            continue
+        qat = p["qat"] or {}
+        tuned = qat.get("judged")
+        print(
+            f"{r['variant']:<19} {p['layers']:>6} {len(p['float_layers']):>5} {p['renders']:>7} {str(p['budget_reached']):>7} "
+            f"{p['all_int8_search_views']['psnr_db_min']:11.1f} {p['chosen_search_views']['psnr_db_min']:9.1f} "
+            f"{r['render']['psnr_db_min']:9.1f} {r['render']['normal_deg_p99']:5.2f}°  "
+            + (
+                f"{tuned['psnr_db_min']:.1f} / {tuned['normal_deg_p99']:.2f}° ({qat['steps']} steps)"
+                if tuned
+                else ""
+            )
         )
     print(f"\nONNX Runtime latency, 2 threads, median of {runs} (ms)")
     print(
@@ -196,6 +277,19 @@ def main(checkpoint: Path, data: Path, runs: int, out: Path) -> None:
         out / "export.json", {"checkpoint": str(checkpoint), "rows": rows, "latency": latency, "goals": goals}
     )
     print(f"wrote {out / 'export.json'}")
+
+
+def _earlier(path: Path) -> dict:
+    """The rows and latency of an earlier run, each row stamped with the provenance it was measured under."""
+    if not path.is_file():
+        raise click.ClickException(
+            f"--variants keeps the other rows from {path}, which is missing: run every variant"
+        )
+    data = json.loads(path.read_text())
+    measured = data.get("provenance")
+    rows = {r["variant"]: {"measured_under": measured} | r for r in data["rows"]}
+    latency = [{"measured_under": measured} | r for r in data["latency"]]
+    return {"rows": rows, "latency": latency}
 
 
 if __name__ == "__main__":

@@ -128,6 +128,7 @@ class Search:
     evaluations: int
     reached: bool = True  # False: even the cap of float layers missed the budget, so none is kept float
     tried_float: int = 0  # with reached False: the most float layers tried
+    tries: dict[int, Figures] = field(default_factory=dict)  # float layers -> figures, every render it made
 
     @property
     def kept_float(self) -> list[Point]:
@@ -142,6 +143,7 @@ class Search:
             "evaluations": self.evaluations,
             "budget_reached": self.reached,
             "most_float_layers_tried": self.tried_float,
+            "tries": {str(n): self.tries[n] for n in sorted(self.tries)},
             "points": len(self.points),
             "float": [vars(p) for p in self.kept_float],
             "int8": [p.key for p in self.points.values() if p.precision == "int8"],
@@ -246,7 +248,7 @@ def choose(
     budget = budget_of(gate)
     tried: dict[int, Figures] = {0: measure(set())}
     if _meets(tried[0], budget):
-        return Search(points, budget, tried[0], tried[0], 1)
+        return Search(points, budget, tried[0], tried[0], 1, tries=tried)
     order = ranked()
     limit = max(1, int(len(order) * MAX_FLOAT_SHARE))
     with tqdm(desc="int8 precision search", disable=not progress, unit="render") as bar:
@@ -262,7 +264,7 @@ def choose(
             high *= 2
         high = min(high, limit)
         if not meets(high):  # float beyond the cap would no longer be an int8 model: keep every layer int8
-            return Search(points, budget, tried[0], tried[0], len(tried), reached=False, tried_float=limit)
+            return Search(points, budget, tried[0], tried[0], len(tried), False, limit, tried)
         low = high // 2  # failed (0, all int8, failed above)
         while high - low > 1:
             mid = (low + high) // 2
@@ -270,7 +272,7 @@ def choose(
     for i, key in enumerate(order[:high]):
         points[key].precision = "float"
         points[key].why = f"rank {i + 1} of {len(order)} by {ranked_by}"
-    return Search(points, budget, tried[0], tried[high], len(tried))
+    return Search(points, budget, tried[0], tried[high], len(tried), tries=tried)
 
 
 Model = Callable[..., Sequence[torch.Tensor]]  # views in, the contract's maps out (a module or any runner)

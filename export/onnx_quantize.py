@@ -85,8 +85,9 @@ def quantize_onnx(fp32: Path, out: Path, calibration: list[Inputs], exclude: Seq
     return time.perf_counter() - t0
 
 
-def layers(fp32: Path) -> dict[str, int8_precision.Point]:
-    """The nodes of the pre-processed graph grouped by the student module each was exported from.
+def layers(fp32: Path) -> tuple[dict[str, int8_precision.Point], dict[str, list[str]]]:
+    """The nodes of the pre-processed graph grouped by the student module each was exported from, and each
+    node's consumers.
 
     ``quant_pre_process`` keeps node names but drops their metadata, so the module (the innermost name scope
     ``torch.onnx`` recorded) is read from ``fp32``; a node it made itself is a layer of its own.
@@ -104,11 +105,15 @@ def layers(fp32: Path) -> dict[str, int8_precision.Point]:
         quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
         nodes = onnx.load(str(pre)).graph.node
     points: dict[str, int8_precision.Point] = {}
+    readers: dict[str, list[str]] = defaultdict(list)
     for node in nodes:
         module = scopes.get(node.name, "")
         key = module or node.name
         points.setdefault(key, int8_precision.Point(key, module)).nodes.append(node.name)
-    return points
+        for tensor in node.input:
+            readers[tensor].append(node.name)
+    consumers = {node.name: [r for t in node.output for r in readers[t]] for node in nodes}
+    return points, consumers
 
 
 def ranked_by_qdq_noise(
@@ -146,7 +151,13 @@ def search_precision(job: ExportJob, fp32: Path, int8: Path) -> int8_precision.S
     calibration = job.views().calibration
     samples = list(calibration[: int8_precision.SEARCH_SAMPLES])
     figures_of = int8_precision.render_figures_of(job.wrapper, samples)
-    points = layers(fp32)
+    points, consumers = layers(fp32)
+
+    def float_nodes(keys: set[str]) -> list[str]:
+        """A layer's own nodes and their readers: ORT quantizes a tensor when any node touching it is quantized,
+        so a layer's outputs stay float only when their readers are excluded too."""
+        own = [n for key in sorted(keys) for n in points[key].nodes]
+        return list(dict.fromkeys(own + [r for n in own for r in consumers[n]]))
 
     def figures(path: Path) -> int8_precision.Figures:
         session = onnx_session(path)
@@ -159,9 +170,7 @@ def search_precision(job: ExportJob, fp32: Path, int8: Path) -> int8_precision.S
             return figures(int8)
         with tempfile.TemporaryDirectory(prefix="pbrforge-int8-try-") as work:
             candidate = Path(work) / "try.onnx"
-            quantize_onnx(
-                fp32, candidate, calibration, [n for key in sorted(keys) for n in points[key].nodes]
-            )
+            quantize_onnx(fp32, candidate, calibration, float_nodes(keys))
             return figures(candidate)
 
     found = int8_precision.choose(
@@ -173,8 +182,7 @@ def search_precision(job: ExportJob, fp32: Path, int8: Path) -> int8_precision.S
         job.options.progress,
     )
     if found.kept_float:
-        exclude = [node for p in found.kept_float for node in p.nodes]
-        quantize_onnx(fp32, int8, calibration, exclude)
+        quantize_onnx(fp32, int8, calibration, float_nodes({p.key for p in found.kept_float}))
     return found
 
 

@@ -23,6 +23,11 @@ def test_int8_onnx_is_static_qdq_judged_and_profiled(tiny_student_ckpt, tiny_dat
          "--calibration", str(tiny_data), "--render-psnr-min", "5", "--normal-p99-max", "180"],
     )  # fmt: skip
     assert r.exit_code == 0, r.output
+    recipe = json.loads((tmp_path / "s.int8.onnx.recipe.json").read_text())
+    # every layer (a module of the student) is accounted for; within this lenient budget all stay int8
+    assert recipe["budget_reached"] and recipe["evaluations"] == 1 and recipe["points"] > 20
+    assert len(recipe["int8"]) == recipe["points"] and recipe["float"] == []
+    assert any(key.startswith("model.head") for key in recipe["int8"])
     model = onnx.load(str(tmp_path / "s.int8.onnx"))
     ops = {n.op_type for n in model.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
@@ -193,3 +198,57 @@ def test_mixed_bits_search_never_keeps_a_try_that_missed(monkeypatch, figures, g
         assert recipe["chosen_try"] is None
     else:
         assert 4 not in recipe["layers"].values() and recipe["predicted_bytes"] < recipe["fp16_bytes"]
+
+
+def _layers(n: int) -> dict:
+    from pbrforge.export.int8_precision import Point
+
+    return {f"layer{i}": Point(f"layer{i}", f"layer{i}") for i in range(n)}
+
+
+def test_precision_search_keeps_float_the_fewest_ranked_layers_that_meet_the_budget():
+    from pbrforge.export.gates import RenderGate
+    from pbrforge.export.int8_precision import choose
+
+    points, culprits = _layers(40), {"layer7", "layer3", "layer21"}
+    order = [
+        "layer7",
+        "layer3",
+        "layer21",
+        *[k for k in _layers(40) if k not in {"layer7", "layer3", "layer21"}],
+    ]
+    measured: list[set] = []
+
+    def measure(keys: set) -> dict:  # each culprit kept float wins 4 dB and 3 deg
+        measured.append(keys)
+        fixed = len(keys & culprits)
+        return {"psnr_db_min": 30.0 + 4 * fixed, "normal_deg_p99": 10.0 - 3 * fixed}
+
+    found = choose(points, lambda: order, measure, RenderGate(psnr_db_min=40.0, normal_deg_p99=2.0), "test")
+    # 41 dB and 1.6 deg (the gate's margin) need all three culprits and nothing else
+    assert {p.key: p.why for p in found.kept_float} == {
+        "layer7": "rank 1 of 40 by test",
+        "layer3": "rank 2 of 40 by test",
+        "layer21": "rank 3 of 40 by test",
+    }
+    assert found.reached and found.chosen == {"psnr_db_min": 42.0, "normal_deg_p99": 1.0}
+    recipe = found.recipe()
+    assert recipe["tries"]["0"]["psnr_db_min"] == 30.0 and set(recipe["tries"]) == {"0", "1", "2", "3", "4"}
+    assert len(measured) == found.evaluations == 5  # 0, 1, 2, 4, then 3 by halving back: not 40 renders
+
+
+def test_precision_search_past_the_cap_keeps_every_layer_int8_and_says_so():
+    from pbrforge.export.gates import RenderGate
+    from pbrforge.export.int8_precision import MAX_FLOAT_SHARE, choose
+
+    points = _layers(20)
+    found = choose(
+        points, lambda: list(points), lambda keys: {"psnr_db_min": 20.0 + len(keys) * 0.1, "normal_deg_p99": 9.0},
+        RenderGate(psnr_db_min=40.0, normal_deg_p99=2.0), "test",
+    )  # fmt: skip
+    recipe = found.recipe()
+    assert not recipe["budget_reached"] and recipe["float"] == [] and len(recipe["int8"]) == 20
+    assert (
+        recipe["most_float_layers_tried"] == int(20 * MAX_FLOAT_SHARE)
+        and recipe["chosen"] == recipe["all_int8"]
+    )
