@@ -9,8 +9,9 @@ time goes, ``profile`` measures with ORT's own profiler.
 
 Which layers stay float is chosen in render space (``int8_precision.choose``), as for the int8 ``.pte``: a
 layer is a module of the student (the innermost name scope the exporter recorded on each node), ranked by
-ORT's own quantization debugger (``qdq_loss_debug``: the signal-to-noise ratio each activation's QDQ pair
-adds, lowest first), and excluded through ``quantize_static(nodes_to_exclude=...)``. The search renders
+the same first-order render gain (ORT's own quantization debugger, ``qdq_loss_debug``, gives each
+activation's rounding; the float PyTorch model gives the render loss's gradient there), and excluded, with
+the nodes that read it, through ``quantize_static(nodes_to_exclude=...)``. The search renders
 calibration views; ``OUTPUT.int8.onnx.recipe.json`` says which layers stayed float and why.
 """
 
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import tempfile
 import time
 from collections import defaultdict
@@ -116,11 +116,21 @@ def layers(fp32: Path) -> tuple[dict[str, int8_precision.Point], dict[str, list[
     return points, consumers
 
 
-def ranked_by_qdq_noise(
-    fp32: Path, int8: Path, samples: list[Inputs], points: dict[str, int8_precision.Point]
+def ranked_by_render_gain(
+    reference: torch.nn.Module,
+    fp32: Path,
+    int8: Path,
+    samples: list[Inputs],
+    points: dict[str, int8_precision.Point],
 ) -> list[str]:
-    """The layers, noisiest first: ORT's ``qdq_loss_debug`` gives each activation the signal-to-noise ratio
-    (dB) of its own QDQ pair; a layer scores its lowest, and its gain is that ratio's negative."""
+    """The layers, most to gain from float first, by the int8 ``.pte``'s first-order estimate across two runtimes.
+
+    ORT's quantization debugger (``qdq_loss_debug``) gives each activation's rounding in the int8 graph,
+    ``post_qdq - pre_qdq``. The float PyTorch model, run on the same views, gives the gradient at the same tensor
+    (the output of the layer's module, matched by value) of the render loss to the int8 graph's outputs. Their
+    product, summed, is the render loss that keeping the layer float would win, to first order. A layer whose
+    output is not one tensor of the ONNX graph (none matched) is ranked last.
+    """
     import onnx
     from onnxruntime.quantization import qdq_loss_debug as debug
     from onnxruntime.quantization import quant_pre_process
@@ -134,16 +144,57 @@ def ranked_by_qdq_noise(
             debug.collect_activations(str(int8_aug), _Reader(samples)),
             debug.collect_activations(str(float_aug), _Reader(samples)),
         )
-        producer = {out: node.name for node in onnx.load(str(pre)).graph.node for out in node.output}
+        produced_by = {out: node.name for node in onnx.load(str(pre)).graph.node for out in node.output}
+    session = onnx_session(int8)
+    quantized_outputs = [
+        tuple(torch.from_numpy(o) for o in run_onnx(session, views).values()) for views in samples
+    ]
     layer_of = {node: p.key for p in points.values() for node in p.nodes}
-    noise: dict[str, float] = {}
-    for tensor, errors in debug.compute_activation_error(matching).items():
-        key = layer_of.get(producer.get(tensor, ""))
-        if key is not None and math.isfinite(errors["qdq_err"]):
-            noise[key] = min(noise.get(key, math.inf), float(errors["qdq_err"]))
-    for key, snr in noise.items():
-        points[key].gain = -snr
-    return sorted(noise, key=lambda k: noise[k])
+    tensors: dict[str, list[str]] = defaultdict(list)  # layer -> its int8 activations
+    for tensor, pair in matching.items():
+        key = layer_of.get(produced_by.get(tensor, ""))
+        if key is not None and "float" in pair:
+            tensors[key].append(tensor)
+    modules = dict(reference.named_modules())
+    watched = {k: modules[k] for k in tensors if k in modules}
+    seen: dict[str, list[torch.Tensor]] = defaultdict(list)
+    for i, views in enumerate(samples):
+        seen.clear()
+        hooks = [
+            m.register_forward_hook(
+                lambda _m, _in, out, k=k: seen[k].append(out) if isinstance(out, torch.Tensor) else None
+            )
+            for k, m in watched.items()
+        ]
+        try:
+            with torch.enable_grad():  # through the views: the exported model's weights may not ask for grad
+                outputs = reference(*(v.clone().requires_grad_(True) for v in views))
+                kept = {k: v[0] for k, v in seen.items() if len(v) == 1 and v[0].requires_grad}
+                for value in kept.values():
+                    value.retain_grad()
+                int8_precision.render_loss(outputs, quantized_outputs[i]).backward()
+        finally:
+            for hook in hooks:
+                hook.remove()
+        for key, value in kept.items():
+            tensor = _same_tensor(value.detach(), [(t, matching[t]["float"][i]) for t in tensors[key]])
+            if tensor is None or value.grad is None:
+                continue
+            pair = matching[tensor]
+            rounding = torch.from_numpy(np.asarray(pair["post_qdq"][i]) - np.asarray(pair["pre_qdq"][i]))
+            points[key].gain -= float((value.grad * rounding.reshape(value.shape)).sum())
+    reference.zero_grad(set_to_none=True)
+    return sorted(points, key=lambda k: -points[k].gain)
+
+
+def _same_tensor(value: torch.Tensor, candidates: list[tuple[str, np.ndarray]]) -> str | None:
+    """The ONNX tensor whose float value is ``value`` (a module's output in PyTorch), or None."""
+    for name, other in candidates:
+        if other.size == value.numel():
+            other_t = torch.from_numpy(np.asarray(other, dtype=np.float32)).reshape(value.shape)
+            if torch.allclose(other_t, value, rtol=1e-3, atol=1e-4 * (1 + float(value.abs().max()))):
+                return name
+    return None
 
 
 def search_precision(job: ExportJob, fp32: Path, int8: Path) -> int8_precision.Search:
@@ -175,10 +226,10 @@ def search_precision(job: ExportJob, fp32: Path, int8: Path) -> int8_precision.S
 
     found = int8_precision.choose(
         points,
-        lambda: ranked_by_qdq_noise(fp32, int8, samples, points),
+        lambda: ranked_by_render_gain(job.wrapper, fp32, int8, samples, points),
         measure,
         job.gate,
-        "ORT's QDQ signal-to-noise ratio (qdq_loss_debug), lowest first",
+        "first-order render gain (ORT's rounding times PyTorch's render gradient)",
         job.options.progress,
     )
     if found.kept_float:
