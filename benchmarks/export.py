@@ -187,12 +187,19 @@ def main(checkpoint: Path, data: Path, runs: int, out: Path, variants: tuple[str
     if not checkpoint.exists():
         raise click.ClickException(f"{checkpoint} is missing: run `make demo` first or give a checkpoint")
     earlier = _earlier(out / "export.json") if variants else {}
+    unmeasured = [
+        label
+        for label, _, _ in VARIANTS
+        if variants and label not in variants and label not in earlier["rows"]
+    ]
+    if unmeasured:  # before any export: an hour of them must not end here
+        raise click.ClickException(
+            f"no earlier row to keep for {', '.join(unmeasured)}: add them to --variants"
+        )
     rows: list[dict] = []
     fp16_bytes = None
     for label, fmt, kw in VARIANTS:
         if variants and label not in variants:
-            if label not in earlier["rows"]:
-                raise click.ClickException(f"{label!r} has no earlier row to keep: rerun it with --variants")
             rows.append(earlier["rows"][label])
         else:
             base = out / "export_work" / label.replace(" ", "_")
