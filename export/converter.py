@@ -21,6 +21,8 @@ Examples:
     python export/converter.py best.pt --output artifacts/s256 --format onnx --test-resolution 256 \\
         --quantize int8 --data data/demo --render-psnr-min 30
     python export/converter.py best.pt --output artifacts/student --format coreml --quantize w8a8 --data data/demo
+    python export/converter.py best.pt --output artifacts/student --format coreml --quantize w8a8 --data data/demo \\
+        --qat-steps 40
     python export/converter.py best.pt --output artifacts/student --format executorch --quantize int8 --data data/demo
     python export/converter.py best.pt --output artifacts/student --format executorch --quantize int8 --data data/demo \\
         --qat-steps 200

@@ -2,31 +2,38 @@
 
 Core ML's own ``linear_quantize_activations`` calibrates by running the model, which needs macOS, so this
 takes the PyTorch side: ``coremltools.optimize.torch.quantization.LinearQuantizer`` inserts fake-quant
-observers, calibration views pass through with no training step, ``finalize`` fixes the scales, and the
-traced result converts to MIL ``quantize``/``dequantize`` pairs and int8 weights. The finalized
-fake-quant model is the package's numerics on Linux, so parity is measured with it.
+observers, calibration views pass through with no training step (``w8a8_precision.calibrate``),
+``finalize`` fixes the scales, and the traced result converts to MIL ``quantize``/``dequantize`` pairs and
+int8 weights. The finalized fake-quant model is the package's numerics on Linux, so parity is measured with it.
 
 The PLK bottleneck's two functional convolutions (a kernel shared across blocks, and per-sample dynamic
 3x3 weights) are left in float: their weights are not parameters an observer can own.
+
+Which other layers stay float is chosen in render space against the job's gate (``w8a8_precision``, the
+``.pte``'s search), and ``--qat-steps`` fine-tunes the chosen model through its fake-quants before
+``finalize``; ``OUTPUT.w8a8.mlpackage.recipe.json`` says which layers stayed float and why, with the QAT report.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from pbrforge.artifacts import report_path
 from pbrforge.deploy import INPUT_NAMES, OUTPUT_NAMES, DeployContract
 from pbrforge.errors import ToolFailure
+from pbrforge.export import w8a8_precision
 from pbrforge.export.coreml_export import _ct, coreml_runner, save_mlpackage, set_metadata
 from pbrforge.export.formats import Built, ExportJob, Format, measure, register
+from pbrforge.export.int8_precision import render_figures_of
 from pbrforge.export.parity import ParityReport
+from pbrforge.fileio import write_json
 
 _logger = logging.getLogger(__name__)
 
@@ -38,31 +45,6 @@ NOT_COMPUTE = (
     "constexpr_blockwise_shift_scale",
     *QDQ,
 )  # constants first
-
-
-def fake_quant_model(folded: nn.Module, example: Inputs, calibration: list[Inputs]) -> nn.Module:
-    """The finalized W8A8 fake-quant model, calibrated on ``calibration`` without a training step."""
-    from coremltools.optimize.torch.quantization import (
-        LinearQuantizer,
-        LinearQuantizerConfig,
-        ModuleLinearQuantizerConfig,
-    )
-
-    # milestones: observers on from step 0, never frozen by step count, no BN re-estimation: calibration only
-    module = ModuleLinearQuantizerConfig(quantization_scheme="symmetric", milestones=[0, 1000, 1000, 0])
-    config = LinearQuantizerConfig(global_config=module, module_type_configs={F.conv2d: None})
-    try:
-        quantizer = LinearQuantizer(copy.deepcopy(folded).train(), config)
-        prepared = quantizer.prepare(example_inputs=example, inplace=False)
-        quantizer.step()
-        prepared.eval()  # observers still record in eval mode; batch statistics of one sample would not
-        with torch.no_grad():
-            for batch in calibration:
-                prepared(*batch)
-                quantizer.step()
-        return quantizer.finalize(inplace=False).eval()
-    except Exception as e:  # torch.fx and coremltools raise many types
-        raise ToolFailure(f"W8A8 quantization failed ({type(e).__name__}: {e}); no model was written") from e
 
 
 def convert_w8a8(final: nn.Module, example: Inputs, min_target: str, contract: DeployContract):
@@ -124,10 +106,38 @@ def _vars(values) -> list:
     return [v for v in out if hasattr(v, "op")]
 
 
+def quantized(job: ExportJob) -> tuple[nn.Module, dict[str, Any]]:
+    """The finalized fake-quant model: its float layers searched for the job's gate, QAT-tuned if asked; and
+    the recipe (the search, the judged figures before QAT and the QAT report)."""
+    views = job.views()
+    found, chosen, removed = w8a8_precision.search(job)
+    recipe: dict[str, Any] = {
+        "artifact": job.paths.artifact(".w8a8.mlpackage").name,
+        **found.recipe(),
+        "layers": w8a8_precision.precisions(found),
+        "fake_quants_removed": removed,
+        "out_of_reach": w8a8_precision.out_of_reach(found),
+    }
+    judged = render_figures_of(job.wrapper, views.judged)  # the views the gate judges, never searched on
+    final = chosen.finalized()
+    recipe["post_training_judged"] = judged(final)
+    if job.options.qat_steps:
+        recipe["qat"] = w8a8_precision.fine_tune(
+            chosen,
+            job.wrapper,
+            job.training or list(views.calibration),
+            job.options.qat_steps,
+            job.options.progress,
+        )
+        final = chosen.finalized()
+        recipe["qat"]["judged"] = judged(final)
+    return final, recipe
+
+
 def _build(job: ExportJob, staged: Path) -> Built:
     """Quantize the BN-folded model, convert and save it; the fake-quant model goes to ``check``."""
     t0 = time.perf_counter()
-    final = fake_quant_model(job.folded, job.example, job.views().calibration)
+    final, recipe = quantized(job)
     mlmodel = convert_w8a8(final, job.example, job.options.min_target, job.contract)
     census = op_census(mlmodel)
     if census["quantize"] == 0:
@@ -142,8 +152,10 @@ def _build(job: ExportJob, staged: Path) -> Built:
         ", ".join(f"{k} {v}" for k, v in census["int8_ops"].items()) or "none",
         ", ".join(f"{k} {v}" for k, v in census["float_ops"].items()) or "none",
     )
-    info = {"mil": census, "min_target": job.options.min_target} | job.calibration_info()
-    return Built(time.perf_counter() - t0, info=info, state=final)
+    info = {"precision": recipe, "mil": census, "min_target": job.options.min_target} | job.calibration_info()
+    built = Built(time.perf_counter() - t0, info=info, state=final)
+    built.on_keep = lambda kept: write_json(report_path(kept, "recipe"), recipe)
+    return built
 
 
 def _check(job: ExportJob, staged: Path, built: Built) -> ParityReport:

@@ -332,9 +332,10 @@ def check_export(
         )
     if quantize == "w8a8" and "coreml" not in families:
         raise ConfigError("--quantize w8a8 writes a Core ML package: use --format coreml or all")
-    if qat_steps and (quantize != "int8" or "executorch" not in families):
+    if qat_steps and not (quantize == "w8a8" or (quantize == "int8" and "executorch" in families)):
         raise ConfigError(
-            "--qat-steps fine-tunes the int8 ExecuTorch model only: give --quantize int8 with --format executorch or all"
+            "--qat-steps fine-tunes the int8 ExecuTorch and the W8A8 Core ML models only: give --quantize int8 "
+            "with --format executorch or all, or --quantize w8a8"
         )
     if data and not (quantize or mixed):
         raise ConfigError("--data is for --quantize and --nbits mixed; neither was asked for")

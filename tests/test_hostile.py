@@ -616,21 +616,12 @@ CASES += [
         lambda p, o: EXPORT(p, o, "--quantize", "int8", "--calibration", p.a_dir),
     ),
     (
-        "export --qat-steps with --quantize w8a8",
-        lambda p, o: [
-            "export",
-            p.student,
-            "--output",
-            o / "s",
-            "--format",
-            "coreml",
-            "--quantize",
-            "w8a8",
-            "--data",
-            p.data,
-            "--qat-steps",
-            "5",
-        ],
+        "export --qat-steps with --quantize int8 for ONNX only",
+        lambda p, o: EXPORT(p, o, "--quantize", "int8", "--data", p.data, "--qat-steps", "5"),
+    ),
+    (
+        "export --qat-steps without --quantize",
+        lambda p, o: ["export", p.student, "--output", o / "s", "--format", "coreml", "--qat-steps", "5"],
     ),
     ("export --nbits mixed --format onnx", lambda p, o: EXPORT(p, o, "--palettization", "--nbits", "mixed")),
     (

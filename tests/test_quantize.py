@@ -10,8 +10,9 @@ import pytest
 from click.testing import CliRunner
 
 from pbrforge.cli import main as cli
-from pbrforge.export import mixed_bits
+from pbrforge.export import mixed_bits, w8a8_precision
 from pbrforge.export.gates import RENDER_KEYS
+from pbrforge.export.int8_precision import ANGLE_MARGIN, PSNR_MARGIN_DB
 from pbrforge.fileio import write_json
 
 
@@ -61,6 +62,9 @@ def test_int8_onnx_is_static_qdq_judged_and_profiled(tiny_student_ckpt, tiny_dat
     assert "int8 time in integer kernels" in r.output
 
 
+W8A8_QAT_STEPS = 2  # enough to show the fine-tune ran and is recorded; its effect is measured on the demo
+
+
 @pytest.mark.slow
 def test_coreml_w8a8_has_int8_weights_and_activations_and_says_what_stays_float(
     tiny_student_ckpt, tiny_data, tmp_path
@@ -68,11 +72,27 @@ def test_coreml_w8a8_has_int8_weights_and_activations_and_says_what_stays_float(
     r = CliRunner().invoke(
         cli,
         ["export", str(tiny_student_ckpt), "--output", str(tmp_path / "s"), "--format", "coreml", "--quantize", "w8a8",
-         "--calibration", str(tiny_data), "--render-psnr-min", "5", "--normal-p99-max", "180", "--no-ane-report"],
+         "--calibration", str(tiny_data), "--render-psnr-min", "5", "--normal-p99-max", "180", "--no-ane-report",
+         "--qat-steps", str(W8A8_QAT_STEPS)],
     )  # fmt: skip
     assert r.exit_code == 0, r.output
     assert (tmp_path / "s.w8a8.mlpackage").is_dir() and "ops left in float" in r.output
+    # the per-layer precision recipe: the gate plus the search's margin, and every point int8 or float with why
+    recipe = json.loads((tmp_path / "s.w8a8.mlpackage.recipe.json").read_text())
+    assert recipe["budget"] == {"psnr_db_min": 5 + PSNR_MARGIN_DB, "normal_deg_p99": 180 * ANGLE_MARGIN}
+    assert recipe["budget_reached"] is True and recipe["evaluations"] >= 1 and recipe["points"] > 0
+    assert set(recipe["chosen"]) >= {"psnr_db_min", "normal_deg_p99"}
+    assert len(recipe["layers"]) == recipe["points"] == len(recipe["int8"]) + len(recipe["float"])
+    assert all(v["precision"] in ("int8", "float") and v["why"] for v in recipe["layers"].values())
+    assert any(v["why"] == w8a8_precision.OUT_OF_REACH for v in recipe["layers"].values())
+    # quantization-aware fine-tuning ran on the chosen model, judged before and after on the held-out views
+    assert recipe["qat"]["steps"] == W8A8_QAT_STEPS and recipe["qat"]["training_samples"] >= 1
+    for figures in (recipe["post_training_judged"], recipe["qat"]["judged"]):
+        assert set(figures) >= {"psnr_db_min", "normal_deg_p99"}
     report = json.loads((tmp_path / "s.w8a8.mlpackage.parity.json").read_text())
+    assert report["precision"] == recipe
+    # the recipe's judged figures are those of the model the gate judged
+    assert recipe["qat"]["judged"]["psnr_db_min"] == pytest.approx(report["render"]["psnr_db_min"], abs=1e-3)
     mil = report["mil"]
     assert mil["quantize"] > 0 and mil["dequantize"] > 0 and mil["int8_weights"] > 0
     assert mil["int8_ops"].get("conv", 0) > 0  # convolutions run between dequantize and quantize
@@ -80,6 +100,46 @@ def test_coreml_w8a8_has_int8_weights_and_activations_and_says_what_stays_float(
     fp16 = sum(p.stat().st_size for p in (tmp_path / "s.mlpackage").rglob("*") if p.is_file())
     w8a8 = sum(p.stat().st_size for p in (tmp_path / "s.w8a8.mlpackage").rglob("*") if p.is_file())
     assert w8a8 < 0.7 * fp16  # int8 weights: about half of FP16
+
+
+@pytest.mark.slow
+def test_w8a8_layers_are_ranked_in_render_space_and_excluded_by_module_name(
+    tiny_student_ckpt, tiny_data, tmp_path
+):
+    import copy
+
+    import torch
+    from torch.ao.quantization import disable_fake_quant, disable_observer
+
+    from pbrforge.artifacts import ArtifactPaths
+    from pbrforge.export.converter import prepare
+    from pbrforge.export.formats import ExportOptions
+
+    options = ExportOptions(families=("coreml",), quantize="w8a8", progress=False)
+    job = prepare(tiny_student_ckpt, ArtifactPaths(tmp_path / "s"), options, data=tiny_data)
+    calibration = job.views().calibration
+    base = w8a8_precision.calibrate(job.folded, job.example, calibration)
+    # with its fake-quants off the prepared model is the float one: timm's norms are not traced in train mode
+    off = copy.deepcopy(base.prepared)
+    off.apply(disable_fake_quant)
+    off.apply(disable_observer)
+    with torch.no_grad():
+        torch.testing.assert_close(off(*job.example), job.folded(*job.example), atol=1e-4, rtol=1e-4)
+    found = w8a8_precision.layers(base.prepared, job.folded)
+    modules = dict(job.folded.named_modules())
+    assert found.rankable and all(
+        isinstance(modules[k], torch.nn.Conv2d | torch.nn.Linear) for k in found.rankable
+    )
+    order = w8a8_precision.rank(base, found, job.wrapper, calibration[:2])
+    gains = [found.points[k].gain for k in order]
+    assert sorted(order) == sorted(found.rankable) and gains == sorted(gains, reverse=True) and gains[0] > 0
+    # excluding the top layer by name takes its weight out of int8, and no other layer's
+    top = order[0]
+    removed = w8a8_precision.fake_quant_sites(base.prepared) - w8a8_precision.fake_quant_sites(
+        w8a8_precision.calibrate(job.folded, job.example, calibration[:1], [top]).prepared
+    )
+    weights = {r for r in removed if r.endswith(w8a8_precision.WEIGHT_FQ)}
+    assert weights and all(w.startswith(top + ".") for w in weights), (top, removed)
 
 
 @pytest.mark.slow
@@ -268,3 +328,15 @@ def test_precision_search_past_the_cap_keeps_every_layer_int8_and_says_so():
         recipe["most_float_layers_tried"] == int(20 * MAX_FLOAT_SHARE)
         and recipe["chosen"] == recipe["all_int8"]
     )
+
+
+def test_qat_steps_go_with_the_w8a8_package_and_the_int8_pte_only():
+    from pbrforge.errors import ConfigError
+    from pbrforge.options import check_export
+
+    common: dict = {"nbits": None, "mixed": False, "data": True, "min_target": "iOS17", "qat_steps": 5}
+    check_export(("coreml",), quantize="w8a8", **common)
+    check_export(("executorch",), quantize="int8", **common)
+    for families, quantize in ((("onnx",), "int8"), (("coreml",), None)):
+        with pytest.raises(ConfigError, match="--qat-steps fine-tunes"):
+            check_export(families, quantize=quantize, **common)
