@@ -239,13 +239,13 @@ def main(checkpoint: Path, data: Path, runs: int, out: Path, variants: tuple[str
     }
     print(f"\nexport benchmark: {checkpoint}")
     print(
-        f"{'variant':<13} {'MiB':>6} {'x FP16':>6} {'render dB':>9} {'normal p99':>10} {'metal flips':>11} {'tensor dB':>9}  status"
+        f"{'variant':<19} {'MiB':>6} {'x FP16':>6} {'render dB':>9} {'normal p99':>10} {'metal flips':>11} {'tensor dB':>9}  status"
     )
     for r in rows:
         ratio = "" if r["size_vs_fp16"] is None else f"{r['size_vs_fp16']:.2f}"
         f = r["render"]
         print(
-            f"{r['variant']:<13} {r['bytes'] / 2**20:6.2f} {ratio:>6} {f['psnr_db_min']:9.1f} {f['normal_deg_p99']:9.2f}° "
+            f"{r['variant']:<19} {r['bytes'] / 2**20:6.2f} {ratio:>6} {f['psnr_db_min']:9.1f} {f['normal_deg_p99']:9.2f}° "
             f"{f['metallic_flip_share']:11.4f} {r['min_tensor_psnr_db']:9.1f}  {r['status']}"
         )
     print("\nper-layer precision and QAT (search views: calibration; judged: held out)")
