@@ -22,7 +22,7 @@ import logging
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -85,25 +85,21 @@ def quantize_onnx(fp32: Path, out: Path, calibration: list[Inputs], exclude: Seq
     return time.perf_counter() - t0
 
 
-def layers(fp32: Path) -> tuple[dict[str, int8_precision.Point], dict[str, list[str]]]:
-    """The nodes of the pre-processed graph grouped by the student module each was exported from, and each
-    node's consumers.
+def layers(fp32: Path, pre: Path) -> tuple[dict[str, int8_precision.Point], dict[str, list[str]]]:
+    """The nodes of ``pre`` (``fp32`` pre-processed) grouped by the student module each was exported from, and
+    each node's consumers.
 
     ``quant_pre_process`` keeps node names but drops their metadata, so the module (the innermost name scope
     ``torch.onnx`` recorded) is read from ``fp32``; a node it made itself is a layer of its own.
     """
     import onnx
-    from onnxruntime.quantization import quant_pre_process
 
     scopes = {}
     for node in onnx.load(str(fp32), load_external_data=False).graph.node:
         meta = {p.key: p.value for p in node.metadata_props}
         names = json.loads(meta.get("pkg.torch.onnx.name_scopes", "[]").replace("'", '"'))
         scopes[node.name] = names[-2] if len(names) > 1 else ""
-    with tempfile.TemporaryDirectory(prefix="pbrforge-layers-") as work:
-        pre = Path(work) / "pre.onnx"
-        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-        nodes = onnx.load(str(pre)).graph.node
+    nodes = onnx.load(str(pre)).graph.node
     points: dict[str, int8_precision.Point] = {}
     readers: dict[str, list[str]] = defaultdict(list)
     for node in nodes:
@@ -118,12 +114,13 @@ def layers(fp32: Path) -> tuple[dict[str, int8_precision.Point], dict[str, list[
 
 def ranked_by_render_gain(
     reference: torch.nn.Module,
-    fp32: Path,
+    pre: Path,
     int8: Path,
     samples: list[Inputs],
     points: dict[str, int8_precision.Point],
 ) -> list[str]:
-    """The layers, most to gain from float first, by the int8 ``.pte``'s first-order estimate across two runtimes.
+    """The layers, most to gain from float first, by the int8 ``.pte``'s first-order estimate across two runtimes
+    (``pre``: the pre-processed float graph ``int8`` was quantized from).
 
     ORT's quantization debugger (``qdq_loss_debug``) gives each activation's rounding in the int8 graph,
     ``post_qdq - pre_qdq``. The float PyTorch model, run on the same views, gives the gradient at the same tensor
@@ -133,11 +130,9 @@ def ranked_by_render_gain(
     """
     import onnx
     from onnxruntime.quantization import qdq_loss_debug as debug
-    from onnxruntime.quantization import quant_pre_process
 
     with tempfile.TemporaryDirectory(prefix="pbrforge-qdq-debug-") as work:
-        pre, float_aug, int8_aug = (Path(work) / n for n in ("pre.onnx", "float.onnx", "int8.onnx"))
-        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+        float_aug, int8_aug = (Path(work) / n for n in ("float.onnx", "int8.onnx"))
         debug.modify_model_output_intermediate_tensors(str(pre), str(float_aug))
         debug.modify_model_output_intermediate_tensors(str(int8), str(int8_aug))
         matching = debug.create_activation_matching(
@@ -145,10 +140,8 @@ def ranked_by_render_gain(
             debug.collect_activations(str(float_aug), _Reader(samples)),
         )
         produced_by = {out: node.name for node in onnx.load(str(pre)).graph.node for out in node.output}
-    session = onnx_session(int8)
-    quantized_outputs = [
-        tuple(torch.from_numpy(o) for o in run_onnx(session, views).values()) for views in samples
-    ]
+    int8_model = _as_model(int8)
+    quantized_outputs = [int8_model(*views) for views in samples]
     layer_of = {node: p.key for p in points.values() for node in p.nodes}
     tensors: dict[str, list[str]] = defaultdict(list)  # layer -> its int8 activations
     for tensor, pair in matching.items():
@@ -197,12 +190,35 @@ def _same_tensor(value: torch.Tensor, candidates: list[tuple[str, np.ndarray]]) 
     return None
 
 
+def _as_model(path: Path) -> int8_precision.Model:
+    """An ONNX file as a callable from views to the contract's maps, as tensors."""
+    session = onnx_session(path)
+    return lambda *views: tuple(torch.from_numpy(o) for o in run_onnx(session, views).values())
+
+
 def search_precision(job: ExportJob, fp32: Path, int8: Path) -> int8_precision.Search:
     """Which layers stay float for the job's gate, rendered on calibration views; ``int8`` is rewritten to it."""
     calibration = job.views().calibration
     samples = list(calibration[: int8_precision.SEARCH_SAMPLES])
     figures_of = int8_precision.render_figures_of(job.wrapper, samples)
-    points, consumers = layers(fp32)
+    with tempfile.TemporaryDirectory(prefix="pbrforge-int8-search-") as work:
+        return _search(job, fp32, int8, Path(work) / "pre.onnx", samples, figures_of)
+
+
+def _search(
+    job: ExportJob,
+    fp32: Path,
+    int8: Path,
+    pre: Path,
+    samples: list[Inputs],
+    figures_of: Callable[[int8_precision.Model], int8_precision.Figures],
+) -> int8_precision.Search:
+    """``search_precision`` with ``fp32`` pre-processed once to ``pre``, for the layers and the ranking."""
+    from onnxruntime.quantization import quant_pre_process
+
+    calibration = job.views().calibration
+    quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+    points, consumers = layers(fp32, pre)
 
     def float_nodes(keys: set[str]) -> list[str]:
         """A layer's own nodes and their readers: ORT quantizes a tensor when any node touching it is quantized,
@@ -210,23 +226,17 @@ def search_precision(job: ExportJob, fp32: Path, int8: Path) -> int8_precision.S
         own = [n for key in sorted(keys) for n in points[key].nodes]
         return list(dict.fromkeys(own + [r for n in own for r in consumers[n]]))
 
-    def figures(path: Path) -> int8_precision.Figures:
-        session = onnx_session(path)
-        return figures_of(
-            lambda *views: tuple(torch.from_numpy(o) for o in run_onnx(session, views).values())
-        )
-
     def measure(keys: set[str]) -> int8_precision.Figures:
         if not keys:
-            return figures(int8)
+            return figures_of(_as_model(int8))
         with tempfile.TemporaryDirectory(prefix="pbrforge-int8-try-") as work:
             candidate = Path(work) / "try.onnx"
             quantize_onnx(fp32, candidate, calibration, float_nodes(keys))
-            return figures(candidate)
+            return figures_of(_as_model(candidate))
 
     found = int8_precision.choose(
         points,
-        lambda: ranked_by_render_gain(job.wrapper, fp32, int8, samples, points),
+        lambda: ranked_by_render_gain(job.wrapper, pre, int8, samples, points),
         measure,
         job.gate,
         "first-order render gain (ORT's rounding times PyTorch's render gradient)",
