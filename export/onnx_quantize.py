@@ -1,11 +1,14 @@
 """Static int8 ONNX (QDQ) for ONNX Runtime: calibrated on real held-out views, judged on other ones.
 
-``onnxruntime.quantization`` does the work: ``quant_pre_process`` folds constants and fuses the graph
-(symbolic shape inference is skipped: it fails on the exported graph's ``Concat``), then
-``quantize_static`` writes QuantizeLinear/DequantizeLinear pairs with per-channel int8 weights (symmetric)
-and uint8 activations calibrated by MinMax over the calibration views. ORT then fuses DQ -> op -> Q into
-integer kernels (QLinearConv and friends) wherever the op has one; what stays in float, and where the
-time goes, ``profile`` measures with ORT's own profiler.
+``onnxruntime.quantization`` does the work. ``prepare`` first writes the ops ORT has no integer kernel for
+(MobileNetV3's hard-swish and hard-sigmoid gates, the SE blocks' spatial mean, the means over views, BatchNorm no
+conv absorbs) in ops it has, then runs ORT's ``quant_pre_process`` (constant folding and fusion; symbolic shape
+inference is skipped: it fails on the exported graph's ``Concat``). ``quantize_static`` writes
+QuantizeLinear/DequantizeLinear pairs with per-channel int8 weights (symmetric) and uint8 activations
+calibrated by MinMax over the calibration views, and ``integer_pads`` moves each Pad onto the 8-bit values.
+ORT then fuses DQ -> op -> Q into integer kernels (QLinearConv and friends). Before the rewrites, 89 ops of
+the demo student ran in float between a DequantizeLinear and a QuantizeLinear; ``float_islands`` counts what
+is left, and ``profile`` measures where the time goes with ORT's own profiler.
 
 Which layers stay float is chosen in render space (``int8_precision.choose``), as for the int8 ``.pte``: a
 layer is a module of the student (the innermost name scope the exporter recorded on each node), ranked by
@@ -22,7 +25,7 @@ import logging
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -54,56 +57,124 @@ class _Reader:
         return iter(self.get_next, None)
 
 
-def quantize_onnx(fp32: Path, out: Path, calibration: list[Inputs], exclude: Sequence[str] = ()) -> float:
-    """Write the static int8 QDQ model of ``fp32`` to ``out`` atomically, the nodes ``exclude`` (names in the
-    pre-processed graph) left float; returns seconds taken."""
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quant_pre_process,
-        quantize_static,
-    )
+def prepare(fp32: Path, pre: Path) -> dict[str, int]:
+    """``fp32`` made ready to quantize, written to ``pre``; returns how many ops of each type were rewritten.
+
+    First the ops ORT has no integer kernel for are written in ones it has (``onnx_rewrite.INTEGER_RULES``), so
+    they leave no float island; then ORT's own ``quant_pre_process`` folds constants and fuses. It keeps node
+    names but drops their metadata, so each node's module (the innermost name scope ``torch.onnx`` recorded,
+    which the rewrite carries over to the nodes it makes) is copied back by name.
+    """
+    import onnx
+    from onnxruntime.quantization import quant_pre_process
+
+    from pbrforge.export.onnx_rewrite import INTEGER_RULES, mobile_friendly
+
+    rewritten, done = mobile_friendly(onnx.load(str(fp32)), INTEGER_RULES)
+    with tempfile.TemporaryDirectory(prefix="pbrforge-int8-pre-") as work:
+        source = Path(work) / "rewritten.onnx"
+        onnx.save(rewritten, str(source))
+        quant_pre_process(str(source), str(pre), skip_symbolic_shape=True)
+    model = onnx.load(str(pre))
+    meta = {n.name: n.metadata_props for n in rewritten.graph.node}
+    for node in model.graph.node:
+        if node.name in meta and not node.metadata_props:
+            node.metadata_props.extend(meta[node.name])
+    onnx.save(model, str(pre))
+    return done
+
+
+def quantize_onnx(pre: Path, out: Path, calibration: list[Inputs], exclude: Sequence[str] = ()) -> float:
+    """Write the static int8 QDQ model of ``pre`` (from ``prepare``) to ``out`` atomically, the nodes ``exclude``
+    left float; returns seconds taken."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="pbrforge-int8-") as work:
-        pre = Path(work) / "pre.onnx"
-        quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-        with atomic_path(out) as tmp:
-            quantize_static(
-                str(pre),
-                str(tmp),
-                _Reader(calibration),
-                quant_format=QuantFormat.QDQ,
-                per_channel=True,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                calibrate_method=CalibrationMethod.MinMax,
-                nodes_to_exclude=list(exclude),
-                extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
-            )
+    with atomic_path(out) as tmp:
+        quantize_static(
+            str(pre),
+            str(tmp),
+            _Reader(calibration),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=list(exclude),
+            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+        )
+        model = onnx.load(str(tmp))
+        if integer_pads(model):
+            onnx.save(model, str(tmp))
     return time.perf_counter() - t0
 
 
-def layers(fp32: Path, pre: Path) -> tuple[dict[str, int8_precision.Point], dict[str, list[str]]]:
-    """The nodes of ``pre`` (``fp32`` pre-processed) grouped by the student module each was exported from, and
-    each node's consumers.
+def integer_pads(model) -> int:
+    """Pad the 8-bit values themselves where a Pad sits between a DequantizeLinear and a QuantizeLinear of the
+    same scale and zero point; returns how many.
 
-    ``quant_pre_process`` keeps node names but drops their metadata, so the module (the innermost name scope
-    ``torch.onnx`` recorded) is read from ``fp32``; a node it made itself is a layer of its own.
+    The quantizer gives a Pad's output its input's parameters, but ORT's CPU provider does not fuse the pair
+    (its QDQ rules drop Q/DQ around Reshape, Transpose and friends, not Pad), so each Pad ran in float between
+    two conversions. Edge and reflect padding copy values already there, and constant padding with 0 writes
+    the zero point, so the integer Pad is exact.
     """
+    from onnx import numpy_helper
+
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, list] = defaultdict(list)
+    for n in graph.node:
+        for i in n.input:
+            readers[i].append(n)
+    consts = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+
+    def same(a: str, b: str) -> bool:
+        return a in consts and b in consts and np.array_equal(consts[a], consts[b])
+
+    dropped: set[int] = set()
+    done = 0
+    for pad in graph.node:
+        if pad.op_type != "Pad" or len(readers[pad.output[0]]) != 1:
+            continue
+        dq, q = producer.get(pad.input[0]), readers[pad.output[0]][0]
+        if dq is None or dq.op_type != "DequantizeLinear" or q.op_type != "QuantizeLinear":
+            continue
+        if (
+            len(dq.input) < 3
+            or len(q.input) < 3
+            or not (same(dq.input[1], q.input[1]) and same(dq.input[2], q.input[2]))
+        ):
+            continue
+        mode = next((a.s for a in pad.attribute if a.name == "mode"), b"constant")
+        if mode == b"constant":
+            value = pad.input[2] if len(pad.input) > 2 else ""
+            if value and (value not in consts or float(consts[value]) != 0.0):
+                continue
+            pad.input[2:] = [dq.input[2]] + list(pad.input[3:])  # 0 in the integer domain is the zero point
+        pad.input[0], pad.output[0] = dq.input[0], q.output[0]
+        dropped.add(id(q))
+        if len(readers[dq.output[0]]) == 1:
+            dropped.add(id(dq))
+        done += 1
+    kept = [n for n in graph.node if id(n) not in dropped]
+    del graph.node[:]
+    graph.node.extend(kept)
+    return done
+
+
+def layers(pre: Path) -> tuple[dict[str, int8_precision.Point], dict[str, list[str]]]:
+    """The nodes of ``pre`` (from ``prepare``) grouped by the student module each was exported from (the innermost
+    name scope ``torch.onnx`` recorded; a node made later is a layer of its own), and each node's consumers."""
     import onnx
 
-    scopes = {}
-    for node in onnx.load(str(fp32), load_external_data=False).graph.node:
-        meta = {p.key: p.value for p in node.metadata_props}
-        names = json.loads(meta.get("pkg.torch.onnx.name_scopes", "[]").replace("'", '"'))
-        scopes[node.name] = names[-2] if len(names) > 1 else ""
     nodes = onnx.load(str(pre)).graph.node
     points: dict[str, int8_precision.Point] = {}
     readers: dict[str, list[str]] = defaultdict(list)
     for node in nodes:
-        module = scopes.get(node.name, "")
+        meta = {p.key: p.value for p in node.metadata_props}
+        names = json.loads(meta.get("pkg.torch.onnx.name_scopes", "[]").replace("'", '"'))
+        module = names[-2] if len(names) > 1 else ""
         key = module or node.name
         points.setdefault(key, int8_precision.Point(key, module)).nodes.append(node.name)
         for tensor in node.input:
@@ -196,29 +267,13 @@ def _as_model(path: Path) -> int8_precision.Model:
     return lambda *views: tuple(torch.from_numpy(o) for o in run_onnx(session, views).values())
 
 
-def search_precision(job: ExportJob, fp32: Path, int8: Path) -> int8_precision.Search:
-    """Which layers stay float for the job's gate, rendered on calibration views; ``int8`` is rewritten to it."""
+def search_precision(job: ExportJob, pre: Path, int8: Path) -> int8_precision.Search:
+    """Which layers stay float for the job's gate, rendered on calibration views; ``int8`` (quantized from ``pre``,
+    the prepared float graph) is rewritten to it."""
     calibration = job.views().calibration
     samples = list(calibration[: int8_precision.SEARCH_SAMPLES])
     figures_of = int8_precision.render_figures_of(job.wrapper, samples)
-    with tempfile.TemporaryDirectory(prefix="pbrforge-int8-search-") as work:
-        return _search(job, fp32, int8, Path(work) / "pre.onnx", samples, figures_of)
-
-
-def _search(
-    job: ExportJob,
-    fp32: Path,
-    int8: Path,
-    pre: Path,
-    samples: list[Inputs],
-    figures_of: Callable[[int8_precision.Model], int8_precision.Figures],
-) -> int8_precision.Search:
-    """``search_precision`` with ``fp32`` pre-processed once to ``pre``, for the layers and the ranking."""
-    from onnxruntime.quantization import quant_pre_process
-
-    calibration = job.views().calibration
-    quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
-    points, consumers = layers(fp32, pre)
+    points, consumers = layers(pre)
 
     def float_nodes(keys: set[str]) -> list[str]:
         """A layer's own nodes and their readers: ORT quantizes a tensor when any node touching it is quantized,
@@ -231,7 +286,7 @@ def _search(
             return figures_of(_as_model(int8))
         with tempfile.TemporaryDirectory(prefix="pbrforge-int8-try-") as work:
             candidate = Path(work) / "try.onnx"
-            quantize_onnx(fp32, candidate, calibration, float_nodes(keys))
+            quantize_onnx(pre, candidate, calibration, float_nodes(keys))
             return figures_of(_as_model(candidate))
 
     found = int8_precision.choose(
@@ -243,7 +298,7 @@ def _search(
         job.options.progress,
     )
     if found.kept_float:
-        quantize_onnx(fp32, int8, calibration, float_nodes({p.key for p in found.kept_float}))
+        quantize_onnx(pre, int8, calibration, float_nodes({p.key for p in found.kept_float}))
     return found
 
 
@@ -283,16 +338,37 @@ def profile(path: Path, example: Inputs, runs: int = 10, threads: int = 2) -> di
 def node_census(path: Path) -> dict[str, int]:
     """Op types of the optimised graph ORT actually runs (after its QDQ fusions)."""
     import onnx
-    import onnxruntime as ort
 
-    with tempfile.TemporaryDirectory(prefix="pbrforge-opt-") as work:
-        opts = ort.SessionOptions()
-        opts.optimized_model_filepath = str(Path(work) / "opt.onnx")
-        ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-        graph = onnx.load(opts.optimized_model_filepath).graph
     counts: dict[str, int] = defaultdict(int)
+    with tempfile.TemporaryDirectory(prefix="pbrforge-opt-") as work:
+        graph = onnx.load(_optimized(path, Path(work))).graph
     for node in graph.node:
         counts[node.op_type] += 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def _optimized(path: Path, work: Path) -> str:
+    """The graph ORT's CPU provider runs for ``path``, after its fusions, saved in ``work``."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(work / "opt.onnx")
+    ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    return opts.optimized_model_filepath
+
+
+def float_islands(path: Path) -> dict[str, int]:
+    """Ops that still run in float between 8-bit ones after ORT's fusions: each reads a DequantizeLinear, by type."""
+    import onnx
+
+    counts: dict[str, int] = defaultdict(int)
+    with tempfile.TemporaryDirectory(prefix="pbrforge-opt-") as work:
+        graph = onnx.load(_optimized(path, Path(work))).graph
+    producer = {o: n.op_type for n in graph.node for o in n.output}
+    for node in graph.node:
+        integer = node.op_type.startswith("Q") or node.op_type == "DequantizeLinear"
+        if not integer and any(producer.get(i) == "DequantizeLinear" for i in node.input):
+            counts[node.op_type] += 1
     return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
@@ -300,11 +376,15 @@ def _build(job: ExportJob, staged: Path) -> Built:
     """Quantize the kept fp32 model, then census and profile both: where the int8 time goes is part of the report."""
     fp32 = job.paths.artifact(".onnx")
     t0 = time.perf_counter()
-    quantize_onnx(fp32, staged, job.views().calibration)
-    recipe = {
-        "artifact": job.paths.artifact(".int8.onnx").name,
-        **search_precision(job, fp32, staged).recipe(),
-    }
+    with tempfile.TemporaryDirectory(prefix="pbrforge-int8-") as work:
+        pre = Path(work) / "pre.onnx"
+        rewrites = prepare(fp32, pre)
+        quantize_onnx(pre, staged, job.views().calibration)
+        recipe = {
+            "artifact": job.paths.artifact(".int8.onnx").name,
+            "rewritten_for_integer_kernels": rewrites,
+            **search_precision(job, pre, staged).recipe(),
+        }
     seconds = time.perf_counter() - t0
     fp32_profile, int8_profile = profile(fp32, job.example), profile(staged, job.example)
     _logger.info(
@@ -318,6 +398,7 @@ def _build(job: ExportJob, staged: Path) -> Built:
     info = {
         "precision": recipe,
         "ort_nodes_after_fusion": node_census(staged),
+        "float_islands": float_islands(staged),
         "profile_fp32": fp32_profile,
         "profile_int8": int8_profile,
     }

@@ -11,6 +11,10 @@ optional input, which the checker counts as a dynamic shape.
 Each is written here through ops both providers list, exactly or within float rounding; Erf becomes XLA's
 float32 rational approximation, within 4e-7 of erf. The ONNX parity gate that follows the export still judges
 the rewritten graph against PyTorch.
+
+The same rules, a few of them (``INTEGER_RULES``), serve the static int8 graph: there the gap is not a
+provider's op list but ONNX Runtime's integer kernels, and an op without one runs in float between a
+DequantizeLinear and a QuantizeLinear.
 """
 
 from __future__ import annotations
@@ -47,8 +51,22 @@ _BROADCASTING = {"Add", "Sub", "Mul", "Div", "Max", "Min"}
 _logger = logging.getLogger(__name__)
 
 
-def mobile_friendly(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int]]:
-    """A copy of ``model`` with every op above rewritten where its shapes are static; and how many of each."""
+MOBILE_RULES = frozenset(
+    {"HardSigmoid", "HardSwish", "Erf", "ReduceMax", "ReduceL2", "Expand", "Pad", "BatchNormalization"}
+    | {"LayerNormalization", "Gather", "Reciprocal", "Einsum", "Resize"}
+)
+# For a static int8 graph: ops ONNX Runtime has no integer kernel for, written in ones it has (QLinearAdd,
+# QLinearMul, QLinearGlobalAveragePool; a Clip is absorbed into the Q before it), so no DequantizeLinear ->
+# float op -> QuantizeLinear island is left around them. Erf stays: a polynomial rounded to 8 bits at every
+# step would lose the GELU it approximates. Pad stays too: its slices and concatenations cost more than the Pad
+# they replace, and ``onnx_quantize.integer_pads`` runs the Pad on the 8-bit values instead.
+INTEGER_RULES = frozenset({"HardSigmoid", "HardSwish", "BatchNormalization", "ReduceMean"})
+
+
+def mobile_friendly(
+    model: onnx.ModelProto, rules: frozenset[str] = MOBILE_RULES
+) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """A copy of ``model`` with every op in ``rules`` rewritten where its shapes are static; and how many of each."""
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < 18:  # axes are inputs (not attributes) from opset 18 on; the exporter never goes below it
         raise ValueError(f"the mobile rewrite needs ONNX opset 18 or newer, not {opset}")
@@ -56,14 +74,15 @@ def mobile_friendly(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, 
     if any(a.type in graph_attrs for n in model.graph.node for a in n.attribute):
         _logger.warning("the graph has control flow (If, Loop, Scan): the mobile rewrite leaves it as it is")
         return model, {}
-    rewriter = _Rewriter(model)
+    rewriter = _Rewriter(model, rules)
     return rewriter.run(), dict(rewriter.done)
 
 
 class _Rewriter:
     """One pass over the graph in order; a rule that fires emits its nodes in place of the node it replaces."""
 
-    def __init__(self, model: onnx.ModelProto):
+    def __init__(self, model: onnx.ModelProto, rules: frozenset[str]):
+        self.rules = rules
         self.model = onnx.ModelProto()
         self.model.CopyFrom(model)
         graph = self.model.graph
@@ -148,10 +167,13 @@ class _Rewriter:
         graph = self.model.graph
         for node in graph.node:
             node.input[:] = [self.renamed.get(i, i) for i in node.input]
-            rule = getattr(self, f"_{node.op_type}", None)
+            rule = getattr(self, f"_{node.op_type}", None) if node.op_type in self.rules else None
             float32 = bool(node.input) and self.types.get(node.input[0]) == onnx.TensorProto.FLOAT
+            first = len(self.nodes)
             if node.domain in ("", "ai.onnx") and rule is not None and float32 and rule(node):
                 self.done[node.op_type] += 1
+                for made in self.nodes[first:]:  # the exporter's name scopes say which module each came from
+                    made.metadata_props.extend(node.metadata_props)
             else:
                 self.nodes.append(node)
         graph.initializer.extend(self.inits)
@@ -206,7 +228,8 @@ class _Rewriter:
         return self._reduce(node, "L2")
 
     def _reduce(self, node: onnx.NodeProto, kind: str) -> bool:
-        """A reduction over few static slices as Split and a Max (or an Add chain, then Sqrt, for L2)."""
+        """A reduction over few static slices as Split and a Max (or an Add chain, then Sqrt for L2 or a scale
+        for Mean)."""
         shape = self.static(node.input[0])
         axes = None if shape is None else self.axes(node, len(shape))
         if shape is None or axes is None or any(shape[a] > MAX_UNROLL for a in axes):
@@ -222,8 +245,22 @@ class _Rewriter:
                 x = self.op("Max" if kind == "Max" else "Add", [x, p])
         if kind == "L2":
             x = self.op("Sqrt", [x])
+        if kind == "Mean":
+            x = self.op("Mul", [x, self.const(1.0 / int(np.prod([shape[a] for a in axes])))])
         if not keep:
             x = self.op("Squeeze", [x, self.const(axes, np.int64)])
+        self._rename_last(x, node.output[0])
+        return True
+
+    def _ReduceMean(self, node: onnx.NodeProto) -> bool:
+        """Over both spatial axes of an NCHW tensor (the SE blocks' squeeze, the fusion's pooling) it is
+        GlobalAveragePool; over few slices (the views), an Add chain scaled by their count."""
+        shape = self.static(node.input[0])
+        if shape is None or len(shape) != 4 or self.axes(node, 4) != [2, 3]:
+            return self._reduce(node, "Mean")
+        x = self.op("GlobalAveragePool", [node.input[0]])
+        if not _attr(node, "keepdims", 1):
+            x = self.op("Squeeze", [x, self.const([2, 3], np.int64)])
         self._rename_last(x, node.output[0])
         return True
 

@@ -296,3 +296,110 @@ def test_an_opset_below_18_is_refused():
     model.opset_import[0].version = 17
     with pytest.raises(ValueError, match="opset 18"):
         mobile_friendly(model)
+
+
+# ops ONNX Runtime runs on 8-bit values once a QDQ graph is fused (QLinearAdd, QLinearMul,
+# QLinearGlobalAveragePool; Clip is absorbed into its Q; Split, Squeeze and Identity move bytes)
+INTEGER_OPS = {"Add", "Mul", "Clip", "GlobalAveragePool", "Split", "Squeeze", "Identity"}
+INTEGER_CASES = {
+    "HardSwish": CASES["HardSwish"],
+    "HardSigmoid": CASES["HardSigmoid"],
+    "ReduceMean over H and W, kept (SE squeeze)": (
+        [helper.make_node("ReduceMean", ["x", "a"], ["y"], keepdims=1)],
+        X,
+        [2, 3, 1, 1],
+        [("a", _i64([2, 3]))],
+    ),
+    "ReduceMean over H and W, dropped": (
+        [helper.make_node("ReduceMean", ["x", "a"], ["y"], keepdims=0)],
+        X,
+        [2, 3],
+        [("a", _i64([-2, -1]))],
+    ),
+    "ReduceMean over views": (
+        [helper.make_node("ReduceMean", ["x", "a"], ["y"], keepdims=0)],
+        X,
+        [2, 5, 6],
+        [("a", _i64([1]))],
+    ),
+    "BatchNormalization": (
+        [helper.make_node("BatchNormalization", ["x", "g", "b", "m", "v"], ["y"], epsilon=1e-3)],
+        X,
+        X["x"],
+        [
+            ("g", _f32([1.5, -0.5, 2])),
+            ("b", _f32([0.1, 0, -1])),
+            ("m", _f32([0.3, -2, 1])),
+            ("v", _f32([4, 0.5, 1])),
+        ],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", INTEGER_CASES)
+def test_integer_rules_compute_the_op_in_ops_with_int8_kernels(case):
+    from pbrforge.export.onnx_rewrite import INTEGER_RULES
+
+    nodes, inputs, out_shape, inits = INTEGER_CASES[case]
+    model = _model(nodes, inputs, out_shape, inits)
+    for n in model.graph.node:  # the exporter's name scope must reach every node the rule makes
+        n.metadata_props.add(key="pkg.torch.onnx.name_scopes", value="['', 'model.se']")
+    rewritten, done = mobile_friendly(model, INTEGER_RULES)
+    onnx.checker.check_model(rewritten, full_check=True)
+    assert set(done) == {n.op_type for n in nodes}
+    assert {n.op_type for n in rewritten.graph.node} <= INTEGER_OPS
+    assert all(n.metadata_props for n in rewritten.graph.node)
+    feed = {"x": np.random.default_rng(0).normal(0, 2.5, X["x"]).astype(np.float32)}
+    np.testing.assert_allclose(
+        _run(rewritten, feed), _run(model, feed), rtol=REWRITE_MAX_ABS, atol=REWRITE_MAX_ABS
+    )
+
+
+def test_integer_rules_leave_erf_and_pad():
+    from pbrforge.export.onnx_rewrite import INTEGER_RULES
+
+    erf = _model([helper.make_node("Erf", ["x"], ["y"])], X, X["x"])
+    pad = _model(
+        [helper.make_node("Pad", ["x", "p"], ["y"], mode="edge")],
+        X,
+        [2, 3, 7, 8],
+        [("p", _i64([0, 0, 1, 1, 0, 0, 1, 1]))],
+    )
+    assert mobile_friendly(erf, INTEGER_RULES)[1] == {} and mobile_friendly(pad, INTEGER_RULES)[1] == {}
+
+
+def _qdq_pad(mode: str, value: float | None):
+    """x -> Q -> DQ -> Pad -> Q -> DQ -> y, one scale and zero point throughout, as the quantizer writes it."""
+    pad_inputs = ["d", "p"] + (["c"] if value is not None else [])
+    inits = [("p", _i64([0, 0, 1, 2, 0, 0, 2, 1])), ("s", _f32(0.05)), ("z", np.uint8(100))]
+    inits += [("c", _f32(value))] if value is not None else []
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+        helper.make_node("DequantizeLinear", ["q", "s", "z"], ["d"]),
+        helper.make_node("Pad", pad_inputs, ["padded"], mode=mode),
+        helper.make_node("QuantizeLinear", ["padded", "s", "z"], ["q2"]),
+        helper.make_node("DequantizeLinear", ["q2", "s", "z"], ["y"]),
+    ]
+    return _model(nodes, X, [2, 3, 8, 9], inits)
+
+
+@pytest.mark.parametrize(
+    "mode, value", [("edge", None), ("reflect", None), ("constant", None), ("constant", 0.0)]
+)
+def test_integer_pad_is_exact_and_drops_its_conversions(mode, value):
+    from pbrforge.export.onnx_quantize import integer_pads
+
+    model = _qdq_pad(mode, value)
+    feed = {"x": np.random.default_rng(1).normal(0, 3, X["x"]).astype(np.float32)}
+    want = _run(model, feed)
+    assert integer_pads(model) == 1
+    onnx.checker.check_model(model, full_check=True)
+    assert [n.op_type for n in model.graph.node] == ["QuantizeLinear", "Pad", "DequantizeLinear"]
+    np.testing.assert_array_equal(_run(model, feed), want)
+
+
+def test_integer_pad_leaves_a_nonzero_constant_alone():
+    from pbrforge.export.onnx_quantize import integer_pads
+
+    model = _qdq_pad("constant", 1.0)  # only 0 is proven exact (it is the zero point): the float Pad stays
+    assert integer_pads(model) == 0 and len(model.graph.node) == 5

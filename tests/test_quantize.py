@@ -56,9 +56,16 @@ def test_int8_onnx_is_static_qdq_judged_and_profiled(tiny_student_ckpt, tiny_dat
     assert report["render"]["normal_deg_p99"] <= 2
     assert report["held_out_samples"] >= 1 and report["calibration_samples"] >= 1
     assert report["profile_int8"]["total_kernel_ms"] > 0 and report["profile_int8"]["top"]
-    assert any(
-        op.startswith("QLinear") for op in report["ort_nodes_after_fusion"]
-    )  # ORT took integer kernels
+    fused = report["ort_nodes_after_fusion"]
+    assert any(op.startswith("QLinear") for op in fused)  # ORT took integer kernels
+    # no float island around MobileNetV3's gates, the SE squeeze or a BatchNorm (written in integer ops first),
+    # nor around a Pad (run on the 8-bit values): before, 109 DequantizeLinear for 98 QLinearConv
+    assert {"HardSwish", "HardSigmoid", "ReduceMean"} <= set(recipe["rewritten_for_integer_kernels"])
+    assert not {"HardSigmoid", "HardSwish", "ReduceMean", "BatchNormalization"} & set(fused)
+    assert (
+        fused["DequantizeLinear"] <= fused["QLinearConv"] // 4
+        and "HardSigmoid" not in report["float_islands"]
+    )
     assert "int8 time in integer kernels" in r.output
 
 
