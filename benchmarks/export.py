@@ -148,6 +148,8 @@ def latency_rows(checkpoint: Path, data: Path, out: Path, runs: int) -> list[dic
                 "int8_profile_top": profile["profile_int8"]["top"],
                 "fp32_profile_top": profile["profile_fp32"]["top"],
                 "int8_share_in_integer_kernels": profile["profile_int8"]["integer_or_qdq_share"],
+                "int8_float_islands": profile["float_islands"],
+                "int8_rewritten_for_integer_kernels": profile["precision"]["rewritten_for_integer_kernels"],
             }
         )
     return rows
@@ -278,6 +280,9 @@ def main(checkpoint: Path, data: Path, runs: int, out: Path, variants: tuple[str
             f"{r['int8_vs_eager']:9.2f}x {r['int8_render']['psnr_db_min']:14.1f}"
         )
         print(f"      int8 time: {', '.join(r['int8_profile_top'][:5])}")
+        islands = r.get("int8_float_islands")
+        if islands is not None:
+            print(f"      float between int8 ops: {', '.join(f'{k} {v}' for k, v in islands.items()) or 'none'}")
     for goal, met in goals.items():
         print(f"goal: {goal}: {'met' if met else 'NOT met'}")
     write_result(
