@@ -282,7 +282,9 @@ def main(checkpoint: Path, data: Path, runs: int, out: Path, variants: tuple[str
         print(f"      int8 time: {', '.join(r['int8_profile_top'][:5])}")
         islands = r.get("int8_float_islands")
         if islands is not None:
-            print(f"      float between int8 ops: {', '.join(f'{k} {v}' for k, v in islands.items()) or 'none'}")
+            print(
+                f"      float between int8 ops: {', '.join(f'{k} {v}' for k, v in islands.items()) or 'none'}"
+            )
     for goal, met in goals.items():
         print(f"goal: {goal}: {'met' if met else 'NOT met'}")
     write_result(

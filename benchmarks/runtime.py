@@ -54,17 +54,20 @@ def _status_mib(field: str) -> float:
     raise click.ClickException(f"/proc/self/status has no {field}")
 
 
-def measure_one(artifact: str, checkpoint: str, size: int, runs: int, threads: int) -> dict:
+def measure_one(artifact: str, checkpoint: str, contract: str, size: int, runs: int, threads: int) -> dict:
     """Run in a child process: load one runner, time it, report median ms and memory.
 
     Memory: the peak RSS while loading and running (VmHWM, reset after the imports every runtime shares)
     and that peak less the RSS the imports left, i.e. what this runtime and model added.
-    With a ``checkpoint`` it is eager PyTorch, built for the contract of ``artifact`` (its size and head).
+    With a ``checkpoint`` it is eager PyTorch, built for ``contract`` (the artifact's size and head). The contract
+    is passed, not found beside the artifact, because an artifact that failed its gate has none of its own.
     """
     import torch
 
+    from pbrforge.deploy import DeployContract
+    from pbrforge.export.formats import for_artifact
     from pbrforge.export.wrappers import example_inputs
-    from pbrforge.runtime.backends import load_runner, torch_runner
+    from pbrforge.runtime.backends import torch_runner
     from pbrforge.runtime.inference import measure
 
     if checkpoint == "-" and Path(artifact).suffix == ".pte":
@@ -74,13 +77,11 @@ def measure_one(artifact: str, checkpoint: str, size: int, runs: int, threads: i
     Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the peak RSS to the current RSS
     baseline = _status_mib("VmRSS")
     torch.set_num_threads(threads)
+    deployed = DeployContract.load(Path(contract))
     if checkpoint == "-":
-        runner = load_runner(Path(artifact), "auto", threads)
+        runner = for_artifact(Path(artifact)).runner(Path(artifact), threads, deployed)
     else:
-        from pbrforge.artifacts import contract_path
-        from pbrforge.deploy import DeployContract
-
-        runner = torch_runner(Path(checkpoint), threads, DeployContract.load(contract_path(Path(artifact))))
+        runner = torch_runner(Path(checkpoint), threads, deployed)
     timing = measure(runner, example_inputs(size), runs, 3)
     peak = _status_mib("VmHWM")
     return {"median_ms": timing["median_ms"], "peak_rss_mib": peak, "added_rss_mib": peak - baseline}
@@ -89,7 +90,7 @@ def measure_one(artifact: str, checkpoint: str, size: int, runs: int, threads: i
 def export_size(checkpoint: Path, data: Path, base: Path, size: int, qat_steps: int) -> dict[str, dict]:
     """Every artifact at ``size``; per column its path and the figures the converter measured (render PSNR, fp32
     max abs, the int8 gate's verdict and the precision search's recipe)."""
-    from pbrforge.artifacts import report_path
+    from pbrforge.artifacts import contract_path, report_path
     from pbrforge.export.converter import export_artifacts
     from pbrforge.export.formats import for_artifact
 
@@ -117,7 +118,13 @@ def export_size(checkpoint: Path, data: Path, base: Path, size: int, qat_steps: 
             figures[label] = {"missing": "--qat-steps 0"}
             continue
         if not suffix:
-            figures[label] = {"path": str(base.with_suffix(".onnx")), "render_psnr_db": None, "max_abs": None}
+            fp32 = base.with_suffix(".onnx")
+            figures[label] = {
+                "path": str(fp32),
+                "contract": str(contract_path(fp32)),
+                "render_psnr_db": None,
+                "max_abs": None,
+            }
             continue
         wanted = for_artifact(runs[run][0].with_name(runs[run][0].name + suffix)).name
         row = next((r for r in results[run].rows if r.format == wanted), None)
@@ -143,6 +150,8 @@ def export_size(checkpoint: Path, data: Path, base: Path, size: int, qat_steps: 
                 "budget_reached": r["budget_reached"],
                 "all_int8_search_psnr_db": r["all_int8"]["psnr_db_min"],
             }
+        own = contract_path(Path(row.path))  # a failed artifact has none: the export's own contract holds
+        column["contract"] = str(own if own.exists() else contract_path(runs[run][0].with_suffix(".onnx")))
         figures[label] = column
     return figures
 
@@ -179,8 +188,8 @@ def export_size(checkpoint: Path, data: Path, base: Path, size: int, qat_steps: 
     "--output", "out", type=click.Path(path_type=Path), default=Path("benchmarks/results"), show_default=True
 )
 @click.option(
-    "--one", nargs=5, type=str, default=None, hidden=True
-)  # the child: artifact ckpt|- size runs threads
+    "--one", nargs=6, type=str, default=None, hidden=True
+)  # the child: artifact ckpt|- contract size runs threads
 def main(
     checkpoint: Path,
     data: Path,
@@ -194,8 +203,8 @@ def main(
     """Eager, ONNX Runtime and ExecuTorch (fp32, int8) per input size of the student CHECKPOINT: table, JSON
     and chart (CHECKPOINT: demo_out/student/checkpoints/best.pt, which make demo writes, if not given)."""
     if one:
-        artifact, ckpt, size, n, t = one
-        print(json.dumps(measure_one(artifact, ckpt, int(size), int(n), int(t))))
+        artifact, ckpt, contract, size, n, t = one
+        print(json.dumps(measure_one(artifact, ckpt, contract, int(size), int(n), int(t))))
         return
     for path, what in ((checkpoint, "a student checkpoint"), (data, "the demo's data root")):
         if not path.exists():
@@ -211,7 +220,14 @@ def main(
                 row["columns"][label] = column
                 continue
             # eager is built for the exported contract (size, head) of the fp32 ONNX
-            args = [column["path"], checkpoint if label == "eager" else "-", size, runs, threads]
+            args = [
+                column["path"],
+                checkpoint if label == "eager" else "-",
+                column["contract"],
+                size,
+                runs,
+                threads,
+            ]
             child = subprocess.run(
                 [sys.executable, __file__, "--one", *map(str, args)], capture_output=True, text=True
             )

@@ -27,6 +27,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -37,6 +38,9 @@ from pbrforge.export.formats import Built, ExportJob, Format, measure, register
 from pbrforge.export.onnx_export import onnx_feed, onnx_runner, onnx_session, run_onnx
 from pbrforge.export.parity import ParityReport
 from pbrforge.fileio import atomic_path, write_json
+
+if TYPE_CHECKING:
+    import onnx
 
 _logger = logging.getLogger(__name__)
 
@@ -110,7 +114,7 @@ def quantize_onnx(pre: Path, out: Path, calibration: list[Inputs], exclude: Sequ
     return time.perf_counter() - t0
 
 
-def integer_pads(model) -> int:
+def integer_pads(model: onnx.ModelProto) -> int:
     """Pad the 8-bit values themselves where a Pad sits between a DequantizeLinear and a QuantizeLinear of the
     same scale and zero point; returns how many.
 
@@ -123,7 +127,7 @@ def integer_pads(model) -> int:
 
     graph = model.graph
     producer = {o: n for n in graph.node for o in n.output}
-    readers: dict[str, list] = defaultdict(list)
+    readers: dict[str, list[onnx.NodeProto]] = defaultdict(list)
     for n in graph.node:
         for i in n.input:
             readers[i].append(n)
