@@ -1,0 +1,241 @@
+"""A model spec: what any image-to-image model declares so the gated deploy path can take it (issue #26).
+
+A spec is built by a factory the user names (``--model FILE.py:factory``, ``--model package.module:factory``,
+or a name registered under the ``pbrforge.models`` entry-point group). It lists the model's graphs, each a
+module with its inputs and outputs described well enough to make example inputs, check what a runner is fed
+and choose each output's gate. Exported graphs lose the model's own ``assert`` statements, so each input
+states the value range it accepts (a rate of 0-4, a noise level of 0.002-80) and runners check it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pbrforge.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+ENTRY_POINT_GROUP = "pbrforge.models"
+KINDS = ("image", "tensor", "latent", "symbols", "map")
+COLOR_SPACES = ("srgb", "linear", "raw", "none")
+DTYPES = ("float32", "float16", "int32", "int64")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One input or output of a graph.
+
+    Args:
+        shape: an example shape, batch first; the last two axes of an image may be any multiple of ``multiple``.
+        encoding: the numeric range the values are stored in (0-255 sRGB, -1-1), for previews and calibration.
+        valid: the values the graph is defined on; a runner refuses an input outside it (None: any finite value).
+        gate: the metric that judges this output (for outputs only), by its registered name.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    kind: str = "image"
+    color: str = "none"
+    encoding: tuple[float, float] = (0.0, 1.0)
+    valid: tuple[float, float] | None = None
+    multiple: int = 1
+    gate: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name.isidentifier():
+            raise ConfigError(
+                f"tensor name {self.name!r} is not an identifier (letters, digits, underscores)"
+            )
+        if not self.shape or any(not isinstance(d, int) or d < 1 for d in self.shape):
+            raise ConfigError(f"{self.name}: shape {self.shape} must be positive whole numbers, batch first")
+        for what, value, allowed in (
+            ("dtype", self.dtype, DTYPES),
+            ("kind", self.kind, KINDS),
+            ("color", self.color, COLOR_SPACES),
+        ):
+            if value not in allowed:
+                raise ConfigError(f"{self.name}: {what} {value!r} is not one of {', '.join(allowed)}")
+        for what, bounds in (("encoding", self.encoding), ("valid", self.valid)):
+            if bounds is not None and not _interval(bounds):
+                raise ConfigError(f"{self.name}: {what} {bounds} must be two finite numbers, low below high")
+        if not isinstance(self.multiple, int) or self.multiple < 1:
+            raise ConfigError(f"{self.name}: multiple {self.multiple!r} must be a positive whole number")
+        if self.kind == "image" and (
+            len(self.shape) != 4 or self.shape[-1] % self.multiple or self.shape[-2] % self.multiple
+        ):
+            raise ConfigError(
+                f"{self.name}: an image is (batch, channels, height, width) with height and width multiples of "
+                f"{self.multiple}, not {self.shape}"
+            )
+
+    def example(self, seed: int = 0) -> torch.Tensor:
+        """A tensor of the example shape with values spread over the valid (else the encoded) range."""
+        import torch
+
+        low, high = self.valid or self.encoding
+        g = torch.Generator().manual_seed(seed)
+        values = low + (high - low) * torch.rand(self.shape, generator=g, dtype=torch.float64)
+        if self.dtype.startswith("int"):
+            return values.round().to(getattr(torch, self.dtype))
+        return values.to(getattr(torch, self.dtype))
+
+    def check(self, value: torch.Tensor) -> None:
+        """Refuse a tensor the graph is not defined on, in one sentence: wrong rank, size, type or range."""
+        import torch
+
+        if not isinstance(value, torch.Tensor):
+            raise DataError(f"{self.name}: expected a tensor, got {type(value).__name__}")
+        if value.dim() != len(self.shape):
+            raise DataError(
+                f"{self.name}: expected {len(self.shape)} axes like {self.shape}, got {tuple(value.shape)}"
+            )
+        fixed = self.shape[:-2] if self.kind == "image" else self.shape
+        if tuple(value.shape[1 : len(fixed)]) != fixed[1:]:
+            raise DataError(f"{self.name}: expected shape like {self.shape}, got {tuple(value.shape)}")
+        if self.kind == "image" and any(d % self.multiple for d in value.shape[-2:]):
+            raise DataError(
+                f"{self.name}: height and width must be multiples of {self.multiple}, got {tuple(value.shape[-2:])}"
+            )
+        if str(value.dtype).removeprefix("torch.") != self.dtype:
+            raise DataError(
+                f"{self.name}: expected {self.dtype}, got {str(value.dtype).removeprefix('torch.')}"
+            )
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise DataError(f"{self.name}: holds NaN or infinite values")
+        if self.valid is not None and value.numel():
+            low, high = float(value.min()), float(value.max())
+            if low < self.valid[0] or high > self.valid[1]:
+                raise DataError(
+                    f"{self.name}: values span {low:g}..{high:g}, outside the {self.valid[0]:g}..{self.valid[1]:g} "
+                    "the model is defined on"
+                )
+
+
+@dataclass
+class GraphSpec:
+    """One graph to export: a module and the tensors it takes and gives, in call and return order."""
+
+    module: nn.Module
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    def example_inputs(self, seed: int = 0) -> tuple[torch.Tensor, ...]:
+        return tuple(t.example(seed + i) for i, t in enumerate(self.inputs))
+
+    def check_inputs(self, values: tuple[torch.Tensor, ...]) -> None:
+        if len(values) != len(self.inputs):
+            raise DataError(
+                f"expected {len(self.inputs)} inputs ({', '.join(t.name for t in self.inputs)}), got {len(values)}"
+            )
+        for spec, value in zip(self.inputs, values, strict=True):
+            spec.check(value)
+
+
+@dataclass
+class ModelSpec:
+    """A model's graphs by name, and what the host does between them (a sampler, an entropy coder), if anything."""
+
+    name: str
+    graphs: dict[str, GraphSpec]
+    glue: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        import torch
+
+        if not self.graphs:
+            raise ConfigError(f"model spec {self.name!r} lists no graph")
+        for graph_name, graph in self.graphs.items():
+            if not graph_name.isidentifier():
+                raise ConfigError(f"graph name {graph_name!r} is not an identifier")
+            if not isinstance(graph, GraphSpec) or not isinstance(graph.module, torch.nn.Module):
+                raise ConfigError(
+                    f"graph {graph_name!r} of {self.name!r} is not a GraphSpec holding a torch module"
+                )
+            if not graph.inputs or not graph.outputs:
+                raise ConfigError(
+                    f"graph {graph_name!r} of {self.name!r} needs at least one input and one output"
+                )
+            names = [t.name for t in (*graph.inputs, *graph.outputs)]
+            if len(set(names)) != len(names):
+                raise ConfigError(f"graph {graph_name!r} of {self.name!r} repeats a tensor name: {names}")
+
+
+def load_spec(reference: str) -> ModelSpec:
+    """The spec a factory builds: ``FILE.py:factory``, ``package.module:factory`` or a registered model name."""
+    factory = _factory(reference)
+    try:
+        spec = factory()
+    except ConfigError:
+        raise
+    except Exception as e:  # the user's code: whatever it raises is their model's error, said in one sentence
+        raise ConfigError(f"the model factory {reference} failed: {type(e).__name__}: {e}") from e
+    if not isinstance(spec, ModelSpec):
+        raise ConfigError(
+            f"the model factory {reference} returned {type(spec).__name__}, not a pbrforge ModelSpec"
+        )
+    return spec
+
+
+def registered() -> dict[str, str]:
+    """Model names registered under the ``pbrforge.models`` entry-point group, with their targets."""
+    return {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def _factory(reference: str) -> Callable[[], Any]:
+    if ":" not in reference:
+        known = registered()
+        if reference not in known:
+            raise ConfigError(
+                f"no model named {reference!r}: give FILE.py:factory, package.module:factory or one of "
+                f"{', '.join(sorted(known)) or 'the registered models (none installed)'}"
+            )
+        reference = known[reference]
+    where, _, attr = reference.rpartition(":")
+    if where.endswith(".py"):
+        module = _module_from_file(Path(where))
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as e:
+            raise ConfigError(f"cannot import {where!r} for the model factory: {e}") from e
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ConfigError(f"{where} has no callable {attr!r} to build the model spec")
+    return factory
+
+
+def _module_from_file(path: Path) -> Any:
+    if not path.is_file():
+        raise DataError(f"model file {path} does not exist or is not a file")
+    name = f"pbrforge_user_model_{abs(hash(path.resolve()))}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"{path} cannot be loaded as Python")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        del sys.modules[name]
+        raise ConfigError(f"{path} failed to load: {type(e).__name__}: {e}") from e
+    return module
+
+
+def _interval(bounds: Any) -> bool:
+    return (
+        isinstance(bounds, tuple)
+        and len(bounds) == 2
+        and all(isinstance(b, int | float) and math.isfinite(b) for b in bounds)
+        and bounds[0] < bounds[1]
+    )
