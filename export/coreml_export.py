@@ -279,7 +279,7 @@ def _mixed(job: ExportJob, mlmodel):
     chosen, sens = search(
         job.folded, mlmodel, judged, reference, float(o.mixed_budget_db or 0), normal_p99_max=p99
     )
-    return apply_recipe(mlmodel, chosen), (chosen, sens)
+    return apply_recipe(mlmodel, chosen, sens), (chosen, sens)
 
 
 def _write_recipe(chosen: tuple, paths: ArtifactPaths) -> None:

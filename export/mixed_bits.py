@@ -16,7 +16,8 @@ After ml-stable-diffusion's mixed-bit recipes, judged in render space:
    the targets between the highest miss and the lowest meet are bisected for a smaller recipe.
 4. **Pick.** Every try is remembered. The result is the smallest try whose measured render figures met
    the budget, whatever target it was aimed at; only when none did does every weight stay FP16. The
-   converter then palettizes the recipe for real, and its read-back parity is the final judge.
+   converter then palettizes the recipe for real, giving coremltools back the palettes and indices step 1
+   found (no second k-means), and its read-back parity is the final judge.
 
 The recipe (``OUTPUT.recipe.json``) maps each weight's MIL name to its bits (16 = not palettized) and is
 reused with ``--recipe``; its ``tries`` list every target aimed at with the size and the measured figures,
@@ -49,25 +50,61 @@ _logger = logging.getLogger(__name__)
 Inputs = tuple[torch.Tensor, ...]
 
 
-def _palettize(mlmodel, layers: dict[str, int] | None = None, nbits: int | None = None):
-    """k-means per tensor: every weight at ``nbits``, or each named weight at its own bits."""
+def _palettize(
+    mlmodel,
+    layers: dict[str, int] | None = None,
+    nbits: int | None = None,
+    known: dict[int, dict[str, np.ndarray]] | None = None,
+):
+    """k-means per tensor: every weight at ``nbits``, or each named weight at its own bits. ``known`` (bits ->
+    weight name -> its palettized values, from an earlier run at that width) spares a weight its k-means."""
     from coremltools.optimize.coreml import OpPalettizerConfig, OptimizationConfig, palettize_weights
 
-    def op(bits: int) -> OpPalettizerConfig:
+    def kmeans(bits: int) -> OpPalettizerConfig:
         return OpPalettizerConfig(mode="kmeans", nbits=bits, granularity="per_tensor")
+
+    def op(name: str, bits: int) -> OpPalettizerConfig:
+        dense = (known or {}).get(bits, {}).get(name)
+        if dense is None:
+            return kmeans(bits)
+        return OpPalettizerConfig(
+            mode="custom", lut_function=_known_palette(dense, bits), granularity="per_tensor"
+        )
 
     if layers is not None:
         config = OptimizationConfig(
-            op_name_configs={n: op(b) if b != FP16 else None for n, b in layers.items()}
+            op_name_configs={n: op(n, b) if b != FP16 else None for n, b in layers.items()}
         )
     else:
-        config = OptimizationConfig(global_config=op(int(nbits or 8)))
+        config = OptimizationConfig(global_config=kmeans(int(nbits or 8)))
     try:
         return palettize_weights(mlmodel, config)
     except Exception as e:  # coremltools raises many types
         raise ToolFailure(
             f"mixed-bit palettization failed ({type(e).__name__}: {e}); no model was written"
         ) from e
+
+
+def _known_palette(dense: np.ndarray, bits: int):
+    """coremltools' custom LUT function giving back the palette and indices k-means already found for a weight
+    (read back as ``dense``, the LUT entries in the weight's order), so the chosen mix costs no k-means again.
+
+    The palette is padded to 2^bits entries (k-means may find fewer distinct ones), so the bits stay as chosen.
+    Should the weight reach the function in another order than it was read back (coremltools moves a channel
+    axis other than 0 first), each value goes to its nearest entry instead, as k-means assigns it.
+    """
+
+    def lut_function(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        palette = np.unique(dense)
+        lut = np.concatenate([palette, np.repeat(palette[-1:], 2**bits - palette.size)])
+        values = weight.reshape(-1).astype(np.float32)
+        nearest = np.searchsorted((palette[1:] + palette[:-1]) / 2, values)
+        indices = np.searchsorted(palette, dense.reshape(-1)) if dense.size == values.size else nearest
+        if np.abs(palette[indices] - values).sum() > 1.01 * np.abs(palette[nearest] - values).sum() + 1e-6:
+            indices = nearest  # not the order it was read back in
+        return lut.astype(weight.dtype), indices.astype(np.uint8)
+
+    return lut_function
 
 
 def _const_name(lut_op_name: str) -> str:
@@ -259,8 +296,9 @@ def search(
     return recipe, sens
 
 
-def apply_recipe(mlmodel, recipe: dict):
-    """Palettize ``mlmodel`` as the recipe says; refuse a recipe made for another model."""
+def apply_recipe(mlmodel, recipe: dict, sens: Sensitivity | None = None):
+    """Palettize ``mlmodel`` as the recipe says, reusing the palettes ``sens`` (the search that chose it) found;
+    refuse a recipe made for another model."""
     from pbrforge.export.coreml_export import count_lut_ops
 
     ops = {op.name for op in mlmodel._mil_program.functions["main"].operations if op.op_type == "const"}
@@ -269,7 +307,7 @@ def apply_recipe(mlmodel, recipe: dict):
         raise ConfigError(
             f"the recipe names weights this model does not have (e.g. {unknown[0]}): it was made for another model"
         )
-    out = _palettize(mlmodel, layers=recipe["layers"])
+    out = _palettize(mlmodel, layers=recipe["layers"], known=sens.dense if sens is not None else None)
     if any(b != FP16 for b in recipe["layers"].values()) and count_lut_ops(out) == 0:
         raise ToolFailure("the recipe changed no weight; no model was written")
     return out

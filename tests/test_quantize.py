@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
@@ -347,3 +348,23 @@ def test_qat_steps_go_with_the_w8a8_package_and_the_int8_pte_only():
     for families, quantize in ((("onnx",), "int8"), (("coreml",), None)):
         with pytest.raises(ConfigError, match="--qat-steps fine-tunes"):
             check_export(families, quantize=quantize, **common)
+
+
+def test_the_chosen_mix_reuses_the_palettes_the_search_found():
+    """The final palettization is given back each weight's k-means palette and indices (no second k-means),
+    padded to 2^bits; a weight handed over in another order goes to its nearest entries instead."""
+    rng = np.random.default_rng(0)
+    weight = rng.normal(0, 1, (8, 4, 3, 3)).astype(np.float16)
+    palette = np.sort(rng.normal(0, 1, 12)).astype(np.float16).astype(np.float32)  # k-means found 12 of 16
+    idx = np.abs(weight.astype(np.float32)[..., None] - palette).argmin(-1)
+    idx[0, 0, 0, 0] = (idx[0, 0, 0, 0] + 1) % palette.size  # k-means may keep a value off its nearest entry
+    dense = palette[idx]
+    lut, indices = mixed_bits._known_palette(dense, 4)(weight)
+    assert lut.dtype == np.float16 and lut.shape == (16,) and indices.dtype == np.uint8
+    np.testing.assert_array_equal(
+        lut[indices].astype(np.float32), dense.reshape(-1)
+    )  # exactly what was measured
+    moved = np.ascontiguousarray(weight.transpose(1, 0, 2, 3))  # a channel axis moved first
+    lut, indices = mixed_bits._known_palette(dense, 4)(moved)
+    nearest = palette[np.abs(moved.reshape(-1, 1).astype(np.float32) - palette).argmin(-1)]
+    np.testing.assert_array_equal(lut[indices].astype(np.float32), nearest)
