@@ -206,53 +206,99 @@ def ranked_by_render_gain(
     import onnx
     from onnxruntime.quantization import qdq_loss_debug as debug
 
+    int8_model = _as_model(int8)
+    layer_of = {node: p.key for p in points.values() for node in p.nodes}
+    produced_by = {out: node.name for node in onnx.load(str(pre)).graph.node for out in node.output}
+    modules = dict(reference.named_modules())
+    seen: dict[str, list[torch.Tensor]] = defaultdict(list)
     with tempfile.TemporaryDirectory(prefix="pbrforge-qdq-debug-") as work:
         float_aug, int8_aug = (Path(work) / n for n in ("float.onnx", "int8.onnx"))
         debug.modify_model_output_intermediate_tensors(str(pre), str(float_aug))
         debug.modify_model_output_intermediate_tensors(str(int8), str(int8_aug))
-        matching = debug.create_activation_matching(
-            debug.collect_activations(str(int8_aug), _Reader(samples)),
-            debug.collect_activations(str(float_aug), _Reader(samples)),
-        )
-        produced_by = {out: node.name for node in onnx.load(str(pre)).graph.node for out in node.output}
-    int8_model = _as_model(int8)
-    quantized_outputs = [int8_model(*views) for views in samples]
-    layer_of = {node: p.key for p in points.values() for node in p.nodes}
-    tensors: dict[str, list[str]] = defaultdict(list)  # layer -> its int8 activations
-    for tensor, pair in matching.items():
-        key = layer_of.get(produced_by.get(tensor, ""))
-        if key is not None and "float" in pair:
-            tensors[key].append(tensor)
-    modules = dict(reference.named_modules())
-    watched = {k: modules[k] for k in tensors if k in modules}
-    seen: dict[str, list[torch.Tensor]] = defaultdict(list)
-    for i, views in enumerate(samples):
-        seen.clear()
-        hooks = [
-            m.register_forward_hook(
-                lambda _m, _in, out, k=k: seen[k].append(out) if isinstance(out, torch.Tensor) else None
+        boundary = _layer_outputs(pre, layer_of)
+        for augmented in (float_aug, int8_aug):
+            _save_only(augmented, boundary)
+        for views in samples:  # one sample's activations at a time: all of them at 512 px ran out of 24 GB
+            matching = debug.create_activation_matching(
+                debug.collect_activations(str(int8_aug), _Reader([views])),
+                debug.collect_activations(str(float_aug), _Reader([views])),
             )
-            for k, m in watched.items()
-        ]
-        try:
-            with torch.enable_grad():  # through the views: the exported model's weights may not ask for grad
-                outputs = reference(*(v.clone().requires_grad_(True) for v in views))
-                kept = {k: v[0] for k, v in seen.items() if len(v) == 1 and v[0].requires_grad}
-                for value in kept.values():
-                    value.retain_grad()
-                int8_precision.render_loss(outputs, quantized_outputs[i]).backward()
-        finally:
-            for hook in hooks:
-                hook.remove()
-        for key, value in kept.items():
-            tensor = _same_tensor(value.detach(), [(t, matching[t]["float"][i]) for t in tensors[key]])
-            if tensor is None or value.grad is None:
-                continue
-            pair = matching[tensor]
-            rounding = torch.from_numpy(np.asarray(pair["post_qdq"][i]) - np.asarray(pair["pre_qdq"][i]))
-            points[key].gain -= float((value.grad * rounding.reshape(value.shape)).sum())
+            tensors: dict[str, list[str]] = defaultdict(list)  # layer -> its int8 activations
+            for tensor, pair in matching.items():
+                key = layer_of.get(produced_by.get(tensor, ""))
+                if key is not None and "float" in pair:
+                    tensors[key].append(tensor)
+            watched = {k: modules[k] for k in tensors if k in modules}
+            seen.clear()
+            hooks = [
+                m.register_forward_hook(
+                    lambda _m, _in, out, k=k: seen[k].append(out) if isinstance(out, torch.Tensor) else None
+                )
+                for k, m in watched.items()
+            ]
+            try:
+                with (
+                    torch.enable_grad()
+                ):  # through the views: the exported model's weights may not ask for grad
+                    outputs = reference(*(v.clone().requires_grad_(True) for v in views))
+                    kept = {k: v[0] for k, v in seen.items() if len(v) == 1 and v[0].requires_grad}
+                    for value in kept.values():
+                        value.retain_grad()
+                    int8_precision.render_loss(outputs, int8_model(*views)).backward()
+            finally:
+                for hook in hooks:
+                    hook.remove()
+            for key, value in kept.items():
+                tensor = _same_tensor(value.detach(), [(t, matching[t]["float"][0]) for t in tensors[key]])
+                if tensor is None or value.grad is None:
+                    continue
+                pair = matching[tensor]
+                rounding = torch.from_numpy(np.asarray(pair["post_qdq"][0]) - np.asarray(pair["pre_qdq"][0]))
+                points[key].gain -= float((value.grad * rounding.reshape(value.shape)).sum())
+            del matching, kept
     reference.zero_grad(set_to_none=True)
     return sorted(points, key=lambda k: -points[k].gain)
+
+
+def _layer_outputs(pre: Path, layer_of: dict[str, str]) -> set[str]:
+    """The tensors a layer hands to another layer (or returns): the only ones the ranking compares."""
+    import onnx
+
+    graph = onnx.load(str(pre)).graph
+    readers: dict[str, set[str]] = defaultdict(set)
+    for node in graph.node:
+        for tensor in node.input:
+            readers[tensor].add(layer_of.get(node.name, node.name))
+    returned = {o.name for o in graph.output}
+    return {
+        out
+        for node in graph.node
+        for out in node.output
+        if out in returned or readers[out] - {layer_of.get(node.name, node.name)}
+    }
+
+
+def _save_only(augmented: Path, tensors: set[str]) -> None:
+    """Keep as outputs of a ``qdq_loss_debug``-augmented model only ``tensors`` (before and after their Q/DQ pair)
+    and the model's own: every intermediate tensor of the demo student at 512 px took 22 GB for one view."""
+    import onnx
+    from onnxruntime.quantization import qdq_loss_debug as debug
+    from onnxruntime.quantization.quant_utils import DEQUANT_OUTPUT_SUFFIX, QUANT_INPUT_SUFFIX
+
+    model = onnx.load(str(augmented))
+
+    def wanted(name: str) -> bool:
+        if not name.endswith(debug._TENSOR_SAVE_POSTFIX):  # one of the model's own outputs
+            return True
+        base = name.removesuffix(debug._TENSOR_SAVE_POSTFIX)
+        for suffix in (debug._POST_QDQ_POSTFIX1, DEQUANT_OUTPUT_SUFFIX, QUANT_INPUT_SUFFIX):
+            base = base.removesuffix(suffix)
+        return base in tensors
+
+    kept = [o for o in model.graph.output if wanted(o.name)]
+    del model.graph.output[:]
+    model.graph.output.extend(kept)
+    onnx.save(model, str(augmented))
 
 
 def _same_tensor(value: torch.Tensor, candidates: list[tuple[str, np.ndarray]]) -> str | None:
