@@ -7,7 +7,7 @@ inference is skipped: it fails on the exported graph's ``Concat``). ``quantize_s
 QuantizeLinear/DequantizeLinear pairs with per-channel int8 weights (symmetric) and uint8 activations
 calibrated by MinMax over the calibration views, and ``integer_pads`` moves each Pad onto the 8-bit values.
 ORT then fuses DQ -> op -> Q into integer kernels (QLinearConv and friends). Before the rewrites, 89 ops of
-the demo student ran in float between a DequantizeLinear and a QuantizeLinear; ``float_islands`` counts what
+the demo student ran in float between a DequantizeLinear and a QuantizeLinear; ``fused_graph_census`` counts what
 is left, and ``profile`` measures where the time goes with ORT's own profiler.
 
 Which layers stay float is chosen in render space (``int8_precision.choose``), as for the int8 ``.pte``: a
@@ -208,17 +208,18 @@ def ranked_by_render_gain(
 
     int8_model = _as_model(int8)
     layer_of = {node: p.key for p in points.values() for node in p.nodes}
-    produced_by = {out: node.name for node in onnx.load(str(pre)).graph.node for out in node.output}
+    pre_graph = onnx.load(str(pre)).graph
+    produced_by = {out: node.name for node in pre_graph.node for out in node.output}
     modules = dict(reference.named_modules())
     seen: dict[str, list[torch.Tensor]] = defaultdict(list)
     with tempfile.TemporaryDirectory(prefix="pbrforge-qdq-debug-") as work:
         float_aug, int8_aug = (Path(work) / n for n in ("float.onnx", "int8.onnx"))
         debug.modify_model_output_intermediate_tensors(str(pre), str(float_aug))
         debug.modify_model_output_intermediate_tensors(str(int8), str(int8_aug))
-        boundary = _layer_outputs(pre, layer_of)
+        boundary = _layer_outputs(pre_graph, layer_of)
         for augmented in (float_aug, int8_aug):
             _save_only(augmented, boundary)
-        for views in samples:  # one sample's activations at a time: all of them at 512 px ran out of 24 GB
+        for views in samples:  # one view's activations at a time, to bound memory at 512 px
             matching = debug.create_activation_matching(
                 debug.collect_activations(str(int8_aug), _Reader([views])),
                 debug.collect_activations(str(float_aug), _Reader([views])),
@@ -236,10 +237,8 @@ def ranked_by_render_gain(
                 )
                 for k, m in watched.items()
             ]
-            try:
-                with (
-                    torch.enable_grad()
-                ):  # through the views: the exported model's weights may not ask for grad
+            try:  # grad through the views: the exported model's weights may not ask for it
+                with torch.enable_grad():
                     outputs = reference(*(v.clone().requires_grad_(True) for v in views))
                     kept = {k: v[0] for k, v in seen.items() if len(v) == 1 and v[0].requires_grad}
                     for value in kept.values():
@@ -260,11 +259,8 @@ def ranked_by_render_gain(
     return sorted(points, key=lambda k: -points[k].gain)
 
 
-def _layer_outputs(pre: Path, layer_of: dict[str, str]) -> set[str]:
+def _layer_outputs(graph: onnx.GraphProto, layer_of: dict[str, str]) -> set[str]:
     """The tensors a layer hands to another layer (or returns): the only ones the ranking compares."""
-    import onnx
-
-    graph = onnx.load(str(pre)).graph
     readers: dict[str, set[str]] = defaultdict(set)
     for node in graph.node:
         for tensor in node.input:
@@ -280,7 +276,8 @@ def _layer_outputs(pre: Path, layer_of: dict[str, str]) -> set[str]:
 
 def _save_only(augmented: Path, tensors: set[str]) -> None:
     """Keep as outputs of a ``qdq_loss_debug``-augmented model only ``tensors`` (before and after their Q/DQ pair)
-    and the model's own: every intermediate tensor of the demo student at 512 px took 22 GB for one view."""
+    and the model's own. With every intermediate tensor saved, ranking the demo student at 512 px peaked at 22.4 GB
+    (one view at a time); with these only, at 19.2 GB."""
     import onnx
     from onnxruntime.quantization import qdq_loss_debug as debug
     from onnxruntime.quantization.quant_utils import DEQUANT_OUTPUT_SUFFIX, QUANT_INPUT_SUFFIX
@@ -385,40 +382,29 @@ def profile(path: Path, example: Inputs, runs: int = 10, threads: int = 2) -> di
     }
 
 
-def node_census(path: Path) -> dict[str, int]:
-    """Op types of the optimised graph ORT actually runs (after its QDQ fusions)."""
+def fused_graph_census(path: Path) -> tuple[dict[str, int], dict[str, int]]:
+    """Of the graph ORT's CPU provider actually runs (after its QDQ fusions): the op types, and the float
+    islands, the ops that still run in float between 8-bit ones (each reads a DequantizeLinear), by type."""
     import onnx
-
-    counts: dict[str, int] = defaultdict(int)
-    with tempfile.TemporaryDirectory(prefix="pbrforge-opt-") as work:
-        graph = onnx.load(_optimized(path, Path(work))).graph
-    for node in graph.node:
-        counts[node.op_type] += 1
-    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
-
-
-def _optimized(path: Path, work: Path) -> str:
-    """The graph ORT's CPU provider runs for ``path``, after its fusions, saved in ``work``."""
     import onnxruntime as ort
 
-    opts = ort.SessionOptions()
-    opts.optimized_model_filepath = str(work / "opt.onnx")
-    ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-    return opts.optimized_model_filepath
-
-
-def float_islands(path: Path) -> dict[str, int]:
-    """Ops that still run in float between 8-bit ones after ORT's fusions: each reads a DequantizeLinear, by type."""
-    import onnx
-
-    counts: dict[str, int] = defaultdict(int)
     with tempfile.TemporaryDirectory(prefix="pbrforge-opt-") as work:
-        graph = onnx.load(_optimized(path, Path(work))).graph
+        opts = ort.SessionOptions()
+        opts.optimized_model_filepath = str(Path(work) / "opt.onnx")
+        ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        graph = onnx.load(opts.optimized_model_filepath).graph
+    ops: dict[str, int] = defaultdict(int)
+    islands: dict[str, int] = defaultdict(int)
     producer = {o: n.op_type for n in graph.node for o in n.output}
     for node in graph.node:
+        ops[node.op_type] += 1
         integer = node.op_type.startswith("Q") or node.op_type == "DequantizeLinear"
         if not integer and any(producer.get(i) == "DequantizeLinear" for i in node.input):
-            counts[node.op_type] += 1
+            islands[node.op_type] += 1
+    return _by_count(ops), _by_count(islands)
+
+
+def _by_count(counts: dict[str, int]) -> dict[str, int]:
     return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
@@ -445,10 +431,11 @@ def _build(job: ExportJob, staged: Path) -> Built:
         ", ".join(int8_profile["top"]),
         100 * int8_profile["integer_or_qdq_share"],
     )
+    census, islands = fused_graph_census(staged)
     info = {
         "precision": recipe,
-        "ort_nodes_after_fusion": node_census(staged),
-        "float_islands": float_islands(staged),
+        "ort_nodes_after_fusion": census,
+        "float_islands": islands,
         "profile_fp32": fp32_profile,
         "profile_int8": int8_profile,
     }
