@@ -22,8 +22,10 @@ Examples:
 from __future__ import annotations
 
 import json
+import multiprocessing
 import subprocess
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import click
@@ -211,9 +213,13 @@ def main(
             raise click.ClickException(f"{path} is missing ({what}): run `make demo` first or pass it")
     if any(s % 32 for s in sizes):
         raise click.BadParameter("every size must be a multiple of 32", param_hint="--sizes")
-    rows = []
+    rows: list[dict] = []
     for size in sizes:
-        figures = export_size(checkpoint, data, out / "runtime_work" / f"student_{size}", size, qat_steps)
+        # each size exports in a process of its own: run after 64-256 px in one process, the 512 px search
+        # went past this machine's 24 GB, and the exports leave nothing the timing needs in memory
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            base = out / "runtime_work" / f"student_{size}"
+            figures = pool.submit(export_size, checkpoint, data, base, size, qat_steps).result()
         row: dict = {"size": size, "columns": {}}
         for label, column in figures.items():
             if "missing" in column:
@@ -240,6 +246,10 @@ def main(
                 c["speedup_vs_eager"] = eager / c["median_ms"]
         rows.append(row)
         _print_row(row)
+        # after every size, so a run that dies later still leaves what it measured (rows say which sizes)
+        write_result(
+            out / "runtime.json", {"threads": threads, "runs": runs, "rows": rows, "goals": _goals(rows)}
+        )
     goals = _goals(rows)
     print(
         f"\nruntime benchmark: {checkpoint}, {threads} threads, median of {runs} runs (each runtime its own process)"

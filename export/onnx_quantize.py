@@ -224,18 +224,21 @@ def ranked_by_render_gain(
                 debug.collect_activations(str(int8_aug), _Reader([views])),
                 debug.collect_activations(str(float_aug), _Reader([views])),
             )
-            tensors: dict[str, list[str]] = defaultdict(list)  # layer -> its int8 activations
-            for tensor, pair in matching.items():
+            # layer -> its int8 activations: (name, float value, rounding); the rest is dropped before PyTorch runs
+            tensors: dict[str, list[tuple[str, np.ndarray, np.ndarray]]] = defaultdict(list)
+            for tensor in list(matching):
+                pair = matching.pop(tensor)
                 key = layer_of.get(produced_by.get(tensor, ""))
-                if key is not None and "float" in pair:
-                    tensors[key].append(tensor)
-            watched = {k: modules[k] for k in tensors if k in modules}
+                if key is not None and key in modules and "float" in pair:
+                    rounding = np.asarray(pair["post_qdq"][0]) - np.asarray(pair["pre_qdq"][0])
+                    tensors[key].append((tensor, pair["float"][0], rounding))
+            del matching
             seen.clear()
             hooks = [
-                m.register_forward_hook(
+                modules[k].register_forward_hook(
                     lambda _m, _in, out, k=k: seen[k].append(out) if isinstance(out, torch.Tensor) else None
                 )
-                for k, m in watched.items()
+                for k in tensors
             ]
             try:  # grad through the views: the exported model's weights may not ask for it
                 with torch.enable_grad():
@@ -243,18 +246,19 @@ def ranked_by_render_gain(
                     kept = {k: v[0] for k, v in seen.items() if len(v) == 1 and v[0].requires_grad}
                     for value in kept.values():
                         value.retain_grad()
-                    int8_precision.render_loss(outputs, int8_model(*views)).backward()
+                    int8_precision.backward_render_loss(outputs, int8_model(*views))
             finally:
                 for hook in hooks:
                     hook.remove()
             for key, value in kept.items():
-                tensor = _same_tensor(value.detach(), [(t, matching[t]["float"][0]) for t in tensors[key]])
+                candidates = {name: (float_value, rounding) for name, float_value, rounding in tensors[key]}
+                tensor = _same_tensor(value.detach(), [(name, f) for name, (f, _) in candidates.items()])
                 if tensor is None or value.grad is None:
                     continue
-                pair = matching[tensor]
-                rounding = torch.from_numpy(np.asarray(pair["post_qdq"][0]) - np.asarray(pair["pre_qdq"][0]))
-                points[key].gain -= float((value.grad * rounding.reshape(value.shape)).sum())
-            del matching, kept
+                rounding_at = torch.from_numpy(candidates[tensor][1])
+                points[key].gain -= float((value.grad * rounding_at.reshape(value.shape)).sum())
+            del tensors, kept, outputs
+            seen.clear()
     reference.zero_grad(set_to_none=True)
     return sorted(points, key=lambda k: -points[k].gain)
 

@@ -7,7 +7,7 @@ layer is a conv or linear of ``job.folded``, made float with ``LinearQuantizerCo
 
 - measure: prepare, calibrate and finalize with those modules excluded, rendered against the float model;
 - rank: the ``.pte``'s first-order render gain, read from hooks on the fake-quants of the calibrated all-W8A8
-  model: one forward and backward of ``render_loss``; a fake-quant's gain is ``sum(grad * (output - input))``
+  model: one forward and ``backward_render_loss``; a fake-quant's gain is ``sum(grad * (output - input))``
   (what dropping its rounding changes, to first order), summed per layer.
 
 A weight fake-quant belongs to its layer, an activation one to the layer whose output it observes. That is
@@ -232,7 +232,7 @@ def rank(calibrated: Calibrated, found: Layers, reference: nn.Module, samples: S
             with torch.no_grad():
                 expected = reference(*views)
             calls.clear()
-            int8_precision.render_loss(live(*views), expected).backward()
+            int8_precision.backward_render_loss(live(*views), expected)
             for fq, records in calls.items():
                 keys = found.sites.get(names[fq], [])
                 for k, (inp, out) in enumerate(records):
