@@ -213,13 +213,18 @@ def main(
             raise click.ClickException(f"{path} is missing ({what}): run `make demo` first or pass it")
     if any(s % 32 for s in sizes):
         raise click.BadParameter("every size must be a multiple of 32", param_hint="--sizes")
-    rows: list[dict] = []
+    exported: dict[int, dict[str, dict]] = {}
     for size in sizes:
         # each size exports in a process of its own: run after 64-256 px in one process, the 512 px search
         # went past this machine's 24 GB, and the exports leave nothing the timing needs in memory
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
             base = out / "runtime_work" / f"student_{size}"
-            figures = pool.submit(export_size, checkpoint, data, base, size, qat_steps).result()
+            exported[size] = pool.submit(export_size, checkpoint, data, base, size, qat_steps).result()
+        print(f"exported {size} px", flush=True)
+    # all timing after all exports: one contiguous stretch that needs the machine to itself
+    print(f"timing {', '.join(map(str, sizes))} px: keep the machine otherwise idle", flush=True)
+    rows: list[dict] = []
+    for size, figures in exported.items():
         row: dict = {"size": size, "columns": {}}
         for label, column in figures.items():
             if "missing" in column:
@@ -246,7 +251,7 @@ def main(
                 c["speedup_vs_eager"] = eager / c["median_ms"]
         rows.append(row)
         _print_row(row)
-        # after every size, so a run that dies later still leaves what it measured (rows say which sizes)
+        # after every size, so a run that dies later still leaves what it timed (rows say which sizes)
         write_result(
             out / "runtime.json", {"threads": threads, "runs": runs, "rows": rows, "goals": _goals(rows)}
         )
