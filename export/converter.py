@@ -26,6 +26,7 @@ Examples:
     python export/converter.py best.pt --output artifacts/student --format executorch --quantize int8 --data data/demo
     python export/converter.py best.pt --output artifacts/student --format executorch --quantize int8 --data data/demo \\
         --qat-steps 200
+    python export/converter.py --model examples/invisp/model.py:spec --output artifacts/invisp --format onnx
 """
 
 from __future__ import annotations
@@ -250,7 +251,14 @@ def _vectors(job: ExportJob, result: ExportResult) -> None:
 
 
 @click.command("export", cls=Command, epilog=examples_epilog(__doc__))
-@click.argument("checkpoint", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("checkpoint", type=click.Path(path_type=Path, dir_okay=False), required=False)
+@click.option(
+    "--model",
+    "model_ref",
+    default=None,
+    help="Any model instead of a checkpoint: FILE.py:factory, package.module:factory or a registered name "
+    "(entry-point group pbrforge.models); the factory returns a pbrforge.modelspec.ModelSpec.",
+)
 @click.option(
     "--output",
     type=OUTPUT_FILE,
@@ -327,7 +335,8 @@ def _vectors(job: ExportJob, result: ExportResult) -> None:
 @render_gate_options
 @user_errors
 def main(
-    checkpoint: Path,
+    checkpoint: Path | None,
+    model_ref: str | None,
     output: Path,
     fmt: str,
     no_fp16: bool,
@@ -347,7 +356,13 @@ def main(
     fp32_max_abs: float,
     qat_steps: int,
 ) -> None:
-    """Convert a checkpoint to deployable artifacts; exit 2 if any parity gate fails."""
+    """Convert a checkpoint (or any model a spec describes) to deployable artifacts; exit 2 if any gate fails."""
+    if (checkpoint is None) == (model_ref is None):
+        raise ConfigError("give either a CHECKPOINT or --model, not both or neither")
+    if model_ref is not None:
+        _export_spec(model_ref, output, fmt)
+        return
+    assert checkpoint is not None
     formats = FAMILIES if fmt == "all" else (fmt,)
     mixed = palettization and nbits == "mixed"
     source = click.get_current_context().get_parameter_source
@@ -386,6 +401,30 @@ def main(
         qat_steps=qat_steps,
     )
     click.echo(result.table())
+    if result.failures:
+        fail(result.failures[0])
+
+
+def _export_spec(model_ref: str, output: Path, fmt: str) -> None:
+    """``--model``: the spec's graphs through the generic gated path; PBR-only options are refused first."""
+    from pbrforge.export.model_export import FORMATS, export_model
+    from pbrforge.modelspec import load_spec
+
+    ctx = click.get_current_context()
+    pbr_only = sorted(
+        f"--{name.replace('_', '-')}"
+        for name, value in ctx.params.items()
+        if name not in ("model_ref", "output", "fmt", "checkpoint")
+        and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+    )
+    if pbr_only:
+        raise ConfigError(f"{', '.join(pbr_only)}: only for pbrforge checkpoints, not for --model")
+    formats = FORMATS if fmt == "all" else (fmt,)
+    if fmt not in (*FORMATS, "all"):
+        raise ConfigError(f"--model exports to {', '.join(FORMATS)} (or all), not {fmt}")
+    result = export_model(load_spec(model_ref), output, formats)
+    click.echo(result.table())
+    click.echo(f"wrote {result.manifest}")
     if result.failures:
         fail(result.failures[0])
 

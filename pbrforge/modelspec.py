@@ -14,12 +14,13 @@ import importlib.util
 import math
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pbrforge.errors import ConfigError, DataError
+from pbrforge.gate_metrics import parse_gate
 
 if TYPE_CHECKING:
     import torch
@@ -39,7 +40,8 @@ class TensorSpec:
         shape: an example shape, batch first; the last two axes of an image may be any multiple of ``multiple``.
         encoding: the numeric range the values are stored in (0-255 sRGB, -1-1), for previews and calibration.
         valid: the values the graph is defined on; a runner refuses an input outside it (None: any finite value).
-        gate: the metric that judges this output (for outputs only), by its registered name.
+        gate: the metric that judges this output (outputs only): ``NAME`` or ``NAME:LIMIT`` of
+            ``pbrforge.gate_metrics``; None: ``max_abs`` for floats, ``exact`` for integers.
     """
 
     name: str
@@ -69,6 +71,8 @@ class TensorSpec:
         for what, bounds in (("encoding", self.encoding), ("valid", self.valid)):
             if bounds is not None and not _interval(bounds):
                 raise ConfigError(f"{self.name}: {what} {bounds} must be two finite numbers, low below high")
+        if self.gate is not None:
+            parse_gate(self.gate)
         if not isinstance(self.multiple, int) or self.multiple < 1:
             raise ConfigError(f"{self.name}: multiple {self.multiple!r} must be a positive whole number")
         if self.kind == "image" and (
@@ -78,6 +82,17 @@ class TensorSpec:
                 f"{self.name}: an image is (batch, channels, height, width) with height and width multiples of "
                 f"{self.multiple}, not {self.shape}"
             )
+
+    @property
+    def judged_by(self) -> str:
+        return self.gate or ("exact" if self.dtype.startswith("int") else "max_abs")
+
+    @property
+    def span(self) -> float:
+        return self.encoding[1] - self.encoding[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"gate": self.judged_by}
 
     def example(self, seed: int = 0) -> torch.Tensor:
         """A tensor of the example shape with values spread over the valid (else the encoded) range."""
@@ -142,13 +157,40 @@ class GraphSpec:
             spec.check(value)
 
 
+Call = Callable[[str, tuple["torch.Tensor", ...]], tuple["torch.Tensor", ...]]
+
+
+@dataclass
+class Pipeline:
+    """What the host does across graphs (a round trip, a sampler's steps), judged end to end.
+
+    ``run(call)`` gets ``call(graph, inputs) -> outputs`` (eager or an artifact) and returns (result, target).
+    A target (a round trip's own input) is what the result is held to; None holds it to the same pipeline run
+    in eager PyTorch.
+    """
+
+    graphs: tuple[str, ...]
+    run: Callable[[Call], tuple[torch.Tensor, torch.Tensor | None]]
+    gate: str = "psnr"
+    span: float = 1.0
+
+    def __post_init__(self) -> None:
+        parse_gate(self.gate)
+        if not callable(self.run):
+            raise ConfigError("a pipeline's run must be callable: run(call) -> (result, target)")
+        if not (math.isfinite(self.span) and self.span > 0):
+            raise ConfigError(f"a pipeline's span must be a finite number above 0, not {self.span}")
+
+
 @dataclass
 class ModelSpec:
-    """A model's graphs by name, and what the host does between them (a sampler, an entropy coder), if anything."""
+    """A model's graphs by name, what the host does between them (a sampler, an entropy coder), and the
+    pipelines that judge them together."""
 
     name: str
     graphs: dict[str, GraphSpec]
     glue: dict[str, Any] = field(default_factory=dict)
+    pipelines: dict[str, Pipeline] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         import torch
@@ -169,6 +211,14 @@ class ModelSpec:
             names = [t.name for t in (*graph.inputs, *graph.outputs)]
             if len(set(names)) != len(names):
                 raise ConfigError(f"graph {graph_name!r} of {self.name!r} repeats a tensor name: {names}")
+        for pipe_name, pipe in self.pipelines.items():
+            if not isinstance(pipe, Pipeline):
+                raise ConfigError(f"pipeline {pipe_name!r} of {self.name!r} is not a pbrforge Pipeline")
+            unknown = [g for g in pipe.graphs if g not in self.graphs]
+            if unknown or not pipe.graphs:
+                raise ConfigError(
+                    f"pipeline {pipe_name!r} of {self.name!r} names graphs it does not have: {unknown or 'none'}"
+                )
 
 
 def load_spec(reference: str) -> ModelSpec:

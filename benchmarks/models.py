@@ -1,0 +1,133 @@
+"""The worked examples of ``--model`` (issue #26): each exported, gated and timed against PyTorch eager.
+
+For each example spec (``examples/*/model.py:spec``) every graph goes to ONNX, ExecuTorch (XNNPACK) and Core
+ML through the same gated path as ``pbrforge export --model``. Then, per graph, PyTorch eager, ONNX Runtime
+and ExecuTorch run the spec's first example input on the same threads: median latency and its ratio to eager.
+Beside each: the output's gate and figure, the artifact's size, and each pipeline (a round trip, a sampler)
+judged end to end through the artifacts. Core ML converts here but runs only on macOS, so it has a size and
+no latency.
+
+Examples:
+    python benchmarks/models.py
+    python benchmarks/models.py --examples invisp --runs 20
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from pbrforge.options import examples_epilog
+from pbrforge.provenance import write_result
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ("invisp", "edm_denoiser")
+
+
+def _bytes(path: Path) -> int:
+    return (
+        path.stat().st_size
+        if path.is_file()
+        else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    )
+
+
+def _median_ms(call, inputs, runs: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        call(*inputs)
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        call(*inputs)
+        times.append((time.perf_counter() - t0) * 1000)
+    return float(np.median(times))
+
+
+def bench(example: str, out: Path, runs: int, threads: int) -> dict:
+    """One example exported and gated, then each graph timed in eager and in every runtime that runs here."""
+    import torch
+
+    from pbrforge.export.model_export import artifact_call, export_model
+    from pbrforge.modelspec import load_spec
+
+    torch.set_num_threads(threads)
+    spec = load_spec(f"{ROOT / 'examples' / example / 'model.py'}:spec")
+    result = export_model(spec, out / "models_work" / example)
+    rows = []
+    for name, graph in spec.graphs.items():
+        inputs = graph.example_inputs(0)
+        module = graph.module.eval()
+
+        def eager(*x, module=module):
+            with torch.no_grad():
+                return module(*x)
+
+        eager_ms = _median_ms(eager, inputs, runs)
+        rows.append({"graph": name, "format": "eager", "median_ms": eager_ms, "speedup_vs_eager": 1.0})
+        for a in (a for a in result.artifacts if a.graph == name):
+            row = {"graph": name, "format": a.format, "status": a.status, "bytes": None, "median_ms": None}
+            row["verdicts"] = {k: v.to_dict() for k, v in a.verdicts.items()}
+            if a.path:
+                row["bytes"] = _bytes(Path(a.path))
+                call = artifact_call(a.format, Path(a.path), graph, threads)
+                if call is not None:
+                    row["median_ms"] = _median_ms(call, inputs, runs)
+                    row["speedup_vs_eager"] = eager_ms / row["median_ms"]
+            rows.append(row)
+    return {"model": spec.name, "rows": rows, "pipelines": result.pipelines, "passed": not result.failures}
+
+
+def table(models: list[dict]) -> str:
+    lines = [
+        f"{'model':<13} {'graph':<9} {'format':<11} {'gate: figure / limit':<34} {'MiB':>6} {'median ms':>10} "
+        f"{'x eager':>8}"
+    ]
+    for m in models:
+        for r in m["rows"]:
+            gate = "; ".join(
+                f"{v['metric']} {v['figure']:.3g} / {v['limit']:g}{'' if v['passed'] else ' FAILED'}"
+                for v in r.get("verdicts", {}).values()
+            )
+            if r["format"] == "coreml":
+                gate = "converted; runs on macOS only"
+            mib = f"{r['bytes'] / 2**20:.2f}" if r.get("bytes") else ""
+            ms = f"{r['median_ms']:.2f}" if r.get("median_ms") else ""
+            ratio = f"{r['speedup_vs_eager']:.2f}x" if r.get("median_ms") else ""
+            lines.append(
+                f"{m['model']:<13} {r['graph']:<9} {r['format']:<11} {gate:<34} {mib:>6} {ms:>10} {ratio:>8}"
+            )
+        for p in m["pipelines"]:
+            v = p["verdict"]
+            lines.append(
+                f"{m['model']:<13} {p['pipeline']:<9} {p['format']:<11} "
+                f"{v['metric']} {v['figure']:.1f} / {v['limit']:g} vs {p['against']}"
+                f"{'' if v['passed'] else ' FAILED'}"
+            )
+    return "\n".join(lines)
+
+
+@click.command(epilog=examples_epilog(__doc__))
+@click.option(
+    "--examples", "names", type=click.Choice(EXAMPLES), multiple=True, default=EXAMPLES, show_default=True
+)
+@click.option("--runs", type=click.IntRange(3, 1000), default=20, show_default=True)
+@click.option("--threads", type=click.IntRange(1, 256), default=2, show_default=True)
+@click.option(
+    "--output", "out", type=click.Path(path_type=Path), default=Path("benchmarks/results"), show_default=True
+)
+def main(names: tuple[str, ...], runs: int, threads: int, out: Path) -> None:
+    """Export, gate and time each worked example of --model against PyTorch eager: table and JSON."""
+    models = [bench(name, out, runs, threads) for name in names]
+    print(f"\nmodels benchmark: {threads} threads, median of {runs} runs, eager in the same process")
+    print(table(models))
+    write_result(out / "models.json", {"threads": threads, "runs": runs, "models": models})
+    print(f"wrote {out / 'models.json'}")
+    if not all(m["passed"] for m in models):
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,383 @@
+"""Export any model a spec describes (``--model``, issue #26): every graph to ONNX, ExecuTorch and Core ML, gated.
+
+Per graph, the pre-export passes run first, each checked against eager PyTorch and listed in the manifest:
+
+- capture with ``torch.export`` (non-strict, so Python-side code around the tensors is traced through);
+- fold parameter-only subgraphs into constants (``torch.fx.experimental.const_fold``): weights a model computes
+  at run time from its parameters (an LU-parametrised 1x1 conv, its ``torch.inverse``) become plain weights, so
+  no backend needs the linear algebra.
+
+Every artifact then runs in its own runtime (ONNX Runtime, ExecuTorch's XNNPACK) on the spec's example inputs
+and each output is held to its own gate (``pbrforge.gate_metrics``: ``max_abs``, ``psnr``, ``exact``, or one a
+user registered). Core ML converts here but runs only on macOS: its package is written and marked not run.
+The spec's pipelines (a round trip, a sampler's steps) then run through the artifacts, each graph's inputs
+checked against its spec (shape, dtype, and the value range exported graphs no longer assert), and are judged
+end to end. A graph that failed a gate is kept as ``OUTPUT.GRAPH.failed.EXT``; ``OUTPUT.model.json`` lists
+graphs, tensors, host glue, passes and every verdict.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pbrforge.errors import ConfigError, UnavailableError
+from pbrforge.fileio import atomic_path, remove, replace_path, write_json
+from pbrforge.gate_metrics import Verdict, judge
+from pbrforge.modelspec import GraphSpec, ModelSpec, Pipeline
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("onnx", "executorch", "coreml")
+EXTENSIONS = {"onnx": ".onnx", "executorch": ".pte", "coreml": ".mlpackage"}
+CHECK_SEEDS = (0, 1)  # example inputs each artifact is judged on
+PASS_MAX_ABS = (
+    1e-4  # a pre-export pass may move an output this far (share of its span) from eager, or is undone
+)
+NOT_RUN = "converted; not run here (Core ML runs only on macOS)"
+
+Tensors = tuple[torch.Tensor, ...]
+
+
+@dataclass
+class GraphArtifact:
+    """One graph in one format: where it is, and how each output fared on each example."""
+
+    graph: str
+    format: str
+    path: str = ""
+    status: str = "ok"  # ok | FAILED | NOT_RUN | error
+    seconds: float = 0.0
+    verdicts: dict[str, Verdict] = field(default_factory=dict)  # output -> the worst verdict over examples
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "graph": self.graph,
+            "format": self.format,
+            "path": self.path,
+            "status": self.status,
+            "seconds": round(self.seconds, 2),
+            "verdicts": {k: v.to_dict() for k, v in self.verdicts.items()},
+            "detail": self.detail,
+        }
+
+
+@dataclass
+class ModelExport:
+    spec: ModelSpec
+    manifest: Path
+    passes: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    artifacts: list[GraphArtifact] = field(default_factory=list)
+    pipelines: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def failures(self) -> list[str]:
+        bad = [
+            f"{a.graph} ({a.format}): {a.status}: {a.detail or _worst(a.verdicts)}"
+            for a in self.artifacts
+            if a.status in ("FAILED", "error")
+        ]
+        return bad + [
+            f"pipeline {p['pipeline']} ({p['format']}): {p['verdict']['metric']} {p['verdict']['figure']:.4g} "
+            f"(limit {p['verdict']['limit']:g})"
+            for p in self.pipelines
+            if not p["verdict"]["passed"]
+        ]
+
+    def table(self) -> str:
+        lines = [
+            f"{'graph':<14} {'format':<11} {'status':<8} {'seconds':>8}  outputs (metric figure / limit)"
+        ]
+        for a in self.artifacts:
+            shown = "; ".join(f"{k}: {v.metric} {v.figure:.4g} / {v.limit:g}" for k, v in a.verdicts.items())
+            status = "not run" if a.status == NOT_RUN else a.status
+            lines.append(f"{a.graph:<14} {a.format:<11} {status:<8} {a.seconds:8.1f}  {shown or a.detail}")
+        for p in self.pipelines:
+            v = p["verdict"]
+            ok = "ok" if v["passed"] else "FAILED"
+            lines.append(
+                f"{'pipeline ' + p['pipeline']:<14} {p['format']:<11} {ok:<8} {'':>8}  "
+                f"{v['metric']} {v['figure']:.4g} / {v['limit']:g} against {p['against']}"
+            )
+        return "\n".join(lines)
+
+
+def _worst(verdicts: dict[str, Verdict]) -> str:
+    return "; ".join(f"{k}: {v.sentence()}" for k, v in verdicts.items() if not v.passed)
+
+
+def _as_tuple(value: Any) -> Tensors:
+    if isinstance(value, torch.Tensor):
+        return (value,)
+    if isinstance(value, tuple | list) and all(isinstance(v, torch.Tensor) for v in value):
+        return tuple(value)
+    raise ConfigError(f"a graph must return a tensor or a tuple of tensors, not {type(value).__name__}")
+
+
+def _op_kinds(graph: torch.fx.Graph) -> dict[str, int]:
+    kinds: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_function":
+            kinds[str(node.target)] = kinds.get(str(node.target), 0) + 1
+    return kinds
+
+
+def _distance(got: Tensors, expected: Tensors, spec: GraphSpec) -> float:
+    """Largest difference over the outputs, each as a share of its encoded span."""
+    return max(
+        float((g.double() - e.double()).abs().max()) / t.span
+        for g, e, t in zip(got, expected, spec.outputs, strict=True)
+    )
+
+
+def capture(name: str, graph: GraphSpec, example: Tensors) -> tuple[torch.export.ExportedProgram, list[dict]]:
+    """The graph as an ExportedProgram after the pre-export passes, and what each pass did."""
+    from torch.fx.experimental import const_fold
+
+    module = graph.module.eval()
+    with torch.no_grad():
+        expected = _as_tuple(module(*example))
+    if len(expected) != len(graph.outputs):
+        raise ConfigError(
+            f"graph {name!r} returns {len(expected)} tensors but its spec lists {len(graph.outputs)}"
+        )
+    try:
+        with torch.no_grad():
+            program = torch.export.export(module, example, strict=False)
+    except Exception as e:  # the user's model: torch.export's reason in one sentence
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"graph {name!r} cannot be captured by torch.export: {first}") from e
+    captured = program.module()
+    ops = _op_kinds(captured.graph)
+    passes = [{"pass": "torch.export (non-strict)", "ops": sum(ops.values())}]
+    folded = const_fold.split_const_subgraphs(captured)
+    folded.run_folding()
+    with torch.no_grad():
+        moved = _distance(_as_tuple(folded(*example)), expected, graph)
+    kept = _op_kinds(folded.graph)
+    record = {
+        "pass": "fold parameter-only subgraphs",
+        "ops_before": sum(ops.values()),
+        "ops_after": sum(kept.values()),
+        "folded": {k: n - kept.get(k, 0) for k, n in ops.items() if n > kept.get(k, 0)},
+        "max_abs_vs_eager": moved,
+        "kept": moved <= PASS_MAX_ABS,
+    }
+    passes.append(record)
+    if record["kept"] and record["folded"]:
+        with torch.no_grad():
+            program = torch.export.export(folded, example, strict=False)
+    return program, passes
+
+
+def _write(
+    fmt: str, program: torch.export.ExportedProgram, graph: GraphSpec, example: Tensors, path: Path
+) -> None:
+    if fmt == "onnx":
+        import onnx
+
+        with atomic_path(path) as tmp:
+            onnx_program = torch.onnx.export(
+                program,
+                example,
+                dynamo=True,
+                input_names=[t.name for t in graph.inputs],
+                output_names=[t.name for t in graph.outputs],
+                verbose=False,
+            )
+            if onnx_program is None:
+                raise RuntimeError("torch.onnx.export returned no program")
+            onnx_program.save(str(tmp))
+            onnx.checker.check_model(str(tmp), full_check=True)
+    elif fmt == "executorch":
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.exir import to_edge_transform_and_lower
+
+        edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(edge.to_executorch().buffer)
+    else:
+        from pbrforge.export.coreml_export import _ct, save_mlpackage
+
+        ct = _ct()
+        mlmodel = ct.convert(
+            program.run_decompositions({}),
+            inputs=[ct.TensorType(name=t.name, shape=t.shape) for t in graph.inputs],
+            outputs=[ct.TensorType(name=t.name) for t in graph.outputs],
+            convert_to="mlprogram",
+            compute_precision=ct.precision.FLOAT32,
+            minimum_deployment_target=ct.target.iOS17,
+        )
+        save_mlpackage(mlmodel, path)
+
+
+def artifact_call(fmt: str, path: Path, graph: GraphSpec, threads: int = 2) -> Any:
+    """A function running the artifact at ``path`` on tensors: inputs checked against the spec first."""
+    if fmt == "onnx":
+        from pbrforge.export.onnx_export import onnx_session
+
+        session = onnx_session(path, threads=threads)
+
+        def run_onnx(*inputs: torch.Tensor) -> Tensors:
+            graph.check_inputs(inputs)
+            feed = {t.name: v.numpy() for t, v in zip(graph.inputs, inputs, strict=True)}
+            return tuple(torch.from_numpy(np.asarray(o)) for o in session.run(None, feed))
+
+        return run_onnx
+    if fmt == "executorch":
+        from pbrforge.export.executorch_export import load_method
+
+        method = load_method(path, threads=threads)
+
+        def run_pte(*inputs: torch.Tensor) -> Tensors:
+            graph.check_inputs(inputs)
+            return tuple(o.clone() for o in method.execute([v.contiguous() for v in inputs]))
+
+        return run_pte
+    return None
+
+
+def _judge(graph: GraphSpec, call: Any, examples: Sequence[Tensors], expected: Sequence[Tensors]) -> dict:
+    """Per output, its worst verdict over the examples: a failing one, else the one nearest its limit."""
+    worst: dict[str, Verdict] = {}
+    for inputs, reference in zip(examples, expected, strict=True):
+        got = _as_tuple(call(*inputs))
+        if len(got) != len(graph.outputs):
+            worst["outputs"] = Verdict("count", len(got), len(graph.outputs), False, "tensors returned")
+            continue
+        for spec, ref, out in zip(graph.outputs, reference, got, strict=True):
+            verdict = judge(spec.judged_by, ref.numpy(), out.numpy(), spec.span)
+            old = worst.get(spec.name)
+            if old is None or (old.passed and (not verdict.passed or _farther(verdict, old))):
+                worst[spec.name] = verdict
+    return worst
+
+
+def _farther(new: Verdict, old: Verdict) -> bool:
+    """Is ``new`` closer to its limit than ``old`` (PSNR: lower; errors and counts: higher)?"""
+    if math.isnan(new.figure):
+        return True
+    return new.figure < old.figure if new.metric == "psnr" else new.figure > old.figure
+
+
+def export_model(spec: ModelSpec, output: Path, formats: Sequence[str] = FORMATS) -> ModelExport:
+    """Every graph of ``spec`` in every format, judged; then the pipelines through the artifacts; the manifest."""
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise ConfigError(f"unknown format(s) {', '.join(unknown)}: choose from {', '.join(FORMATS)}")
+    if "executorch" in formats:
+        from pbrforge.export.executorch_export import executorch_available
+
+        executorch_available()
+    if "coreml" in formats:
+        from pbrforge.export.coreml_export import _ct
+
+        _ct()
+    output = Path(output)
+    result = ModelExport(spec, output.with_name(output.name + ".model.json"))
+    examples = {name: [g.example_inputs(seed) for seed in CHECK_SEEDS] for name, g in spec.graphs.items()}
+    for name, g in spec.graphs.items():
+        for inputs in examples[name]:
+            g.check_inputs(inputs)  # a spec whose own examples break its ranges is the spec's error
+    expected: dict[str, list[Tensors]] = {}
+    for name, g in spec.graphs.items():
+        with torch.no_grad():
+            expected[name] = [_as_tuple(g.module.eval()(*x)) for x in examples[name]]
+    calls: dict[tuple[str, str], Any] = {}
+    for name, g in spec.graphs.items():
+        program, result.passes[name] = capture(name, g, examples[name][0])
+        for fmt in formats:
+            final = output.with_name(f"{output.name}.{name}{EXTENSIONS[fmt]}")
+            failed = output.with_name(f"{output.name}.{name}.failed{EXTENSIONS[fmt]}")
+            staged = output.with_name(f".{output.name}.{name}.staged{EXTENSIONS[fmt]}")
+            artifact = GraphArtifact(name, fmt)
+            t0 = time.perf_counter()
+            try:
+                _write(fmt, program, g, examples[name][0], staged)
+            except UnavailableError:
+                raise
+            except Exception as e:  # a converter gap: recorded with its reason, the other formats go on
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                artifact.status, artifact.detail = "error", f"{type(e).__name__}: {first[:300]}"
+                artifact.seconds = time.perf_counter() - t0
+                result.artifacts.append(artifact)
+                log.warning("%s to %s failed: %s", name, fmt, artifact.detail)
+                continue
+            artifact.seconds = time.perf_counter() - t0
+            call = artifact_call(fmt, staged, g)
+            if call is None:
+                artifact.status, artifact.detail = NOT_RUN, NOT_RUN
+            else:
+                artifact.verdicts = _judge(g, call, examples[name], expected[name])
+                artifact.status = "ok" if all(v.passed for v in artifact.verdicts.values()) else "FAILED"
+            target = final if artifact.status != "FAILED" else failed
+            remove(target)
+            replace_path(staged, target)
+            artifact.path = str(target)
+            if call is not None:
+                calls[(name, fmt)] = artifact_call(fmt, target, g)
+            result.artifacts.append(artifact)
+    for pipe_name, pipe in spec.pipelines.items():
+        for fmt in formats:
+            if all((g, fmt) in calls for g in pipe.graphs):
+                result.pipelines.append(_pipeline(pipe_name, pipe, spec, fmt, calls))
+    write_json(result.manifest, manifest(result, formats))
+    return result
+
+
+def _pipeline(
+    name: str, pipe: Pipeline, spec: ModelSpec, fmt: str, calls: dict[tuple[str, str], Any]
+) -> dict:
+    def eager(graph: str, inputs: Tensors) -> Tensors:
+        spec.graphs[graph].check_inputs(inputs)
+        with torch.no_grad():
+            return _as_tuple(spec.graphs[graph].module(*inputs))
+
+    def artifact(graph: str, inputs: Tensors) -> Tensors:
+        return _as_tuple(calls[(graph, fmt)](*inputs))
+
+    got, target = pipe.run(artifact)
+    against = "its own target"
+    if target is None:
+        target, _ = pipe.run(eager)
+        against = "eager"
+    verdict = judge(pipe.gate, target.detach().numpy(), got.detach().numpy(), pipe.span)
+    return {
+        "pipeline": name,
+        "format": fmt,
+        "graphs": list(pipe.graphs),
+        "against": against,
+        "verdict": verdict.to_dict(),
+    }
+
+
+def manifest(result: ModelExport, formats: Sequence[str]) -> dict[str, Any]:
+    spec = result.spec
+    return {
+        "model": spec.name,
+        "formats": list(formats),
+        "graphs": {
+            name: {
+                "inputs": [t.to_dict() for t in g.inputs],
+                "outputs": [t.to_dict() for t in g.outputs],
+                "passes": result.passes.get(name, []),
+                "artifacts": [a.to_dict() for a in result.artifacts if a.graph == name],
+            }
+            for name, g in spec.graphs.items()
+        },
+        "glue": {
+            k: v if isinstance(v, str | int | float | bool | list | dict) else repr(v)
+            for k, v in spec.glue.items()
+        },
+        "pipelines": result.pipelines,
+        "passed": not result.failures,
+    }

@@ -1,0 +1,154 @@
+"""Any model through the gated deploy path (issue #26): the InvISP example both ways, a failing gate, bad input."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from pbrforge.cli import main as cli
+from pbrforge.errors import DataError
+from pbrforge.modelspec import load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+INVISP = f"{ROOT / 'examples' / 'invisp' / 'model.py'}:spec"
+EDM = f"{ROOT / 'examples' / 'edm_denoiser' / 'model.py'}:spec"
+
+# a graph whose Python state moves between calls: eager and the exported graph disagree, so the gate must fail
+DRIFTING = """
+import torch
+from pbrforge.modelspec import GraphSpec, ModelSpec, TensorSpec
+
+class Drifting(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):
+        self.calls += 1
+        return x * self.calls
+
+def build():
+    image = TensorSpec("image", (1, 3, 16, 16), valid=(0.0, 1.0))
+    return ModelSpec("drifting", {"main": GraphSpec(Drifting(), (image,), (TensorSpec("out", (1, 3, 16, 16)),))})
+"""
+
+
+@pytest.fixture(scope="module")
+def invisp(tmp_path_factory):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("executorch")
+    from pbrforge.export.model_export import export_model
+
+    out = tmp_path_factory.mktemp("invisp") / "invisp"
+    return export_model(load_spec(INVISP), out, ("onnx", "executorch")), out
+
+
+def test_invisp_both_directions_pass_their_gates_in_every_runtime(invisp):
+    result, out = invisp
+    assert result.failures == []
+    assert {(a.graph, a.format) for a in result.artifacts} == {
+        (g, f) for g in ("forward", "reverse") for f in ("onnx", "executorch")
+    }
+    for a in result.artifacts:
+        assert a.status == "ok" and Path(a.path).exists(), a
+        (verdict,) = a.verdicts.values()
+        assert verdict.metric == "max_abs" and verdict.passed and verdict.figure < 1e-4, verdict
+    for ext in (".onnx", ".pte"):
+        assert (out.parent / f"invisp.forward{ext}").is_file() and (
+            out.parent / f"invisp.reverse{ext}"
+        ).is_file()
+
+
+def test_invisp_round_trips_through_the_artifacts(invisp):
+    result, _ = invisp
+    trips = {p["format"]: p for p in result.pipelines}
+    assert set(trips) == {"onnx", "executorch"}
+    for trip in trips.values():
+        assert trip["against"] == "its own target" and trip["verdict"]["passed"]
+        assert trip["verdict"]["figure"] > 100, trip  # fp32 forward then reverse: rounding only
+
+
+def test_the_lu_weights_are_folded_before_export_and_the_manifest_says_so(invisp):
+    result, _ = invisp
+    manifest = json.loads(result.manifest.read_text())
+    assert manifest["passed"] is True and set(manifest["graphs"]) == {"forward", "reverse"}
+    fold = manifest["graphs"]["reverse"]["passes"][1]
+    assert fold["pass"] == "fold parameter-only subgraphs" and fold["kept"]
+    assert fold["folded"]["aten.inverse.default"] == 4 and fold["max_abs_vs_eager"] < 1e-6
+    assert fold["ops_after"] < fold["ops_before"]
+    raw = manifest["graphs"]["forward"]["inputs"][0]
+    assert raw["name"] == "raw" and raw["valid"] == [0.0, 1.0] and raw["gate"] == "max_abs"
+
+
+def test_an_artifact_refuses_input_outside_the_range_the_model_is_defined_on(invisp):
+    from pbrforge.export.model_export import artifact_call
+
+    result, out = invisp
+    spec = load_spec(INVISP)
+    run = artifact_call("onnx", out.parent / "invisp.forward.onnx", spec.graphs["forward"])
+    assert run(torch.full((1, 3, 64, 64), 0.5))[0].shape == (1, 3, 64, 64)
+    with pytest.raises(DataError, match="outside the 0..1 the model is defined on"):
+        run(torch.full((1, 3, 64, 64), 3.0))
+    with pytest.raises(DataError, match="NaN"):
+        run(torch.full((1, 3, 64, 64), float("nan")))
+
+
+def test_the_edm_step_ships_and_its_sampler_holds_through_the_artifact(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from pbrforge.export.model_export import artifact_call, export_model
+
+    spec = load_spec(EDM)
+    result = export_model(spec, tmp_path / "edm", ("onnx",))
+    assert result.failures == []
+    (restore,) = result.pipelines
+    # 15 denoiser calls from sigma 80 down, each in ONNX Runtime: the final image as eager's, to rounding
+    assert restore["against"] == "eager" and restore["verdict"]["figure"] > 80, restore
+    step = artifact_call("onnx", tmp_path / "edm.denoise.onnx", spec.graphs["denoise"])
+    x, _, dark = spec.graphs["denoise"].example_inputs(0)
+    with pytest.raises(DataError, match="sigma: values span 100..100, outside the 0.002..80"):
+        step(x, torch.tensor([100.0]), dark)  # past the schedule the model was trained on
+
+
+def test_a_graph_that_fails_its_gate_is_kept_as_failed_and_the_command_exits_2(tmp_path):
+    pytest.importorskip("onnxruntime")
+    model = tmp_path / "drifting.py"
+    model.write_text(textwrap.dedent(DRIFTING))
+    out = tmp_path / "art" / "drift"
+    out.parent.mkdir()
+    r = CliRunner().invoke(
+        cli, ["export", "--model", f"{model}:build", "--output", str(out), "--format", "onnx"]
+    )
+    assert r.exit_code == 2, r.output
+    assert "main (onnx): FAILED: out: max_abs" in r.output.strip().splitlines()[-1]
+    assert (out.parent / "drift.main.failed.onnx").is_file() and not (out.parent / "drift.main.onnx").exists()
+    manifest = json.loads((out.parent / "drift.model.json").read_text())
+    assert manifest["passed"] is False
+    fold = manifest["graphs"]["main"]["passes"][1]
+    assert fold["kept"] is False  # the pass moved the output: undone, and said so
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--model", "nowhere.py:spec"], "model file nowhere.py does not exist"),
+        (["--model", "pbrforge.nothing_here:spec"], "cannot import 'pbrforge.nothing_here'"),
+        (
+            ["--model", f"{INVISP}", "--quantize", "int8"],
+            "--quantize: only for pbrforge checkpoints, not for --model",
+        ),
+        (["--model", f"{INVISP}", "--format", "tensorrt"], "--model exports to onnx, executorch, coreml"),
+        (["--model", f"{INVISP}", "best.pt"], "give either a CHECKPOINT or --model, not both or neither"),
+        ([], "give either a CHECKPOINT or --model, not both or neither"),
+    ],
+)
+def test_bad_model_requests_are_one_sentence_and_exit_2(tmp_path, args, says):
+    out = tmp_path / "x"
+    r = CliRunner().invoke(cli, ["export", *args, "--output", str(out)])
+    assert r.exit_code == 2, r.output
+    assert says in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert list(tmp_path.iterdir()) == []  # nothing written before the inputs are validated
