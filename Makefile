@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml $(WEB)/package-lock.json $(WEB)/viewer.js $(HDRI)/packa
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_PINS)
-	$(PIP) install -q -e ".[coreml,onnx,executorch,assets,dev]" $(TORCH_PINS)
+	$(PIP) install -q -e ".[coreml,onnx,executorch,assets,examples,dev]" $(TORCH_PINS)
 	@# the preview's screenshots and its tests need a browser: Debian's chromium (software WebGL)
 	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
 		echo "installing chromium with apt-get (root needed)"; \

@@ -24,7 +24,7 @@ from pbrforge.options import examples_epilog
 from pbrforge.provenance import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLES = ("invisp", "edm_denoiser")
+EXAMPLES = ("invisp", "hyperprior_codec", "edm_denoiser")
 
 
 def _bytes(path: Path) -> int:

@@ -5,8 +5,12 @@ Per graph, the pre-export passes run first, each checked against eager PyTorch a
 - capture with ``torch.export`` (non-strict, so Python-side code around the tensors is traced through);
 - fold parameter-only subgraphs into constants (``torch.fx.experimental.const_fold``): weights a model computes
   at run time from its parameters (an LU-parametrised 1x1 conv, its ``torch.inverse``) become plain weights, so
-  no backend needs the linear algebra.
+  no backend needs the linear algebra;
+- rewrite the few ops a converter lacks (``REWRITES``: ``exp2``, ``outer``/``ger``; float64 as float32).
 
+A pass that changes nothing, or moves an output more than ``PASS_MAX_ABS`` of its span, is undone.
+
+A graph whose outputs feed an entropy coder (``kind="symbols"``) is built for fp32 on the CPU in every format.
 Every artifact then runs in its own runtime (ONNX Runtime, ExecuTorch's XNNPACK) on the spec's example inputs
 and each output is held to its own gate (``pbrforge.gate_metrics``: ``max_abs``, ``psnr``, ``exact``, or one a
 user registered). Core ML converts here but runs only on macOS: its package is written and marked not run.
@@ -18,6 +22,7 @@ graphs, tensors, host glue, passes and every verdict.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -43,6 +48,14 @@ PASS_MAX_ABS = (
     1e-4  # a pre-export pass may move an output this far (share of its span) from eager, or is undone
 )
 NOT_RUN = "converted; not run here (Core ML runs only on macOS)"
+PLACEMENT = {  # (format, feeds an entropy coder) -> where it computes, as the artifact is built
+    ("onnx", False): "fp32, ONNX Runtime's CPU provider (an app may add an NPU provider)",
+    ("onnx", True): "fp32, CPU provider only: it feeds an entropy coder",
+    ("executorch", False): "fp32, XNNPACK (CPU)",
+    ("executorch", True): "fp32, XNNPACK (CPU): it feeds an entropy coder",
+    ("coreml", False): "fp32 package, any compute unit (the Neural Engine runs FP16)",
+    ("coreml", True): "fp32, CPU only: it feeds an entropy coder",
+}
 
 Tensors = tuple[torch.Tensor, ...]
 
@@ -57,6 +70,7 @@ class GraphArtifact:
     status: str = "ok"  # ok | FAILED | NOT_RUN | error
     seconds: float = 0.0
     verdicts: dict[str, Verdict] = field(default_factory=dict)  # output -> the worst verdict over examples
+    placement: str = ""
     detail: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -67,6 +81,7 @@ class GraphArtifact:
             "status": self.status,
             "seconds": round(self.seconds, 2),
             "verdicts": {k: v.to_dict() for k, v in self.verdicts.items()},
+            "placement": self.placement,
             "detail": self.detail,
         }
 
@@ -107,6 +122,10 @@ class ModelExport:
             lines.append(
                 f"{'pipeline ' + p['pipeline']:<14} {p['format']:<11} {ok:<8} {'':>8}  "
                 f"{v['metric']} {v['figure']:.4g} / {v['limit']:g} against {p['against']}"
+                + "".join(
+                    f"; {k} {x:.4g}" if isinstance(x, float) else f"; {k} {x}"
+                    for k, x in p["figures"].items()
+                )
             )
         return "\n".join(lines)
 
@@ -158,25 +177,111 @@ def capture(name: str, graph: GraphSpec, example: Tensors) -> tuple[torch.export
         raise ConfigError(f"graph {name!r} cannot be captured by torch.export: {first}") from e
     captured = program.module()
     ops = _op_kinds(captured.graph)
-    passes = [{"pass": "torch.export (non-strict)", "ops": sum(ops.values())}]
+    passes: list[dict[str, Any]] = [{"pass": "torch.export (non-strict)", "ops": sum(ops.values())}]
     folded = const_fold.split_const_subgraphs(captured)
     folded.run_folding()
-    with torch.no_grad():
-        moved = _distance(_as_tuple(folded(*example)), expected, graph)
     kept = _op_kinds(folded.graph)
-    record = {
-        "pass": "fold parameter-only subgraphs",
-        "ops_before": sum(ops.values()),
-        "ops_after": sum(kept.values()),
-        "folded": {k: n - kept.get(k, 0) for k, n in ops.items() if n > kept.get(k, 0)},
-        "max_abs_vs_eager": moved,
-        "kept": moved <= PASS_MAX_ABS,
-    }
-    passes.append(record)
-    if record["kept"] and record["folded"]:
+    current = _checked(
+        passes,
+        "fold parameter-only subgraphs",
+        {k: n - kept.get(k, 0) for k, n in ops.items() if n > kept.get(k, 0)},
+        folded,
+        captured,
+        graph,
+        example,
+        expected,
+    )
+    rewritten = copy.deepcopy(current)
+    current = _checked(
+        passes,
+        "rewrite converter gaps",
+        rewrite_gaps(rewritten),
+        rewritten,
+        current,
+        graph,
+        example,
+        expected,
+    )
+    if current is not captured:
         with torch.no_grad():
-            program = torch.export.export(folded, example, strict=False)
+            program = torch.export.export(current, example, strict=False)
     return program, passes
+
+
+def _checked(
+    passes: list[dict[str, Any]],
+    name: str,
+    changed: dict[str, int],
+    after: torch.nn.Module,
+    before: torch.nn.Module,
+    graph: GraphSpec,
+    example: Tensors,
+    expected: Tensors,
+) -> torch.nn.Module:
+    """Record a pass; keep its result only if it changed something and moved no output past PASS_MAX_ABS."""
+    record: dict[str, Any] = {
+        "pass": name,
+        "changed": changed,
+        "ops_after": sum(_op_kinds(after.graph).values()),
+    }
+    if changed:
+        with torch.no_grad():
+            record["max_abs_vs_eager"] = _distance(_as_tuple(after(*example)), expected, graph)
+    record["kept"] = bool(changed) and record["max_abs_vs_eager"] <= PASS_MAX_ABS
+    passes.append(record)
+    return after if record["kept"] else before
+
+
+def _exp2(graph: torch.fx.Graph, node: torch.fx.Node) -> torch.fx.Node:
+    scaled = graph.call_function(torch.ops.aten.mul.Tensor, (node.args[0], math.log(2.0)))
+    return graph.call_function(torch.ops.aten.exp.default, (scaled,))
+
+
+def _outer(graph: torch.fx.Graph, node: torch.fx.Node) -> torch.fx.Node:
+    a, b = node.args[:2]
+    column = graph.call_function(torch.ops.aten.unsqueeze.default, (a, 1))
+    row = graph.call_function(torch.ops.aten.unsqueeze.default, (b, 0))
+    return graph.call_function(torch.ops.aten.mul.Tensor, (column, row))
+
+
+def _float32(graph: torch.fx.Graph, node: torch.fx.Node) -> torch.fx.Node:
+    args = tuple(torch.float32 if a is torch.float64 else a for a in node.args)
+    kwargs = {k: torch.float32 if v is torch.float64 else v for k, v in node.kwargs.items()}
+    return graph.call_function(node.target, args, kwargs)  # type: ignore[arg-type]
+
+
+def _asks_float64(node: torch.fx.Node) -> bool:
+    return any(a is torch.float64 for a in (*node.args, *node.kwargs.values()))
+
+
+# ops some converter lacks (Core ML: ger/outer; ExecuTorch's edge dialect: exp2; mobile GPUs and NPUs: float64)
+REWRITES = {
+    torch.ops.aten.exp2.default: _exp2,
+    torch.ops.aten.outer.default: _outer,
+    torch.ops.aten.ger.default: _outer,
+}
+
+
+def rewrite_gaps(module: torch.fx.GraphModule) -> dict[str, int]:
+    """Replace, in place, the ops of ``REWRITES`` and float64 casts and factories (as float32); counts by op."""
+    graph, done = module.graph, {}
+    for node in list(graph.nodes):
+        if node.op != "call_function":
+            continue
+        build = REWRITES.get(node.target)
+        if build is None and _asks_float64(node):
+            build = _float32
+        if build is None:
+            continue
+        with graph.inserting_before(node):
+            new = build(graph, node)
+        node.replace_all_uses_with(new)
+        graph.erase_node(node)
+        done[str(node.target)] = done.get(str(node.target), 0) + 1
+    if done:
+        graph.lint()
+        module.recompile()
+    return done
 
 
 def _write(
@@ -216,6 +321,8 @@ def _write(
             convert_to="mlprogram",
             compute_precision=ct.precision.FLOAT32,
             minimum_deployment_target=ct.target.iOS17,
+            # the Neural Engine computes in FP16: a graph that feeds a coder stays on the CPU in fp32
+            compute_units=ct.ComputeUnit.CPU_ONLY if graph.feeds_coder else ct.ComputeUnit.ALL,
         )
         save_mlpackage(mlmodel, path)
 
@@ -299,7 +406,7 @@ def export_model(spec: ModelSpec, output: Path, formats: Sequence[str] = FORMATS
             final = output.with_name(f"{output.name}.{name}{EXTENSIONS[fmt]}")
             failed = output.with_name(f"{output.name}.{name}.failed{EXTENSIONS[fmt]}")
             staged = output.with_name(f".{output.name}.{name}.staged{EXTENSIONS[fmt]}")
-            artifact = GraphArtifact(name, fmt)
+            artifact = GraphArtifact(name, fmt, placement=PLACEMENT[fmt, g.feeds_coder])
             t0 = time.perf_counter()
             try:
                 _write(fmt, program, g, examples[name][0], staged)
@@ -345,10 +452,10 @@ def _pipeline(
     def artifact(graph: str, inputs: Tensors) -> Tensors:
         return _as_tuple(calls[(graph, fmt)](*inputs))
 
-    got, target = pipe.run(artifact)
+    got, target, figures = _ran(pipe, artifact)
     against = "its own target"
     if target is None:
-        target, _ = pipe.run(eager)
+        target, _, _ = _ran(pipe, eager)
         against = "eager"
     verdict = judge(pipe.gate, target.detach().numpy(), got.detach().numpy(), pipe.span)
     return {
@@ -357,7 +464,16 @@ def _pipeline(
         "graphs": list(pipe.graphs),
         "against": against,
         "verdict": verdict.to_dict(),
+        "figures": figures,
     }
+
+
+def _ran(pipe: Pipeline, call: Any) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, Any]]:
+    returned = pipe.run(call)
+    if not isinstance(returned, tuple) or len(returned) not in (2, 3):
+        raise ConfigError("a pipeline's run must return (result, target) or (result, target, figures)")
+    result, target, *rest = returned
+    return result, target, dict(rest[0]) if rest else {}
 
 
 def manifest(result: ModelExport, formats: Sequence[str]) -> dict[str, Any]:

@@ -145,6 +145,11 @@ class GraphSpec:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
 
+    @property
+    def feeds_coder(self) -> bool:
+        """Its outputs pick an entropy coder's models: it must compute them bit for bit alike everywhere."""
+        return any(t.kind == "symbols" for t in self.outputs)
+
     def example_inputs(self, seed: int = 0) -> tuple[torch.Tensor, ...]:
         return tuple(t.example(seed + i) for i, t in enumerate(self.inputs))
 
@@ -164,13 +169,13 @@ Call = Callable[[str, tuple["torch.Tensor", ...]], tuple["torch.Tensor", ...]]
 class Pipeline:
     """What the host does across graphs (a round trip, a sampler's steps), judged end to end.
 
-    ``run(call)`` gets ``call(graph, inputs) -> outputs`` (eager or an artifact) and returns (result, target).
-    A target (a round trip's own input) is what the result is held to; None holds it to the same pipeline run
-    in eager PyTorch.
+    ``run(call)`` gets ``call(graph, inputs) -> outputs`` (eager or an artifact) and returns (result, target)
+    or (result, target, figures). A target (a round trip's own input) is what the result is held to; None
+    holds it to the same pipeline run in eager PyTorch. Figures (bits per pixel, a coder's sync) are reported.
     """
 
     graphs: tuple[str, ...]
-    run: Callable[[Call], tuple[torch.Tensor, torch.Tensor | None]]
+    run: Callable[[Call], tuple[Any, ...]]
     gate: str = "psnr"
     span: float = 1.0
 

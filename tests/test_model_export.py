@@ -17,6 +17,7 @@ from pbrforge.modelspec import load_spec
 ROOT = Path(__file__).resolve().parents[1]
 INVISP = f"{ROOT / 'examples' / 'invisp' / 'model.py'}:spec"
 EDM = f"{ROOT / 'examples' / 'edm_denoiser' / 'model.py'}:spec"
+CODEC = f"{ROOT / 'examples' / 'hyperprior_codec' / 'model.py'}:spec"
 
 # a graph whose Python state moves between calls: eager and the exported graph disagree, so the gate must fail
 DRIFTING = """
@@ -77,10 +78,11 @@ def test_the_lu_weights_are_folded_before_export_and_the_manifest_says_so(invisp
     result, _ = invisp
     manifest = json.loads(result.manifest.read_text())
     assert manifest["passed"] is True and set(manifest["graphs"]) == {"forward", "reverse"}
-    fold = manifest["graphs"]["reverse"]["passes"][1]
+    captured, fold, rewrite = manifest["graphs"]["reverse"]["passes"]
     assert fold["pass"] == "fold parameter-only subgraphs" and fold["kept"]
-    assert fold["folded"]["aten.inverse.default"] == 4 and fold["max_abs_vs_eager"] < 1e-6
-    assert fold["ops_after"] < fold["ops_before"]
+    assert fold["changed"]["aten.inverse.default"] == 4 and fold["max_abs_vs_eager"] < 1e-6
+    assert fold["ops_after"] < captured["ops"]
+    assert rewrite["pass"] == "rewrite converter gaps" and rewrite["changed"] == {} and not rewrite["kept"]
     raw = manifest["graphs"]["forward"]["inputs"][0]
     assert raw["name"] == "raw" and raw["valid"] == [0.0, 1.0] and raw["gate"] == "max_abs"
 
@@ -114,6 +116,33 @@ def test_the_edm_step_ships_and_its_sampler_holds_through_the_artifact(tmp_path)
         step(x, torch.tensor([100.0]), dark)  # past the schedule the model was trained on
 
 
+def test_the_codec_round_trips_through_a_range_coder_with_its_coder_graphs_exact(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("executorch")
+    pytest.importorskip("constriction")
+    from pbrforge.export.model_export import artifact_call, export_model
+
+    spec = load_spec(CODEC)
+    result = export_model(spec, tmp_path / "codec", ("onnx", "executorch"))
+    assert result.failures == []
+    for a in result.artifacts:
+        if a.graph in ("prior", "context"):  # their indexes pick the coder's models: exact, on the CPU
+            index = a.verdicts[f"index{1 if a.graph == 'prior' else 2}"]
+            assert index.metric == "exact" and index.figure == 0 and index.passed
+            assert "entropy coder" in a.placement
+        else:
+            assert "entropy coder" not in a.placement
+    for trip in result.pipelines:  # encode to bits and decode, every graph an artifact
+        assert trip["verdict"]["passed"] and trip["verdict"]["figure"] > 80, trip
+        figures = trip["figures"]
+        assert figures["symbols_decoded_exactly"] is True and figures["bpp"] > 0
+        assert figures["distinct_scale_indexes"] >= 8  # the exact gate has indexes to get wrong
+    analysis = artifact_call("onnx", tmp_path / "codec.analysis.onnx", spec.graphs["analysis"])
+    image, _ = spec.graphs["analysis"].example_inputs(0)
+    with pytest.raises(DataError, match="rate: values span 5..5, outside the 0..4"):
+        analysis(image, torch.tensor([5.0]))  # the assert CRDR had, which the exported graph lost
+
+
 def test_a_graph_that_fails_its_gate_is_kept_as_failed_and_the_command_exits_2(tmp_path):
     pytest.importorskip("onnxruntime")
     model = tmp_path / "drifting.py"
@@ -128,8 +157,36 @@ def test_a_graph_that_fails_its_gate_is_kept_as_failed_and_the_command_exits_2(t
     assert (out.parent / "drift.main.failed.onnx").is_file() and not (out.parent / "drift.main.onnx").exists()
     manifest = json.loads((out.parent / "drift.model.json").read_text())
     assert manifest["passed"] is False
-    fold = manifest["graphs"]["main"]["passes"][1]
-    assert fold["kept"] is False  # the pass moved the output: undone, and said so
+    (artifact,) = manifest["graphs"]["main"]["artifacts"]
+    assert artifact["status"] == "FAILED" and not artifact["verdicts"]["out"]["passed"]
+
+
+class Gaps(torch.nn.Module):
+    """Ops some converter lacks: exp2 (ExecuTorch's edge dialect), outer (Core ML), a float64 detour."""
+
+    def forward(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        table = torch.outer(v, v).to(torch.float64).sum().to(torch.float32)
+        return torch.exp2(x) + table
+
+
+def test_converter_gaps_are_rewritten_into_ops_every_backend_has():
+    from pbrforge.export.model_export import capture
+    from pbrforge.modelspec import GraphSpec, TensorSpec
+
+    graph = GraphSpec(
+        Gaps(),
+        (TensorSpec("x", (1, 3, 8, 8), valid=(-2.0, 2.0)), TensorSpec("v", (4,), kind="tensor")),
+        (TensorSpec("y", (1, 3, 8, 8), encoding=(0.0, 8.0)),),
+    )
+    example = graph.example_inputs(0)
+    program, passes = capture("gaps", graph, example)
+    rewrite = passes[2]
+    assert rewrite["kept"] and rewrite["max_abs_vs_eager"] < 1e-6, rewrite
+    assert rewrite["changed"]["aten.exp2.default"] == 1 and rewrite["changed"]["aten.outer.default"] == 1
+    assert rewrite["changed"]["aten.to.dtype"] == 1  # the float64 detour, now float32
+    ops = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
+    assert "aten.exp2.default" not in ops and "aten.outer.default" not in ops
+    assert torch.allclose(program.module()(*example), Gaps()(*example), atol=1e-5)
 
 
 @pytest.mark.parametrize(
