@@ -212,17 +212,17 @@ def _checked(
     passes: list[dict[str, Any]],
     name: str,
     changed: dict[str, int],
-    after: torch.nn.Module,
-    before: torch.nn.Module,
+    after: torch.fx.GraphModule,
+    before: torch.fx.GraphModule,
     graph: GraphSpec,
     example: Tensors,
     expected: Tensors,
-) -> torch.nn.Module:
+) -> torch.fx.GraphModule:
     """Record a pass; keep its result only if it changed something and moved no output past PASS_MAX_ABS."""
     record: dict[str, Any] = {
         "pass": name,
         "changed": changed,
-        "ops_after": sum(_op_kinds(after.graph).values()),
+        "ops_after": sum(n for n in _op_kinds(after.graph).values()),
     }
     if changed:
         with torch.no_grad():
@@ -264,7 +264,7 @@ REWRITES = {
 
 def rewrite_gaps(module: torch.fx.GraphModule) -> dict[str, int]:
     """Replace, in place, the ops of ``REWRITES`` and float64 casts and factories (as float32); counts by op."""
-    graph, done = module.graph, {}
+    graph, done = module.graph, dict[str, int]()
     for node in list(graph.nodes):
         if node.op != "call_function":
             continue
