@@ -72,7 +72,7 @@ def bench(example: str, out: Path, runs: int, threads: int) -> dict:
             row["verdicts"] = {k: v.to_dict() for k, v in a.verdicts.items()}
             if a.path:
                 row["bytes"] = _bytes(Path(a.path))
-                call = artifact_call(a.format, Path(a.path), graph, threads)
+                call = artifact_call(a.format, Path(a.path), graph.inputs, threads)
                 if call is not None:
                     row["median_ms"] = _median_ms(call, inputs, runs)
                     row["speedup_vs_eager"] = eager_ms / row["median_ms"]

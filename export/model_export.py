@@ -37,7 +37,7 @@ import torch
 from pbrforge.errors import ConfigError, UnavailableError
 from pbrforge.fileio import atomic_path, remove, replace_path, write_json
 from pbrforge.gate_metrics import Verdict, judge
-from pbrforge.modelspec import GraphSpec, ModelSpec, Pipeline
+from pbrforge.modelspec import GraphSpec, ModelSpec, Pipeline, TensorSpec, check_values
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ CHECK_SEEDS = (0, 1)  # example inputs each artifact is judged on
 PASS_MAX_ABS = (
     1e-4  # a pre-export pass may move an output this far (share of its span) from eager, or is undone
 )
+VECTORS = ".testvectors"  # OUTPUT.testvectors/GRAPH.safetensors
 NOT_RUN = "converted; not run here (Core ML runs only on macOS)"
 PLACEMENT = {  # (format, feeds an entropy coder) -> where it computes, as the artifact is built
     ("onnx", False): "fp32, ONNX Runtime's CPU provider (an app may add an NPU provider)",
@@ -327,16 +328,17 @@ def _write(
         save_mlpackage(mlmodel, path)
 
 
-def artifact_call(fmt: str, path: Path, graph: GraphSpec, threads: int = 2) -> Any:
-    """A function running the artifact at ``path`` on tensors: inputs checked against the spec first."""
+def artifact_call(fmt: str, path: Path, inputs: tuple[TensorSpec, ...], threads: int = 2) -> Any:
+    """A function running the artifact at ``path`` on tensors, each checked against ``inputs`` first; None for
+    a format that does not run here (Core ML)."""
     if fmt == "onnx":
         from pbrforge.export.onnx_export import onnx_session
 
         session = onnx_session(path, threads=threads)
 
-        def run_onnx(*inputs: torch.Tensor) -> Tensors:
-            graph.check_inputs(inputs)
-            feed = {t.name: v.numpy() for t, v in zip(graph.inputs, inputs, strict=True)}
+        def run_onnx(*values: torch.Tensor) -> Tensors:
+            check_values(inputs, values)
+            feed = {t.name: v.numpy() for t, v in zip(inputs, values, strict=True)}
             return tuple(torch.from_numpy(np.asarray(o)) for o in session.run(None, feed))
 
         return run_onnx
@@ -345,9 +347,9 @@ def artifact_call(fmt: str, path: Path, graph: GraphSpec, threads: int = 2) -> A
 
         method = load_method(path, threads=threads)
 
-        def run_pte(*inputs: torch.Tensor) -> Tensors:
-            graph.check_inputs(inputs)
-            return tuple(o.clone() for o in method.execute([v.contiguous() for v in inputs]))
+        def run_pte(*values: torch.Tensor) -> Tensors:
+            check_values(inputs, values)
+            return tuple(o.clone() for o in method.execute([v.contiguous() for v in values]))
 
         return run_pte
     return None
@@ -399,6 +401,7 @@ def export_model(spec: ModelSpec, output: Path, formats: Sequence[str] = FORMATS
     for name, g in spec.graphs.items():
         with torch.no_grad():
             expected[name] = [_as_tuple(g.module.eval()(*x)) for x in examples[name]]
+    write_vectors(output.with_name(output.name + VECTORS), spec, examples, expected)
     calls: dict[tuple[str, str], Any] = {}
     for name, g in spec.graphs.items():
         program, result.passes[name] = capture(name, g, examples[name][0])
@@ -420,7 +423,7 @@ def export_model(spec: ModelSpec, output: Path, formats: Sequence[str] = FORMATS
                 log.warning("%s to %s failed: %s", name, fmt, artifact.detail)
                 continue
             artifact.seconds = time.perf_counter() - t0
-            call = artifact_call(fmt, staged, g)
+            call = artifact_call(fmt, staged, g.inputs)
             if call is None:
                 artifact.status, artifact.detail = NOT_RUN, NOT_RUN
             else:
@@ -431,7 +434,7 @@ def export_model(spec: ModelSpec, output: Path, formats: Sequence[str] = FORMATS
             replace_path(staged, target)
             artifact.path = str(target)
             if call is not None:
-                calls[(name, fmt)] = artifact_call(fmt, target, g)
+                calls[(name, fmt)] = artifact_call(fmt, target, g.inputs)
             result.artifacts.append(artifact)
     for pipe_name, pipe in spec.pipelines.items():
         for fmt in formats:
@@ -439,6 +442,23 @@ def export_model(spec: ModelSpec, output: Path, formats: Sequence[str] = FORMATS
                 result.pipelines.append(_pipeline(pipe_name, pipe, spec, fmt, calls))
     write_json(result.manifest, manifest(result, formats))
     return result
+
+
+def write_vectors(
+    folder: Path, spec: ModelSpec, examples: dict[str, list[Tensors]], expected: dict[str, list[Tensors]]
+) -> None:
+    """Per graph, ``GRAPH.safetensors``: each example's inputs (``K.in.NAME``) and PyTorch's outputs
+    (``K.out.NAME``), so a runtime can check itself against the gates with no PyTorch (``run --self-check``)."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, g in spec.graphs.items():
+        tensors: dict[str, torch.Tensor] = {}
+        for k, (inputs, outputs) in enumerate(zip(examples[name], expected[name], strict=True)):
+            tensors |= {f"{k}.in.{t.name}": v.contiguous() for t, v in zip(g.inputs, inputs, strict=True)}
+            tensors |= {f"{k}.out.{t.name}": v.contiguous() for t, v in zip(g.outputs, outputs, strict=True)}
+        with atomic_path(folder / f"{name}.safetensors") as tmp:
+            save_file(tensors, str(tmp))
 
 
 def _pipeline(
@@ -486,10 +506,16 @@ def manifest(result: ModelExport, formats: Sequence[str]) -> dict[str, Any]:
                 "inputs": [t.to_dict() for t in g.inputs],
                 "outputs": [t.to_dict() for t in g.outputs],
                 "passes": result.passes.get(name, []),
-                "artifacts": [a.to_dict() for a in result.artifacts if a.graph == name],
+                # artifact paths by name: the manifest, its artifacts and vectors move together
+                "artifacts": [
+                    a.to_dict() | {"path": Path(a.path).name if a.path else ""}
+                    for a in result.artifacts
+                    if a.graph == name
+                ],
             }
             for name, g in spec.graphs.items()
         },
+        "test_vectors": result.manifest.name.removesuffix(".model.json") + VECTORS,
         "glue": {
             k: v if isinstance(v, str | int | float | bool | list | dict) else repr(v)
             for k, v in spec.glue.items()

@@ -154,12 +154,29 @@ class GraphSpec:
         return tuple(t.example(seed + i) for i, t in enumerate(self.inputs))
 
     def check_inputs(self, values: tuple[torch.Tensor, ...]) -> None:
-        if len(values) != len(self.inputs):
-            raise DataError(
-                f"expected {len(self.inputs)} inputs ({', '.join(t.name for t in self.inputs)}), got {len(values)}"
-            )
-        for spec, value in zip(self.inputs, values, strict=True):
-            spec.check(value)
+        check_values(self.inputs, values)
+
+
+def check_values(specs: tuple[TensorSpec, ...], values: tuple[torch.Tensor, ...]) -> None:
+    """Refuse, in one sentence, values a graph with inputs ``specs`` is not defined on."""
+    if len(values) != len(specs):
+        raise DataError(
+            f"expected {len(specs)} inputs ({', '.join(t.name for t in specs)}), got {len(values)}"
+        )
+    for spec, value in zip(specs, values, strict=True):
+        spec.check(value)
+
+
+def tensor_spec(data: dict[str, Any]) -> TensorSpec:
+    """A TensorSpec back from its ``to_dict()`` (a manifest's JSON: lists where tuples were)."""
+    fields = dict(data)
+    for key in ("shape", "encoding", "valid"):
+        if fields.get(key) is not None:
+            fields[key] = tuple(fields[key])
+    try:
+        return TensorSpec(**fields)
+    except TypeError as e:
+        raise ConfigError(f"a tensor in the manifest is malformed: {e}") from e
 
 
 Call = Callable[[str, tuple["torch.Tensor", ...]], tuple["torch.Tensor", ...]]

@@ -23,6 +23,7 @@ Examples:
     python runtime/run_inference.py runs/student/checkpoints/best.pt --input photos/ --output out/ --retain-heap
     python runtime/run_inference.py artifacts/student.onnx --input photos/ --output out/ --emit gltf,usdz --name Slate --validate
     python runtime/run_inference.py artifacts/student.pte --self-check
+    pbrforge run artifacts/invisp.model.json --self-check
 """
 
 from __future__ import annotations
@@ -121,6 +122,15 @@ def main(
     if retain_heap and not retain_freed_memory():
         logging.getLogger(__name__).warning("--retain-heap does nothing here: the C library is not glibc")
     ctx = click.get_current_context()
+    if artifact is not None and artifact.name.endswith(".model.json"):  # a --model export's manifest
+        from pbrforge.errors import ConfigError
+        from pbrforge.runtime.model_check import self_check as check_model
+
+        if not self_check:
+            raise ConfigError(f"{artifact} is a --model export: run it with --self-check")
+        for line in check_model(artifact, threads or 2):
+            click.echo(line)
+        return
     if artifact is None:
         from pbrforge.errors import DataError
         from pbrforge.models import DEFAULT_MODEL

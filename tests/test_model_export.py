@@ -87,12 +87,40 @@ def test_the_lu_weights_are_folded_before_export_and_the_manifest_says_so(invisp
     assert raw["name"] == "raw" and raw["valid"] == [0.0, 1.0] and raw["gate"] == "max_abs"
 
 
+def test_the_export_checks_itself_on_its_test_vectors_with_no_pytorch_model(invisp, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    result, out = invisp
+    manifest = out.parent / "invisp.model.json"
+    r = CliRunner().invoke(cli, ["run", str(manifest), "--self-check"])
+    assert r.exit_code == 0, r.output
+    lines = [
+        line for line in r.output.splitlines() if line.startswith(("forward ", "reverse "))
+    ]  # not C++ logs
+    assert len(lines) == 4 and all(": ok on 2 cases" in line for line in lines), r.output
+    # a copy moved elsewhere still finds its artifacts; one expected value off by 1e-3 fails its gate
+    moved = tmp_path / "moved"
+    shutil.copytree(out.parent, moved)
+    vectors = moved / "invisp.testvectors" / "reverse.safetensors"
+    tensors = load_file(str(vectors))
+    tensors["1.out.raw"][0, 0, 0, 0] += 1e-3
+    save_file(tensors, str(vectors))
+    r = CliRunner().invoke(cli, ["run", str(moved / "invisp.model.json"), "--self-check"])
+    assert r.exit_code == 2 and "invisp.reverse.onnx case 1: raw failed its gate: max_abs" in r.output, (
+        r.output
+    )
+    r = CliRunner().invoke(cli, ["run", str(manifest)])
+    assert r.exit_code == 2 and "is a --model export: run it with --self-check" in r.output, r.output
+
+
 def test_an_artifact_refuses_input_outside_the_range_the_model_is_defined_on(invisp):
     from pbrforge.export.model_export import artifact_call
 
     result, out = invisp
     spec = load_spec(INVISP)
-    run = artifact_call("onnx", out.parent / "invisp.forward.onnx", spec.graphs["forward"])
+    run = artifact_call("onnx", out.parent / "invisp.forward.onnx", spec.graphs["forward"].inputs)
     assert run(torch.full((1, 3, 64, 64), 0.5))[0].shape == (1, 3, 64, 64)
     with pytest.raises(DataError, match="outside the 0..1 the model is defined on"):
         run(torch.full((1, 3, 64, 64), 3.0))
@@ -110,7 +138,7 @@ def test_the_edm_step_ships_and_its_sampler_holds_through_the_artifact(tmp_path)
     (restore,) = result.pipelines
     # 15 denoiser calls from sigma 80 down, each in ONNX Runtime: the final image as eager's, to rounding
     assert restore["against"] == "eager" and restore["verdict"]["figure"] > 80, restore
-    step = artifact_call("onnx", tmp_path / "edm.denoise.onnx", spec.graphs["denoise"])
+    step = artifact_call("onnx", tmp_path / "edm.denoise.onnx", spec.graphs["denoise"].inputs)
     x, _, dark = spec.graphs["denoise"].example_inputs(0)
     with pytest.raises(DataError, match="sigma: values span 100..100, outside the 0.002..80"):
         step(x, torch.tensor([100.0]), dark)  # past the schedule the model was trained on
@@ -137,7 +165,7 @@ def test_the_codec_round_trips_through_a_range_coder_with_its_coder_graphs_exact
         figures = trip["figures"]
         assert figures["symbols_decoded_exactly"] is True and figures["bpp"] > 0
         assert figures["distinct_scale_indexes"] >= 8  # the exact gate has indexes to get wrong
-    analysis = artifact_call("onnx", tmp_path / "codec.analysis.onnx", spec.graphs["analysis"])
+    analysis = artifact_call("onnx", tmp_path / "codec.analysis.onnx", spec.graphs["analysis"].inputs)
     image, _ = spec.graphs["analysis"].example_inputs(0)
     with pytest.raises(DataError, match="rate: values span 5..5, outside the 0..4"):
         analysis(image, torch.tensor([5.0]))  # the assert CRDR had, which the exported graph lost

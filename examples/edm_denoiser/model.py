@@ -30,7 +30,11 @@ STEPS = 8  # the shipped schedule: 8 Heun steps, 15 denoiser calls
 class Denoiser(nn.Module):
     def __init__(self, width: int = 32, embed: int = 16, seed: int = 0):
         super().__init__()
-        torch.manual_seed(seed)
+        with torch.random.fork_rng():  # seeded weights, the caller's random state untouched
+            torch.manual_seed(seed)
+            self._build(width, embed)
+
+    def _build(self, width: int, embed: int) -> None:
         self.register_buffer("freqs", torch.exp(-math.log(1e4) * torch.arange(embed // 2) / (embed // 2)))
         self.embed = nn.Sequential(nn.Linear(embed, width), nn.SiLU(), nn.Linear(width, 2 * width))
         self.inp = nn.Conv2d(6, width, 3, padding=1)

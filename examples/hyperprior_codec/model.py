@@ -184,15 +184,18 @@ def spec() -> ModelSpec:
         decoded, figures = code(call, photo, torch.tensor([2.0]))
         return decoded, None, figures
 
+    with torch.random.fork_rng():  # seeded weights, the caller's random state untouched
+        torch.manual_seed(0)
+        nets = Analysis(), HyperAnalysis(), Prior(), Context(), Synthesis()
     return ModelSpec(
         "hyperprior-codec",
         graphs={
-            "analysis": GraphSpec(Analysis(), (image, rate), (y,)),
-            "hyper_analysis": GraphSpec(HyperAnalysis(), (y,), (z,)),
-            "prior": GraphSpec(Prior(), (z_hat,), params("1")),
-            "context": GraphSpec(Context(), (z_hat, y1_hat), params("2")),
+            "analysis": GraphSpec(nets[0], (image, rate), (y,)),
+            "hyper_analysis": GraphSpec(nets[1], (y,), (z,)),
+            "prior": GraphSpec(nets[2], (z_hat,), params("1")),
+            "context": GraphSpec(nets[3], (z_hat, y1_hat), params("2")),
             "synthesis": GraphSpec(
-                Synthesis(), (y_hat, rate), (TensorSpec("decoded", image.shape, color="srgb"),)
+                nets[4], (y_hat, rate), (TensorSpec("decoded", image.shape, color="srgb"),)
             ),
         },
         glue={"coder": "constriction range coder, QuantizedGaussian", "scale_table": SCALES.tolist()},

@@ -97,8 +97,11 @@ class InvISP(nn.Module):
     def __init__(self, blocks: int = 4, channels: int = 3, seed: int = 0):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
-        torch.manual_seed(seed)  # the subnets' default init
-        self.blocks = nn.ModuleList(CouplingBlock(channels, 1, g) for _ in range(blocks))
+        with (
+            torch.random.fork_rng()
+        ):  # the subnets' default init, seeded; the caller's random state untouched
+            torch.manual_seed(seed)
+            self.blocks = nn.ModuleList(CouplingBlock(channels, 1, g) for _ in range(blocks))
 
     def forward(self, x: torch.Tensor, reverse: bool = False) -> torch.Tensor:
         for block in reversed(self.blocks) if reverse else self.blocks:
