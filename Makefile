@@ -68,6 +68,7 @@ bench: install
 	cp $(DEMO_DIR)/timings.json $(R)/demo_timings.json
 	$(PY) benchmarks/export.py $(DEMO_DIR)/student/checkpoints/best.pt
 	$(PY) benchmarks/runtime.py $(DEMO_DIR)/student/checkpoints/best.pt
+	$(PY) benchmarks/models.py
 
 # The default model `pbrforge run` uses with no model given: data, teacher, shards and student on this
 # machine's CPU (about 25 minutes on 2 cores), written to pbrforge/weights/ with its quality table.
