@@ -68,7 +68,7 @@ class GraphArtifact:
     graph: str
     format: str
     path: str = ""
-    status: str = "ok"  # ok | FAILED | NOT_RUN | error
+    status: str = "ok"  # ok | FAILED | not run (Core ML here) | error (the converter failed; detail says why)
     seconds: float = 0.0
     verdicts: dict[str, Verdict] = field(default_factory=dict)  # output -> the worst verdict over examples
     placement: str = ""
@@ -89,6 +89,8 @@ class GraphArtifact:
 
 @dataclass
 class ModelExport:
+    """What ``export_model`` did: the passes per graph, every artifact, every pipeline, and the manifest."""
+
     spec: ModelSpec
     manifest: Path
     passes: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -115,8 +117,7 @@ class ModelExport:
         ]
         for a in self.artifacts:
             shown = "; ".join(f"{k}: {v.metric} {v.figure:.4g} / {v.limit:g}" for k, v in a.verdicts.items())
-            status = "not run" if a.status == NOT_RUN else a.status
-            lines.append(f"{a.graph:<14} {a.format:<11} {status:<8} {a.seconds:8.1f}  {shown or a.detail}")
+            lines.append(f"{a.graph:<14} {a.format:<11} {a.status:<8} {a.seconds:8.1f}  {shown or a.detail}")
         for p in self.pipelines:
             v = p["verdict"]
             ok = "ok" if v["passed"] else "FAILED"
@@ -401,10 +402,13 @@ def export_model(spec: ModelSpec, output: Path, formats: Sequence[str] = FORMATS
     for name, g in spec.graphs.items():
         with torch.no_grad():
             expected[name] = [_as_tuple(g.module.eval()(*x)) for x in examples[name]]
+    programs = {}  # every graph captured before anything is written: a model torch.export refuses writes nothing
+    for name, g in spec.graphs.items():
+        programs[name], result.passes[name] = capture(name, g, examples[name][0])
     write_vectors(output.with_name(output.name + VECTORS), spec, examples, expected)
     calls: dict[tuple[str, str], Any] = {}
     for name, g in spec.graphs.items():
-        program, result.passes[name] = capture(name, g, examples[name][0])
+        program = programs[name]
         for fmt in formats:
             final = output.with_name(f"{output.name}.{name}{EXTENSIONS[fmt]}")
             failed = output.with_name(f"{output.name}.{name}.failed{EXTENSIONS[fmt]}")
@@ -425,7 +429,7 @@ def export_model(spec: ModelSpec, output: Path, formats: Sequence[str] = FORMATS
             artifact.seconds = time.perf_counter() - t0
             call = artifact_call(fmt, staged, g.inputs)
             if call is None:
-                artifact.status, artifact.detail = NOT_RUN, NOT_RUN
+                artifact.status, artifact.detail = "not run", NOT_RUN
             else:
                 artifact.verdicts = _judge(g, call, examples[name], expected[name])
                 artifact.status = "ok" if all(v.passed for v in artifact.verdicts.values()) else "FAILED"
