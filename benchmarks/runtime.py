@@ -17,6 +17,7 @@ every size, and ORT int8 >= 1.5x ORT fp32 at 512 px at >= 35 dB.
 Examples:
     python benchmarks/runtime.py
     python benchmarks/runtime.py --sizes 64 128 --runs 10 --qat-steps 0
+    python benchmarks/runtime.py --reuse          # time the artifacts of the last run again
 """
 
 from __future__ import annotations
@@ -90,17 +91,14 @@ def measure_one(artifact: str, checkpoint: str, contract: str, size: int, runs: 
 
 
 def export_size(checkpoint: Path, data: Path, base: Path, size: int, qat_steps: int) -> dict[str, dict]:
-    """Every artifact at ``size``; per column its path and the figures the converter measured (render PSNR, fp32
-    max abs, the int8 gate's verdict and the precision search's recipe)."""
-    from pbrforge.artifacts import contract_path, report_path
+    """Export every artifact at ``size`` (in a process of its own), then return its columns."""
     from pbrforge.export.converter import export_artifacts
-    from pbrforge.export.formats import for_artifact
 
     runs = {PLAIN: (base, ("onnx", "executorch"), 0)}
     if qat_steps:
         runs[QAT] = (base.with_name(base.name + "_qat"), ("executorch",), qat_steps)
-    results = {
-        name: export_artifacts(
+    for out, formats, steps in runs.values():
+        export_artifacts(
             checkpoint,
             out,
             formats,
@@ -112,11 +110,23 @@ def export_size(checkpoint: Path, data: Path, base: Path, size: int, qat_steps: 
             qat_steps=steps,
             progress=False,
         )
-        for name, (out, formats, steps) in runs.items()
-    }
+    return columns(base, qat_steps)
+
+
+def columns(base: Path, qat_steps: int) -> dict[str, dict]:
+    """Per column, its artifact and the figures the converter reported beside it (render PSNR, fp32 max abs,
+    the int8 gate's verdict and the precision search's recipe), read back from the export's files.
+
+    Of ``OUTPUT.EXT`` and ``OUTPUT.failed.EXT`` the newer is the export's: the converter leaves an earlier
+    run's passing artifact in place when a new one fails its gate.
+    """
+    from pbrforge.artifacts import ArtifactPaths, contract_path, report_path
+    from pbrforge.fileio import read_json
+
+    stems = {PLAIN: ArtifactPaths(base), QAT: ArtifactPaths(base.with_name(base.name + "_qat"))}
     figures: dict[str, dict] = {}
     for label, (run, suffix) in COLUMNS.items():
-        if run not in results:
+        if run == QAT and not qat_steps:
             figures[label] = {"missing": "--qat-steps 0"}
             continue
         if not suffix:
@@ -128,32 +138,33 @@ def export_size(checkpoint: Path, data: Path, base: Path, size: int, qat_steps: 
                 "max_abs": None,
             }
             continue
-        wanted = for_artifact(runs[run][0].with_name(runs[run][0].name + suffix)).name
-        row = next((r for r in results[run].rows if r.format == wanted), None)
-        if (
-            row is None or not row.path or row.parity is None
-        ):  # recorded with the converter's reason, not timed
-            figures[label] = {"missing": row.detail if row else "not exported"}
+        kept, failed = stems[run].artifact(suffix), stems[run].failed(suffix)
+        found = [p for p in (kept, failed) if p.exists() and report_path(p, "parity").exists()]
+        if not found:  # the converter logged why (a runtime that cannot run the program, say)
+            figures[label] = {"missing": f"{kept.name} was not written: the export's log says why"}
             continue
-        parity = row.parity.to_dict()
+        path = max(found, key=lambda p: report_path(p, "parity").stat().st_mtime)
+        parity = read_json(report_path(path, "parity"))
+        assert isinstance(parity, dict)
         column = {
-            "path": row.path,
-            "status": row.status,
+            "path": str(path),
+            "status": "ok" if path == kept else "FAILED",
             "render_psnr_db": parity["render"]["psnr_db_min"],
             "normal_deg_p99": parity["render"]["normal_deg_p99"],
             "max_abs": max(o["max_abs"] for o in parity["outputs"].values()),
         }
-        recipe = report_path(Path(row.path), "recipe")
+        recipe = report_path(path, "recipe")
         if recipe.exists():
-            r = json.loads(recipe.read_text())
+            r = read_json(recipe)
+            assert isinstance(r, dict)
             column |= {
                 "layers": r["points"],
                 "float_layers": len(r["float"]),
                 "budget_reached": r["budget_reached"],
                 "all_int8_search_psnr_db": r["all_int8"]["psnr_db_min"],
             }
-        own = contract_path(Path(row.path))  # a failed artifact has none: the export's own contract holds
-        column["contract"] = str(own if own.exists() else contract_path(runs[run][0].with_suffix(".onnx")))
+        own = contract_path(path)  # a failed artifact has none: the export's own contract holds
+        column["contract"] = str(own if own.exists() else stems[run].contract)
         figures[label] = column
     return figures
 
@@ -190,6 +201,11 @@ def export_size(checkpoint: Path, data: Path, base: Path, size: int, qat_steps: 
     "--output", "out", type=click.Path(path_type=Path), default=Path("benchmarks/results"), show_default=True
 )
 @click.option(
+    "--reuse",
+    is_flag=True,
+    help="Time the artifacts an earlier run left in OUTPUT/runtime_work again, without exporting.",
+)
+@click.option(
     "--one", nargs=6, type=str, default=None, hidden=True
 )  # the child: artifact ckpt|- contract size runs threads
 def main(
@@ -200,6 +216,7 @@ def main(
     threads: int,
     qat_steps: int,
     out: Path,
+    reuse: bool,
     one: tuple[str, ...] | None,
 ) -> None:
     """Eager, ONNX Runtime and ExecuTorch (fp32, int8) per input size of the student CHECKPOINT: table, JSON
@@ -215,10 +232,15 @@ def main(
         raise click.BadParameter("every size must be a multiple of 32", param_hint="--sizes")
     exported: dict[int, dict[str, dict]] = {}
     for size in sizes:
+        base = out / "runtime_work" / f"student_{size}"
+        if reuse:
+            if not base.with_suffix(".onnx").exists():
+                raise click.ClickException(f"--reuse: {base.with_suffix('.onnx')} is missing: export first")
+            exported[size] = columns(base, qat_steps)
+            continue
         # each size exports in a process of its own: run after 64-256 px in one process, the 512 px search
         # went past this machine's 24 GB, and the exports leave nothing the timing needs in memory
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            base = out / "runtime_work" / f"student_{size}"
             exported[size] = pool.submit(export_size, checkpoint, data, base, size, qat_steps).result()
         print(f"exported {size} px", flush=True)
     # all timing after all exports: one contiguous stretch that needs the machine to itself

@@ -381,15 +381,15 @@ def export_pte(
     return time.perf_counter() - t0, report
 
 
-def load_method(path: Path, threads: int = 0):
-    """The ``forward`` method of a ``.pte`` in ExecuTorch's runtime, on ``threads`` threads (0 = its default)."""
+def load_method(path: Path, threads: int = 0, name: str = "forward"):
+    """Method ``name`` of a ``.pte`` in ExecuTorch's runtime, on ``threads`` threads (0 = its default)."""
     executorch_available()
     from executorch.extension.pybindings import portable_lib
     from executorch.runtime import Runtime
 
     if threads:
         portable_lib._unsafe_reset_threadpool(threads)  # the one knob the Python runtime exposes
-    return Runtime.get().load_program(Path(path)).load_method("forward")
+    return Runtime.get().load_program(Path(path)).load_method(name)
 
 
 def run_pte(method, views: Inputs) -> dict[str, np.ndarray]:

@@ -96,10 +96,12 @@ class ModelExport:
     passes: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     artifacts: list[GraphArtifact] = field(default_factory=list)
     pipelines: list[dict[str, Any]] = field(default_factory=list)
+    bundles: list[dict[str, Any]] = field(default_factory=list)  # multi-graph artifacts (multi-method .pte)
 
     @property
     def failures(self) -> list[str]:
-        bad = [
+        bad = [f"{b['path']}: a method failed its gate" for b in self.bundles if b["status"] != "ok"]
+        bad += [
             f"{a.graph} ({a.format}): {a.status}: {a.detail or _worst(a.verdicts)}"
             for a in self.artifacts
             if a.status in ("FAILED", "error")
@@ -118,6 +120,11 @@ class ModelExport:
         for a in self.artifacts:
             shown = "; ".join(f"{k}: {v.metric} {v.figure:.4g} / {v.limit:g}" for k, v in a.verdicts.items())
             lines.append(f"{a.graph:<14} {a.format:<11} {a.status:<8} {a.seconds:8.1f}  {shown or a.detail}")
+        for b in self.bundles:
+            lines.append(
+                f"{'all graphs':<14} {b['format']:<11} {b['status']:<8} {'':>8}  {b['path']}: methods "
+                f"{', '.join(b['methods'])}, {b['bytes'] / 2**20:.2f} MiB"
+            )
         for p in self.pipelines:
             v = p["verdict"]
             ok = "ok" if v["passed"] else "FAILED"
@@ -329,9 +336,11 @@ def _write(
         save_mlpackage(mlmodel, path)
 
 
-def artifact_call(fmt: str, path: Path, inputs: tuple[TensorSpec, ...], threads: int = 2) -> Any:
-    """A function running the artifact at ``path`` on tensors, each checked against ``inputs`` first; None for
-    a format that does not run here (Core ML)."""
+def artifact_call(
+    fmt: str, path: Path, inputs: tuple[TensorSpec, ...], threads: int = 2, method: str = "forward"
+) -> Any:
+    """A function running the artifact at ``path`` (for a multi-method ``.pte``, its ``method``) on tensors, each
+    checked against ``inputs`` first; None for a format that does not run here (Core ML)."""
     if fmt == "onnx":
         from pbrforge.export.onnx_export import onnx_session
 
@@ -346,11 +355,11 @@ def artifact_call(fmt: str, path: Path, inputs: tuple[TensorSpec, ...], threads:
     if fmt == "executorch":
         from pbrforge.export.executorch_export import load_method
 
-        method = load_method(path, threads=threads)
+        loaded = load_method(path, threads=threads, name=method)
 
         def run_pte(*values: torch.Tensor) -> Tensors:
             check_values(inputs, values)
-            return tuple(o.clone() for o in method.execute([v.contiguous() for v in values]))
+            return tuple(o.clone() for o in loaded.execute([v.contiguous() for v in values]))
 
         return run_pte
     return None
@@ -440,12 +449,50 @@ def export_model(spec: ModelSpec, output: Path, formats: Sequence[str] = FORMATS
             if call is not None:
                 calls[(name, fmt)] = artifact_call(fmt, target, g.inputs)
             result.artifacts.append(artifact)
+    if "executorch" in formats and len(spec.graphs) > 1:
+        result.bundles.append(_bundle(spec, programs, output, examples, expected))
     for pipe_name, pipe in spec.pipelines.items():
         for fmt in formats:
             if all((g, fmt) in calls for g in pipe.graphs):
                 result.pipelines.append(_pipeline(pipe_name, pipe, spec, fmt, calls))
     write_json(result.manifest, manifest(result, formats))
     return result
+
+
+def _bundle(
+    spec: ModelSpec,
+    programs: dict[str, torch.export.ExportedProgram],
+    output: Path,
+    examples: dict[str, list[Tensors]],
+    expected: dict[str, list[Tensors]],
+) -> dict[str, Any]:
+    """Every graph as a method of one ``OUTPUT.pte``: weights the graphs share (InvISP's two directions) are
+    stored once. Each method is judged like its single-graph artifact."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    staged = output.with_name(f".{output.name}.staged.pte")
+    edge = to_edge_transform_and_lower(dict(programs), partitioner=[XnnpackPartitioner()])
+    with atomic_path(staged) as tmp:
+        tmp.write_bytes(edge.to_executorch().buffer)
+    verdicts = {
+        name: _judge(
+            g, artifact_call("executorch", staged, g.inputs, method=name), examples[name], expected[name]
+        )
+        for name, g in spec.graphs.items()
+    }
+    passed = all(v.passed for judged in verdicts.values() for v in judged.values())
+    target = output.with_name(output.name + (".pte" if passed else ".failed.pte"))
+    remove(target)
+    replace_path(staged, target)
+    return {
+        "format": "executorch",
+        "path": target.name,
+        "methods": list(spec.graphs),
+        "status": "ok" if passed else "FAILED",
+        "bytes": target.stat().st_size,
+        "verdicts": {m: {k: v.to_dict() for k, v in judged.items()} for m, judged in verdicts.items()},
+    }
 
 
 def write_vectors(
@@ -525,5 +572,6 @@ def manifest(result: ModelExport, formats: Sequence[str]) -> dict[str, Any]:
             for k, v in spec.glue.items()
         },
         "pipelines": result.pipelines,
+        "bundles": result.bundles,
         "passed": not result.failures,
     }

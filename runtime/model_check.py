@@ -12,15 +12,14 @@ from pathlib import Path
 from pbrforge.errors import DataError, ParityError
 from pbrforge.fileio import read_json
 from pbrforge.gate_metrics import judge
-from pbrforge.modelspec import tensor_spec
+from pbrforge.modelspec import TensorSpec, tensor_spec
 
 MANIFEST_SUFFIX = ".model.json"
 
 
 def self_check(manifest: Path, threads: int = 2) -> list[str]:
-    """One line per graph and format; raises ParityError naming the first output that failed its gate."""
-    from safetensors.torch import load_file
-
+    """One line per artifact (and per method of a multi-method ``.pte``); raises ParityError naming the first
+    output that failed its gate."""
     from pbrforge.export.model_export import artifact_call
 
     data = read_json(manifest)
@@ -29,34 +28,57 @@ def self_check(manifest: Path, threads: int = 2) -> list[str]:
     folder = manifest.parent
     lines, failures = [], []
     for graph, about in data["graphs"].items():
-        inputs = tuple(tensor_spec(t) for t in about["inputs"])
-        outputs = tuple(tensor_spec(t) for t in about["outputs"])
-        vectors_file = folder / data["test_vectors"] / f"{graph}.safetensors"
-        if not vectors_file.is_file():
-            raise DataError(f"test vectors {vectors_file} are missing: keep the export's folder together")
-        vectors = load_file(str(vectors_file))
-        cases = sorted({int(k.split(".", 1)[0]) for k in vectors})
+        inputs, outputs, vectors = _graph(data, folder, graph)
         for artifact in about["artifacts"]:
             fmt, name = artifact["format"], artifact["path"]
-            if not name:
-                lines.append(f"{graph} {fmt}: not built ({artifact['detail']})")
-                continue
-            call = artifact_call(fmt, folder / name, inputs, threads)
+            call = artifact_call(fmt, folder / name, inputs, threads) if name else None
             if call is None:
-                lines.append(f"{graph} {fmt}: not run here ({artifact['detail']})")
+                lines.append(f"{graph} {fmt}: not run ({artifact['detail']})")
                 continue
-            worst = []
-            for k in cases:
-                got = call(*(vectors[f"{k}.in.{t.name}"] for t in inputs))
-                for t, out in zip(outputs, got, strict=True):
-                    v = judge(t.judged_by, vectors[f"{k}.out.{t.name}"].numpy(), out.numpy(), t.span)
-                    worst.append(f"{t.name} {v.sentence()}")
-                    if not v.passed:
-                        failures.append(f"{name} case {k}: {t.name} failed its gate: {v.sentence()}")
-            verdict = "ok" if not any(f.startswith(f"{name} ") for f in failures) else "FAILED"
+            bad = _check_cases(call, inputs, outputs, vectors, name)
+            failures += bad
+            lines.append(f"{graph} {fmt}: {'FAILED' if bad else 'ok'} on {len(_cases(vectors))} cases")
+    for bundle in data.get("bundles", []):  # a multi-method .pte: each method on its graph's vectors
+        for graph in bundle["methods"]:
+            inputs, outputs, vectors = _graph(data, folder, graph)
+            call = artifact_call(bundle["format"], folder / bundle["path"], inputs, threads, method=graph)
+            bad = _check_cases(call, inputs, outputs, vectors, f"{bundle['path']} method {graph}")
+            failures += bad
             lines.append(
-                f"{graph} {fmt}: {verdict} on {len(cases)} cases ({'; '.join(worst[-len(outputs) :])})"
+                f"{bundle['path']} method {graph}: {'FAILED' if bad else 'ok'} on {len(_cases(vectors))} cases"
             )
     if failures:
         raise ParityError(failures[0])
     return lines
+
+
+def _graph(
+    data: dict, folder: Path, graph: str
+) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...], dict]:
+    from safetensors.torch import load_file
+
+    about = data["graphs"][graph]
+    vectors = folder / data["test_vectors"] / f"{graph}.safetensors"
+    if not vectors.is_file():
+        raise DataError(f"test vectors {vectors} are missing: keep the export's folder together")
+    return (
+        tuple(tensor_spec(t) for t in about["inputs"]),
+        tuple(tensor_spec(t) for t in about["outputs"]),
+        load_file(str(vectors)),
+    )
+
+
+def _cases(vectors: dict) -> list[int]:
+    return sorted({int(key.split(".", 1)[0]) for key in vectors})
+
+
+def _check_cases(call, inputs, outputs, vectors, label: str) -> list[str]:
+    """The failures of ``call`` on every case of ``vectors``, one sentence each."""
+    failures = []
+    for k in _cases(vectors):
+        got = call(*(vectors[f"{k}.in.{t.name}"] for t in inputs))
+        for t, out in zip(outputs, got, strict=True):
+            v = judge(t.judged_by, vectors[f"{k}.out.{t.name}"].numpy(), out.numpy(), t.span)
+            if not v.passed:
+                failures.append(f"{label} case {k}: {t.name} failed its gate: {v.sentence()}")
+    return failures

@@ -100,6 +100,9 @@ def test_the_export_checks_itself_on_its_test_vectors_with_no_pytorch_model(invi
         line for line in r.output.splitlines() if line.startswith(("forward ", "reverse "))
     ]  # not C++ logs
     assert len(lines) == 4 and all(": ok on 2 cases" in line for line in lines), r.output
+    assert (
+        "invisp.pte method forward: ok on 2 cases" in r.output and "invisp.pte method reverse: ok" in r.output
+    )
     # a copy moved elsewhere still finds its artifacts; one expected value off by 1e-3 fails its gate
     moved = tmp_path / "moved"
     shutil.copytree(out.parent, moved)
