@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml $(WEB)/package-lock.json $(WEB)/viewer.js $(HDRI)/packa
 	@# the preview's screenshots and its tests need a browser: Debian's chromium (software WebGL)
 	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { \
 		echo "installing chromium with apt-get (root needed)"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+		apt-get -o DPkg::Lock::Timeout=600 update -qq && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq chromium >/dev/null; }
 	@# three.js for the preview bundle and the Khronos glTF validator, exactly as the lockfile pins them
 	cd $(WEB) && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build
 	@# the room light of phone captures: npm @pmndrs/assets' CC0 HDR maps, as the lockfile pins them

@@ -190,12 +190,12 @@ def decode_map(name: str, path: Path, size: int | None = None) -> np.ndarray:
     img = open_image(path)
     if spec.channels == 1 and img.mode not in ("L", "I;16", "I"):
         raise DataError(f"{path}: {name} must be a grayscale PNG, found mode {img.mode}")
-    if spec.channels == 3 and img.mode not in ("RGB",) and not (name == "normal" and _is_rgb16(path)):
+    if spec.channels == 3 and img.mode not in ("RGB",) and not (name == "normal" and is_rgb16(path)):
         raise DataError(f"{path}: {name} must be an RGB PNG, found mode {img.mode}")
     if size is not None and img.size != (size, size):
         raise DataError(f"{path}: {name} is {img.size[0]}x{img.size[1]}, expected {size}x{size}")
-    if name == "normal" and _is_rgb16(path):
-        value = _read_rgb16(path)
+    if name == "normal" and is_rgb16(path):
+        value = read_rgb16(path)
     else:
         arr = np.asarray(img)
         scale = 65535.0 if arr.dtype == np.uint16 or img.mode.startswith("I") else 255.0
@@ -214,13 +214,13 @@ def decode_map(name: str, path: Path, size: int | None = None) -> np.ndarray:
     return np.ascontiguousarray(value, dtype=np.float32)
 
 
-def _is_rgb16(path: Path) -> bool:
+def is_rgb16(path: Path) -> bool:
     with open(path, "rb") as f:
         head = f.read(26)
     return len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[24] == 16 and head[25] == 2
 
 
-def _read_rgb16(path: Path) -> np.ndarray:
+def read_rgb16(path: Path) -> np.ndarray:
     import png
 
     try:

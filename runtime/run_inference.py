@@ -12,6 +12,10 @@ renormalised, and written as albedo/roughness/metallic/normal.png plus preview.p
 With no ARTIFACT the default model runs: a student trained on phone captures, shipped inside the package
 (pbrforge/weights/student_phone.safetensors; `make pretrained` rebuilds it).
 
+A ``--model`` export's manifest (OUTPUT.model.json) runs one graph on the files in --input, read as its spec
+says: NAME.png/.jpg for an image input, NAME.safetensors for any, NAME.json for a number (see
+pbrforge.runtime.model_run); outputs.safetensors, a 16-bit PNG per image output and run.json are written.
+
 Examples:
     pbrforge run --input photos/ --output out/
     python runtime/run_inference.py artifacts/student.onnx --input photos/ --output out/
@@ -24,6 +28,8 @@ Examples:
     python runtime/run_inference.py artifacts/student.onnx --input photos/ --output out/ --emit gltf,usdz --name Slate --validate
     python runtime/run_inference.py artifacts/student.pte --self-check
     pbrforge run artifacts/invisp.model.json --self-check
+    pbrforge run artifacts/invisp.model.json --graph reverse --input srgb_in/ --output raw_out/ --backend onnx
+
 """
 
 from __future__ import annotations
@@ -61,6 +67,11 @@ from pbrforge.runtime.emit import emit_options
     help="Check the artifact against the test vectors its contract lists (inputs and PyTorch's outputs, "
     "written by the exporter): no checkpoint or photos needed; exit 2 naming the worst output.",
 )
+@click.option(
+    "--graph",
+    default=None,
+    help="With a --model manifest: the graph to run (needed when it holds more than one).",
+)
 @align_options
 @click.option("--backend", type=click.Choice(("auto",) + BACKENDS), default="auto", show_default=True)
 @click.option(
@@ -97,6 +108,7 @@ def main(
     input_dir: Path | None,
     output: Path | None,
     self_check: bool,
+    graph: str | None,
     align: str,
     corners: Path | None,
     backend: str,
@@ -114,23 +126,29 @@ def main(
     render_psnr_min: float | None,
     normal_p99_max: float | None,
 ) -> None:
-    """Predict PBR maps with an artifact; optionally compare it with PyTorch."""
+    """Predict PBR maps with an artifact (optionally against PyTorch), or run a --model export's graph."""
     from pbrforge.allocator import retain_freed_memory
     from pbrforge.runtime.emit import AssetRequest
     from pbrforge.runtime.inference import run_inference
 
     if retain_heap and not retain_freed_memory():
         logging.getLogger(__name__).warning("--retain-heap does nothing here: the C library is not glibc")
-    ctx = click.get_current_context()
-    if artifact is not None and artifact.name.endswith(".model.json"):  # a --model export's manifest
-        from pbrforge.errors import ConfigError
-        from pbrforge.runtime.model_check import self_check as check_model
+    from pbrforge.runtime.model_check import MANIFEST_SUFFIX
 
-        if not self_check:
-            raise ConfigError(f"{artifact} is a --model export: run it with --self-check")
-        for line in check_model(artifact, threads or 2):
-            click.echo(line)
+    ctx = click.get_current_context()
+    explicit = click.core.ParameterSource.COMMANDLINE
+    given = {  # each option as spelled on the command line -> whether it was given there
+        p.opts[0]: ctx.get_parameter_source(p.name) == explicit
+        for p in ctx.command.params
+        if isinstance(p, click.Option) and p.name
+    }
+    if artifact is not None and artifact.name.endswith(MANIFEST_SUFFIX):  # a --model export's manifest
+        run_manifest(artifact, given, self_check, input_dir, output, graph, backend, threads)
         return
+    if given["--graph"]:
+        from pbrforge.errors import ConfigError
+
+        raise ConfigError("--graph is for a --model export's manifest (OUTPUT.model.json)")
     if artifact is None:
         from pbrforge.errors import DataError
         from pbrforge.models import DEFAULT_MODEL
@@ -141,12 +159,6 @@ def main(
                 "give an artifact or checkpoint (make pretrained builds the default)"
             )
         artifact = DEFAULT_MODEL
-    explicit = click.core.ParameterSource.COMMANDLINE
-    given = {  # each option as spelled on the command line -> whether it was given there
-        p.opts[0]: ctx.get_parameter_source(p.name) == explicit
-        for p in ctx.command.params
-        if isinstance(p, click.Option) and p.name
-    }
     checked = check_run(self_check, given, input_dir, output)
     if checked is None:
         from pbrforge.runtime.inference import self_check as check_vectors
@@ -173,6 +185,55 @@ def main(
         gate,
         align=align,
         corners=corners,
+    )
+
+
+MANIFEST_ONLY = ("--input", "--output", "--graph", "--backend", "--threads", "--self-check")
+
+
+def run_manifest(
+    manifest: Path,
+    given: dict[str, bool],
+    self_check: bool,
+    input_dir: Path | None,
+    output: Path | None,
+    graph: str | None,
+    backend: str,
+    threads: int,
+) -> None:
+    """A --model export: its self-check, or one graph on the files in ``input_dir``."""
+    from pbrforge.errors import ConfigError
+
+    extra = [flag for flag, on in given.items() if on and flag not in MANIFEST_ONLY]
+    if extra:
+        raise ConfigError(
+            f"{extra[0]} is about PBR artifacts; a --model manifest takes {', '.join(MANIFEST_ONLY)}"
+        )
+    if self_check:
+        from pbrforge.runtime.model_check import self_check as check_model
+
+        if input_dir is not None or output is not None or graph is not None:
+            raise ConfigError("--self-check needs no --input, --output or --graph: it runs every artifact")
+        for line in check_model(manifest, threads or 2):
+            click.echo(line)
+        return
+    if input_dir is None or output is None:
+        raise ConfigError(
+            f"Missing option '{'--input' if input_dir is None else '--output'}' (or give --self-check)."
+        )
+    from pbrforge.runtime.model_run import RUNS_HERE, run_model
+
+    if backend != "auto" and backend not in RUNS_HERE:
+        raise ConfigError(
+            f"--backend {backend} cannot run a --model export here; choose {' or '.join(RUNS_HERE)}"
+        )
+    report = run_model(
+        manifest, input_dir, output, graph, None if backend == "auto" else backend, threads or 2
+    )
+    click.echo(
+        f"{report['graph']} ({report['format']}) ran in {report['seconds'] * 1000:.1f} ms; wrote "
+        f"{', '.join(['outputs.safetensors', *(o['png'] for o in report['outputs'].values() if 'png' in o)])} "
+        f"and run.json to {output}"
     )
 
 

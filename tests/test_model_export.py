@@ -6,6 +6,7 @@ import json
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -115,7 +116,152 @@ def test_the_export_checks_itself_on_its_test_vectors_with_no_pytorch_model(invi
         r.output
     )
     r = CliRunner().invoke(cli, ["run", str(manifest)])
-    assert r.exit_code == 2 and "is a --model export: run it with --self-check" in r.output, r.output
+    assert r.exit_code == 2 and "Missing option '--input' (or give --self-check)" in r.output, r.output
+
+
+def _png16(path: Path) -> np.ndarray:
+    import png
+
+    w, h, rows, _ = png.Reader(filename=str(path)).asDirect()
+    return np.vstack([np.asarray(r, dtype=np.uint16) for r in rows]).reshape(h, w, 3) / 65535.0
+
+
+def test_run_feeds_a_graph_files_read_as_its_spec_says_and_the_round_trip_closes(invisp, tmp_path):
+    from PIL import Image
+    from safetensors.torch import load_file
+
+    from pbrforge.export.model_export import artifact_call
+
+    _, out = invisp
+    manifest = out.parent / "invisp.model.json"
+    photo = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    (tmp_path / "in").mkdir()
+    Image.fromarray(photo).save(tmp_path / "in" / "raw.png")
+    r = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            str(manifest),
+            "--graph",
+            "forward",
+            "--input",
+            str(tmp_path / "in"),
+            "--output",
+            str(tmp_path / "fwd"),
+        ],
+    )
+    assert r.exit_code == 0 and "forward (onnx) ran in" in r.output, r.output
+    raw = torch.from_numpy(photo / 255.0).permute(2, 0, 1)[None].float()
+    spec = load_spec(INVISP)
+    (expected,) = artifact_call("onnx", out.parent / "invisp.forward.onnx", spec.graphs["forward"].inputs)(
+        raw
+    )
+    srgb = load_file(str(tmp_path / "fwd" / "outputs.safetensors"))["srgb"]
+    assert torch.equal(srgb, expected)  # the PNG's 0..255 became the input's 0..1 encoding
+    report = json.loads((tmp_path / "fwd" / "run.json").read_text())
+    assert report["graph"] == "forward" and report["format"] == "onnx" and report["outputs"]["srgb"]["png"]
+    shown = _png16(tmp_path / "fwd" / "srgb.png")
+    assert np.abs(shown - srgb[0].permute(1, 2, 0).clamp(0, 1).numpy()).max() < 1 / 65535
+    # the forward's tensor back through the reverse, in ExecuTorch: the photo again, to rounding
+    (tmp_path / "back").mkdir()
+    (tmp_path / "fwd" / "outputs.safetensors").rename(tmp_path / "back" / "srgb.safetensors")
+    r = CliRunner().invoke(
+        cli,
+        ["run", str(manifest), "--graph", "reverse", "--backend", "executorch"]
+        + ["--input", str(tmp_path / "back"), "--output", str(tmp_path / "rev")],
+    )
+    assert r.exit_code == 0 and "reverse (executorch) ran in" in r.output, r.output
+    again = load_file(str(tmp_path / "rev" / "outputs.safetensors"))["raw"]
+    psnr = 10 * torch.log10(1 / ((again - raw) ** 2).mean())
+    assert psnr > 100, psnr
+
+
+@pytest.mark.parametrize(
+    ("files", "args", "says"),
+    [
+        ({"raw.png": (64, 64)}, [], "holds graphs forward, reverse: choose one with --graph"),
+        (
+            {"raw.png": (64, 64)},
+            ["--graph", "sideways"],
+            "has no graph 'sideways'; it holds forward, reverse",
+        ),
+        ({}, ["--graph", "forward"], "has no file for input 'raw'"),
+        (
+            {"raw.png": (64, 64), "raw.json": 0.5},
+            ["--graph", "forward"],
+            "has more than one file for input 'raw'",
+        ),
+        (
+            {"raw.png": (48, 64)},
+            ["--graph", "forward"],
+            "must have shape (1, 3, 64, 64) (the size it was exported at)",
+        ),
+        ({"raw.json": 3.0}, ["--graph", "forward"], "outside the 0..1 the model is defined on"),
+        ({"raw.json": "NaN"}, ["--graph", "forward"], "holds NaN or infinite values"),
+        (
+            {"raw.safetensors": b"not a safetensors file"},
+            ["--graph", "forward"],
+            "not a readable safetensors file",
+        ),
+        (
+            {"raw.png": (64, 64)},
+            ["--graph", "forward", "--backend", "coreml"],
+            "--backend coreml cannot run a --model export here",
+        ),
+        (
+            {"raw.png": (64, 64)},
+            ["--graph", "forward", "--final-size", "128"],
+            "--final-size is about PBR artifacts",
+        ),
+    ],
+)
+def test_run_refuses_bad_inputs_in_one_sentence_before_writing(invisp, tmp_path, files, args, says):
+    from PIL import Image
+
+    _, out = invisp
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name, content in files.items():
+        if isinstance(content, tuple):
+            Image.new("RGB", content[::-1], (10, 20, 30)).save(folder / name)
+        elif isinstance(content, bytes):
+            (folder / name).write_bytes(content)
+        else:
+            (folder / name).write_text(str(content))
+    result = tmp_path / "result"
+    r = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            str(out.parent / "invisp.model.json"),
+            "--input",
+            str(folder),
+            "--output",
+            str(result),
+            *args,
+        ],
+    )
+    assert r.exit_code == 2, r.output
+    assert says in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    assert not result.exists()
+
+
+def test_a_multi_graph_spec_ships_as_one_multifunction_core_ml_package(tmp_path):
+    pytest.importorskip("coremltools")
+    from pbrforge.export.model_export import export_model
+
+    result = export_model(load_spec(INVISP), tmp_path / "invisp", ("coreml",))
+    assert result.failures == []
+    (bundle,) = result.bundles
+    assert bundle["status"] == "not run" and bundle["methods"] == ["forward", "reverse"]
+    assert "functions and their tensors read back" in bundle["detail"]
+    # the merge stores equal weights once: one package is well under the two single-graph ones
+    assert bundle["bytes"] < 0.7 * bundle["single_packages_bytes"], bundle
+    import coremltools as ct
+
+    read = ct.models.MLModel(str(tmp_path / "invisp.mlpackage"), skip_model_load=True).get_spec()
+    assert read.specificationVersion >= 9 and read.description.defaultFunctionName == "forward"
+    assert sorted(read.mlProgram.functions) == ["forward", "reverse"]
 
 
 def test_an_artifact_refuses_input_outside_the_range_the_model_is_defined_on(invisp):

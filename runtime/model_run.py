@@ -1,0 +1,230 @@
+"""``pbrforge run OUTPUT.model.json --input DIR --output DIR``: one graph of a ``--model`` export on your files.
+
+The manifest says what each input is, so the files are read as the spec says, with no PyTorch model:
+
+- an image input (``kind="image"``, 1 or 3 channels) from ``NAME.png``/``.jpg``/``.jpeg`` (8- or 16-bit), its
+  0..1 pixel values mapped onto the input's encoding (``-1..1`` for a diffusion model's image);
+- any input from ``NAME.safetensors`` (the tensor under ``NAME``, or the file's only tensor);
+- a small tensor (a rate, a noise level) from ``NAME.json``: a number, filled into the input's shape, or
+  nested lists of exactly its shape.
+
+Every input is read and checked (file, shape, dtype, the value range exported graphs no longer assert, and the
+fixed size the graph was exported at) before the artifact loads or anything is written. The outputs go to
+``outputs.safetensors``; image outputs also as 16-bit ``NAME.png`` (the encoding's range mapped to 0..1,
+what lies outside clipped and counted), and ``run.json`` records what ran and for how long.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pbrforge.errors import ConfigError, DataError
+from pbrforge.fileio import atomic_path, read_json, write_json
+from pbrforge.modelspec import TensorSpec, tensor_spec
+
+if TYPE_CHECKING:
+    import torch
+
+log = logging.getLogger(__name__)
+
+IMAGE_FILES = (".png", ".jpg", ".jpeg")
+RUNS_HERE = ("onnx", "executorch")  # the artifact formats this machine can run, in the order tried
+MAX_JSON_BYTES = 1 << 20  # a JSON input is a number or a small tensor, never an image
+
+
+@dataclass(frozen=True)
+class GraphChoice:
+    """The graph and artifact a run uses, read from the manifest."""
+
+    graph: str
+    format: str
+    artifact: Path
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+def choose(manifest: Path, graph: str | None, fmt: str | None) -> GraphChoice:
+    """The graph (the only one, or ``graph``) and its artifact (a passing one in ``fmt``, else the first that
+    runs here); one sentence naming the choices when there is none."""
+    data = read_json(manifest)
+    if not isinstance(data, dict) or not isinstance(data.get("graphs"), dict) or not data["graphs"]:
+        raise DataError(f"{manifest} is not a pbrforge model manifest (it lists no graphs)")
+    graphs: dict[str, Any] = data["graphs"]
+    if graph is None:
+        if len(graphs) > 1:
+            raise ConfigError(f"{manifest.name} holds graphs {', '.join(graphs)}: choose one with --graph")
+        graph = next(iter(graphs))
+    if graph not in graphs:
+        raise ConfigError(f"{manifest.name} has no graph {graph!r}; it holds {', '.join(graphs)}")
+    about = graphs[graph]
+    wanted = (fmt,) if fmt else RUNS_HERE
+    for name in wanted:
+        for artifact in about.get("artifacts", []):
+            if artifact.get("format") != name or artifact.get("status") != "ok" or not artifact.get("path"):
+                continue
+            path = manifest.parent / Path(artifact["path"]).name  # names only: the manifest's own folder
+            if not path.exists():
+                raise DataError(f"{path} is missing: keep the export's files together")
+            return GraphChoice(
+                graph,
+                name,
+                path,
+                tuple(tensor_spec(t) for t in about["inputs"]),
+                tuple(tensor_spec(t) for t in about["outputs"]),
+            )
+    have = ", ".join(f"{a.get('format')} ({a.get('status')})" for a in about.get("artifacts", [])) or "none"
+    raise DataError(
+        f"graph {graph!r} has no passing {' or '.join(wanted)} artifact to run here (it has: {have})"
+    )
+
+
+def read_inputs(folder: Path, specs: tuple[TensorSpec, ...]) -> tuple[torch.Tensor, ...]:
+    """Each input from ``folder`` as its spec says, checked against the spec and the exported shape."""
+    if not folder.is_dir():
+        raise DataError(f"input folder {folder} does not exist or is not a folder")
+    values = []
+    for spec in specs:
+        found = [p for p in folder.iterdir() if p.stem == spec.name and p.is_file()]
+        usable = [p for p in found if p.suffix.lower() in (*IMAGE_FILES, ".safetensors", ".json")]
+        if len(usable) != 1:
+            what = "no" if not usable else "more than one"
+            kinds = "NAME.png/.jpg, " if spec.kind == "image" else ""
+            raise DataError(
+                f"{folder} has {what} file for input {spec.name!r}: give one {kinds}NAME.safetensors or "
+                f"NAME.json with NAME = {spec.name}"
+            )
+        value = read_input(usable[0], spec)
+        spec.check(value)
+        if tuple(value.shape) != spec.shape:  # graphs are exported at a fixed size
+            raise DataError(
+                f"{usable[0]}: {spec.name} must have shape {spec.shape} (the size it was exported at), "
+                f"not {tuple(value.shape)}"
+            )
+        values.append(value)
+    return tuple(values)
+
+
+def read_input(path: Path, spec: TensorSpec) -> torch.Tensor:
+    """One file as a tensor of ``spec``'s dtype, batch first (shape and range are checked by the caller)."""
+    import torch
+
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_FILES:
+        return _image(path, spec)
+    if suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            tensors = load_file(str(path))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise DataError(f"{path}: not a readable safetensors file ({e})") from e
+        if spec.name not in tensors and len(tensors) != 1:
+            raise DataError(f"{path}: holds {len(tensors)} tensors and none named {spec.name!r}")
+        value = tensors.get(spec.name, next(iter(tensors.values()), None))
+        if value is None:
+            raise DataError(f"{path}: holds no tensor")
+        return value.contiguous()
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise DataError(f"{path}: a JSON input is a number or a small tensor; this file is over 1 MiB")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        array = np.asarray(data, dtype=np.float64)
+    except (ValueError, TypeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: not a JSON number or list of numbers ({e})") from e
+    if array.ndim == 0:
+        array = np.full(spec.shape, float(array))
+    if spec.dtype.startswith("int") and np.isfinite(array).all() and (array != np.round(array)).any():
+        raise DataError(f"{path}: {spec.name} takes whole numbers ({spec.dtype})")
+    if not np.isfinite(array).all():
+        raise DataError(f"{path}: holds NaN or infinite values")
+    return torch.from_numpy(array).to(getattr(torch, spec.dtype))
+
+
+def _image(path: Path, spec: TensorSpec) -> torch.Tensor:
+    import torch
+
+    from pbrforge.contract import is_rgb16, read_rgb16
+    from pbrforge.views import image_to_float
+
+    if spec.kind != "image" or spec.shape[1] not in (1, 3):
+        raise DataError(
+            f"{path}: {spec.name} is a {spec.kind} of shape {spec.shape}, not a 1- or 3-channel image: "
+            "give it as NAME.safetensors"
+        )
+    pixels = torch.from_numpy(read_rgb16(path)) if is_rgb16(path) else image_to_float(path)  # (3, H, W)
+    if spec.shape[1] == 1:
+        if not torch.equal(pixels[0], pixels[1]) or not torch.equal(pixels[0], pixels[2]):
+            raise DataError(f"{path}: {spec.name} takes one channel; this image is in colour")
+        pixels = pixels[:1]
+    low, high = spec.encoding
+    return (low + (high - low) * pixels.double())[None].to(getattr(torch, spec.dtype))
+
+
+def write_outputs(
+    folder: Path, outputs: tuple[TensorSpec, ...], values: tuple[torch.Tensor, ...]
+) -> dict[str, Any]:
+    """``outputs.safetensors`` and a 16-bit PNG per image output, each atomically; per output, what was written."""
+    from safetensors.torch import save_file
+
+    from pbrforge.contract import Png16
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / "outputs.safetensors") as tmp:
+        save_file({t.name: v.contiguous() for t, v in zip(outputs, values, strict=True)}, str(tmp))
+    written: dict[str, Any] = {}
+    for spec, value in zip(outputs, values, strict=True):
+        about: dict[str, Any] = {"shape": list(value.shape), "dtype": str(value.dtype).removeprefix("torch.")}
+        if value.numel():
+            about |= {"min": float(value.min()), "max": float(value.max())}
+        if (
+            spec.kind == "image"
+            and value.dim() == 4
+            and value.shape[1] in (1, 3)
+            and value.is_floating_point()
+        ):
+            low, high = spec.encoding
+            unit = (value[0].double().numpy() - low) / (high - low)  # (C, H, W), encoding -> 0..1
+            about["clipped_share"] = float(((unit < 0) | (unit > 1)).mean())
+            png = Png16(np.round(np.clip(unit, 0.0, 1.0) * 65535).astype(np.uint16))
+            with atomic_path(folder / f"{spec.name}.png") as tmp:
+                png.save(tmp)
+            about["png"] = f"{spec.name}.png"
+        written[spec.name] = about
+    return written
+
+
+def run_model(
+    manifest: Path, input_dir: Path, output: Path, graph: str | None, fmt: str | None, threads: int
+) -> dict[str, Any]:
+    """Run one graph of a ``--model`` export on the files in ``input_dir``; the report ``run.json`` holds."""
+    from pbrforge.export.model_export import artifact_call
+
+    chosen = choose(manifest, graph, fmt)
+    values = read_inputs(input_dir, chosen.inputs)  # everything is read and checked before anything runs
+    call = artifact_call(chosen.format, chosen.artifact, chosen.inputs, threads)
+    t0 = time.perf_counter()
+    got = tuple(call(*values))
+    seconds = time.perf_counter() - t0
+    if len(got) != len(chosen.outputs):
+        raise DataError(
+            f"{chosen.artifact} returned {len(got)} tensors; its manifest lists {len(chosen.outputs)}"
+        )
+    report = {
+        "manifest": str(manifest),
+        "graph": chosen.graph,
+        "format": chosen.format,
+        "artifact": str(chosen.artifact),
+        "seconds": round(seconds, 4),
+        "threads": threads,
+        "outputs": write_outputs(output, chosen.outputs, got),
+    }
+    write_json(output / "run.json", report)
+    return report
