@@ -4,8 +4,9 @@ For each example spec (``examples/*/model.py:spec``) every graph goes to ONNX, E
 ML through the same gated path as ``pbrforge export --model``. Then, per graph, PyTorch eager, ONNX Runtime
 and ExecuTorch run the spec's first example input on the same threads: median latency and its ratio to eager.
 Beside each: the output's gate and figure, the artifact's size, and each pipeline (a round trip, a sampler)
-judged end to end through the artifacts. Core ML converts here but runs only on macOS, so it has a size and
-no latency.
+judged end to end through the artifacts, and the one-file bundles (multi-method .pte, multifunction
+.mlpackage) beside the single files they replace. Core ML converts here but runs only on macOS, so it has a
+size and no latency.
 
 Examples:
     python benchmarks/models.py
@@ -77,7 +78,17 @@ def bench(example: str, out: Path, runs: int, threads: int) -> dict:
                     row["median_ms"] = _median_ms(call, inputs, runs)
                     row["speedup_vs_eager"] = eager_ms / row["median_ms"]
             rows.append(row)
-    return {"model": spec.name, "rows": rows, "pipelines": result.pipelines, "passed": not result.failures}
+    bundles = [  # one file for every graph: its size beside the single-graph files it replaces
+        b | {"single_files_bytes": sum(r["bytes"] or 0 for r in rows if r["format"] == b["format"])}
+        for b in result.bundles
+    ]
+    return {
+        "model": spec.name,
+        "rows": rows,
+        "bundles": bundles,
+        "pipelines": result.pipelines,
+        "passed": not result.failures,
+    }
 
 
 def table(models: list[dict]) -> str:
@@ -99,12 +110,20 @@ def table(models: list[dict]) -> str:
             lines.append(
                 f"{m['model']:<13} {r['graph']:<9} {r['format']:<11} {gate:<34} {mib:>6} {ms:>10} {ratio:>8}"
             )
+        for b in m.get("bundles", []):
+            lines.append(
+                f"{m['model']:<13} {'(all)':<9} {b['format']:<11} {b['path'] + ': ' + b['status']:<34} "
+                f"{b['bytes'] / 2**20:>6.2f}   vs {b['single_files_bytes'] / 2**20:.2f} MiB as single files"
+            )
         for p in m["pipelines"]:
             v = p["verdict"]
+            figures = "".join(
+                f", {k} {x:.3g}" if isinstance(x, float) else f", {k} {x}" for k, x in p["figures"].items()
+            )
             lines.append(
                 f"{m['model']:<13} {p['pipeline']:<9} {p['format']:<11} "
                 f"{v['metric']} {v['figure']:.1f} / {v['limit']:g} vs {p['against']}"
-                f"{'' if v['passed'] else ' FAILED'}"
+                f"{'' if v['passed'] else ' FAILED'}{figures}"
             )
     return "\n".join(lines)
 
