@@ -93,7 +93,7 @@ def bench(example: str, out: Path, runs: int, threads: int) -> dict:
 
 def table(models: list[dict]) -> str:
     lines = [
-        f"{'model':<13} {'graph':<9} {'format':<11} {'gate: figure / limit':<34} {'MiB':>6} {'median ms':>10} "
+        f"{'model':<16} {'graph':<14} {'format':<11} {'gate: figure / limit':<34} {'MiB':>6} {'median ms':>10} "
         f"{'x eager':>8}"
     ]
     for m in models:
@@ -108,11 +108,11 @@ def table(models: list[dict]) -> str:
             ms = f"{r['median_ms']:.2f}" if r.get("median_ms") else ""
             ratio = f"{r['speedup_vs_eager']:.2f}x" if r.get("median_ms") else ""
             lines.append(
-                f"{m['model']:<13} {r['graph']:<9} {r['format']:<11} {gate:<34} {mib:>6} {ms:>10} {ratio:>8}"
+                f"{m['model']:<16} {r['graph']:<14} {r['format']:<11} {gate:<34} {mib:>6} {ms:>10} {ratio:>8}"
             )
         for b in m.get("bundles", []):
             lines.append(
-                f"{m['model']:<13} {'(all)':<9} {b['format']:<11} {b['path'] + ': ' + b['status']:<34} "
+                f"{m['model']:<16} {'(all)':<14} {b['format']:<11} {b['path'] + ': ' + b['status']:<34} "
                 f"{b['bytes'] / 2**20:>6.2f}   vs {b['single_files_bytes'] / 2**20:.2f} MiB as single files"
             )
         for p in m["pipelines"]:
@@ -121,7 +121,7 @@ def table(models: list[dict]) -> str:
                 f", {k} {x:.3g}" if isinstance(x, float) else f", {k} {x}" for k, x in p["figures"].items()
             )
             lines.append(
-                f"{m['model']:<13} {p['pipeline']:<9} {p['format']:<11} "
+                f"{m['model']:<16} {p['pipeline']:<14} {p['format']:<11} "
                 f"{v['metric']} {v['figure']:.1f} / {v['limit']:g} vs {p['against']}"
                 f"{'' if v['passed'] else ' FAILED'}{figures}"
             )

@@ -27,6 +27,7 @@ Examples:
     python export/converter.py best.pt --output artifacts/student --format executorch --quantize int8 --data data/demo \\
         --qat-steps 200
     python export/converter.py --model examples/invisp/model.py:spec --output artifacts/invisp --format onnx
+    python export/converter.py --model my_model.py:spec --output artifacts/mine --format onnx --quantize int8 --data samples/
 """
 
 from __future__ import annotations
@@ -315,7 +316,8 @@ def _vectors(job: ExportJob, result: ExportResult) -> None:
     "--data",
     type=click.Path(path_type=Path, file_okay=False, exists=True),
     default=None,
-    help="Data set whose held-out views calibrate --quantize and --nbits mixed (others judge them).",
+    help="Data set whose held-out views calibrate --quantize and --nbits mixed (others judge them); with "
+    "--model, a folder of .safetensors samples keyed by input name.",
 )
 @click.option(
     "--qat-steps",
@@ -360,7 +362,7 @@ def main(
     if (checkpoint is None) == (model_ref is None):
         raise ConfigError("give either a CHECKPOINT or --model, not both or neither")
     if model_ref is not None:
-        _export_spec(model_ref, output, fmt)
+        _export_spec(model_ref, output, fmt, quantize, data)
         return
     assert checkpoint is not None
     formats = FAMILIES if fmt == "all" else (fmt,)
@@ -405,8 +407,9 @@ def main(
         fail(result.failures[0])
 
 
-def _export_spec(model_ref: str, output: Path, fmt: str) -> None:
-    """``--model``: the spec's graphs through the generic gated path; PBR-only options are refused first."""
+def _export_spec(model_ref: str, output: Path, fmt: str, quantize: str | None, data: Path | None) -> None:
+    """``--model``: the spec's graphs through the generic gated path; PBR-only options are refused first.
+    ``--quantize int8`` adds int8 ONNX, calibrated on ``--data`` (a folder of safetensors samples) if given."""
     from pbrforge.export.model_export import FORMATS, export_model
     from pbrforge.modelspec import load_spec
 
@@ -414,7 +417,7 @@ def _export_spec(model_ref: str, output: Path, fmt: str) -> None:
     pbr_only = sorted(
         f"--{name.replace('_', '-')}"
         for name, value in ctx.params.items()
-        if name not in ("model_ref", "output", "fmt", "checkpoint")
+        if name not in ("model_ref", "output", "fmt", "checkpoint", "quantize", "data")
         and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
     )
     if pbr_only:
@@ -422,7 +425,9 @@ def _export_spec(model_ref: str, output: Path, fmt: str) -> None:
     formats = FORMATS if fmt == "all" else (fmt,)
     if fmt not in (*FORMATS, "all"):
         raise ConfigError(f"--model exports to {', '.join(FORMATS)} (or all), not {fmt}")
-    result = export_model(load_spec(model_ref), output, formats)
+    if data is not None and quantize is None:
+        raise ConfigError("--data calibrates --quantize: give --quantize int8 too")
+    result = export_model(load_spec(model_ref), output, formats, quantize=quantize, calibration=data)
     click.echo(result.table())
     click.echo(f"wrote {result.manifest}")
     if result.failures:

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pbrforge.errors import ConfigError, UnavailableError
+from pbrforge.errors import ConfigError, DataError, UnavailableError
 from pbrforge.fileio import atomic_path, remove, replace_path, write_json
 from pbrforge.gate_metrics import Verdict, judge
 from pbrforge.modelspec import GraphSpec, ModelSpec, Pipeline, TensorSpec, check_values
@@ -49,6 +49,8 @@ PASS_MAX_ABS = (
 )
 VECTORS = ".testvectors"  # OUTPUT.testvectors/GRAPH.safetensors
 NOT_RUN = "converted; not run here (Core ML runs only on macOS)"
+CALIBRATION_EXAMPLES = 16  # a graph with no --calibration samples is calibrated on this many spec examples
+INT8_PLACEMENT = "int8 QDQ (per-channel weights, MinMax activations), ONNX Runtime's CPU provider"
 PLACEMENT = {  # (format, feeds an entropy coder) -> where it computes, as the artifact is built
     ("onnx", False): "fp32, ONNX Runtime's CPU provider (an app may add an NPU provider)",
     ("onnx", True): "fp32, CPU provider only: it feeds an entropy coder",
@@ -73,11 +75,13 @@ class GraphArtifact:
     verdicts: dict[str, Verdict] = field(default_factory=dict)  # output -> the worst verdict over examples
     placement: str = ""
     detail: str = ""
+    precision: str = "fp32"  # or int8 (``--quantize int8``: ONNX QDQ)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "graph": self.graph,
             "format": self.format,
+            "precision": self.precision,
             "path": self.path,
             "status": self.status,
             "seconds": round(self.seconds, 2),
@@ -106,7 +110,8 @@ class ModelExport:
             if b["status"] in ("FAILED", "error")
         ]
         bad += [
-            f"{a.graph} ({a.format}): {a.status}: {a.detail or _worst(a.verdicts)}"
+            f"{a.graph} ({a.format}{'' if a.precision == 'fp32' else ' ' + a.precision}): {a.status}: "
+            f"{_worst(a.verdicts) or a.detail}"
             for a in self.artifacts
             if a.status in ("FAILED", "error")
         ]
@@ -123,7 +128,8 @@ class ModelExport:
         ]
         for a in self.artifacts:
             shown = "; ".join(f"{k}: {v.metric} {v.figure:.4g} / {v.limit:g}" for k, v in a.verdicts.items())
-            lines.append(f"{a.graph:<14} {a.format:<11} {a.status:<8} {a.seconds:8.1f}  {shown or a.detail}")
+            fmt = a.format if a.precision == "fp32" else f"{a.format} {a.precision}"
+            lines.append(f"{a.graph:<14} {fmt:<11} {a.status:<8} {a.seconds:8.1f}  {shown or a.detail}")
         for b in self.bundles:
             lines.append(
                 f"{'all graphs':<14} {b['format']:<11} {b['status']:<8} {'':>8}  {b['path']}: methods "
@@ -392,8 +398,22 @@ def _farther(new: Verdict, old: Verdict) -> bool:
     return new.figure < old.figure if new.metric == "psnr" else new.figure > old.figure
 
 
-def export_model(spec: ModelSpec, output: Path, formats: Sequence[str] = FORMATS) -> ModelExport:
-    """Every graph of ``spec`` in every format, judged; then the pipelines through the artifacts; the manifest."""
+def export_model(
+    spec: ModelSpec,
+    output: Path,
+    formats: Sequence[str] = FORMATS,
+    quantize: str | None = None,
+    calibration: Path | None = None,
+) -> ModelExport:
+    """Every graph of ``spec`` in every format, judged; then the pipelines through the artifacts; the manifest.
+
+    With ``quantize="int8"`` each graph's ONNX is also written as static int8 QDQ (``OUTPUT.GRAPH.int8.onnx``),
+    calibrated by ``calibration_sets`` and held to the same gates as fp32.
+    """
+    if quantize not in (None, "int8"):
+        raise ConfigError(f"--model quantizes to int8 (ONNX) only, not {quantize}")
+    if quantize and "onnx" not in formats:
+        raise ConfigError("--quantize int8 with --model writes int8 ONNX: include the onnx format")
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise ConfigError(f"unknown format(s) {', '.join(unknown)}: choose from {', '.join(FORMATS)}")
@@ -415,6 +435,7 @@ def export_model(spec: ModelSpec, output: Path, formats: Sequence[str] = FORMATS
     for name, g in spec.graphs.items():
         with torch.no_grad():
             expected[name] = [_as_tuple(g.module.eval()(*x)) for x in examples[name]]
+    calibrating = calibration_sets(spec, calibration) if quantize else None  # read and checked before writing
     programs = {}  # every graph captured before anything is written: a model torch.export refuses writes nothing
     for name, g in spec.graphs.items():
         programs[name], result.passes[name] = capture(name, g, examples[name][0])
@@ -453,6 +474,12 @@ def export_model(spec: ModelSpec, output: Path, formats: Sequence[str] = FORMATS
             if call is not None:
                 calls[(name, fmt)] = artifact_call(fmt, target, g.inputs)
             result.artifacts.append(artifact)
+    if calibrating is not None:
+        for name, g in spec.graphs.items():
+            fp32 = next(a for a in result.artifacts if a.graph == name and a.format == "onnx")
+            result.artifacts.append(
+                _int8_onnx(name, g, fp32, output, calibrating[name], examples[name], expected[name])
+            )
     if "executorch" in formats and len(spec.graphs) > 1:
         result.bundles.append(_pte_bundle(spec, programs, output, examples, expected))
     if "coreml" in formats and len(spec.graphs) > 1:
@@ -463,6 +490,120 @@ def export_model(spec: ModelSpec, output: Path, formats: Sequence[str] = FORMATS
                 result.pipelines.append(_pipeline(pipe_name, pipe, spec, fmt, calls))
     write_json(result.manifest, manifest(result, formats))
     return result
+
+
+@dataclass
+class Calibration:
+    """One graph's calibration inputs and, for the report, where they came from."""
+
+    inputs: list[Tensors]
+    source: str
+
+
+def calibration_sets(spec: ModelSpec, folder: Path | None) -> dict[str, Calibration]:
+    """Per graph, the inputs that set its int8 ranges.
+
+    ``folder`` holds ``*.safetensors`` files, one sample each, keyed by input name. Graphs are taken in the
+    spec's order and each sample is run through every graph whose inputs it holds, in eager PyTorch; the
+    outputs join the sample under their names, so a downstream graph is calibrated on what its upstream graph
+    gives (InvISP's reverse on the forward's sRGB). A graph no sample reaches is calibrated on the spec's own
+    example inputs (uniform over each valid range), and its source says so.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    samples: list[dict[str, torch.Tensor]] = []
+    if folder is not None:
+        if not folder.is_dir():
+            raise DataError(f"calibration folder {folder} does not exist or is not a folder")
+        files = sorted(folder.glob("*.safetensors"))
+        if not files:
+            raise DataError(f"calibration folder {folder} holds no .safetensors files")
+        known = {t.name for g in spec.graphs.values() for t in g.inputs}
+        for path in files:
+            try:
+                sample = load_file(str(path))
+            except (SafetensorError, OSError, ValueError) as e:
+                raise DataError(f"{path}: not a readable safetensors file ({e})") from e
+            if not known & set(sample):
+                raise DataError(f"{path} holds none of the inputs {', '.join(sorted(known))}")
+            samples.append(sample)
+    made_by: dict[str, str] = {}  # tensor name -> the graph whose output it is
+    sets: dict[str, Calibration] = {}
+    for name, g in spec.graphs.items():
+        names = [t.name for t in g.inputs]
+        usable = [s for s in samples if all(n in s for n in names)]
+        if not usable:
+            inputs = [g.example_inputs(100 + k) for k in range(CALIBRATION_EXAMPLES)]
+            sets[name] = Calibration(inputs, f"{len(inputs)} of the spec's example inputs")
+            continue
+        inputs = []
+        for sample in usable:
+            batch = tuple(sample[n] for n in names)
+            try:
+                g.check_inputs(batch)
+            except DataError as e:
+                raise DataError(f"calibration for graph {name!r}: {e}") from e
+            bad = [t.name for t, v in zip(g.inputs, batch, strict=True) if tuple(v.shape) != t.shape]
+            if bad:
+                raise DataError(
+                    f"calibration for graph {name!r}: {bad[0]} must have the exported shape "
+                    f"{next(t.shape for t in g.inputs if t.name == bad[0])}"
+                )
+            inputs.append(batch)
+            with torch.no_grad():
+                outputs = _as_tuple(g.module.eval()(*batch))
+            for t, value in zip(g.outputs, outputs, strict=True):
+                if t.name not in sample:
+                    sample[t.name] = value
+                    made_by.setdefault(t.name, name)
+        upstream = sorted({f"{n} from graph {made_by[n]}" for n in names if n in made_by})
+        sets[name] = Calibration(
+            inputs, f"{len(inputs)} samples from {folder}" + (f" ({'; '.join(upstream)})" if upstream else "")
+        )
+    return sets
+
+
+def _int8_onnx(
+    name: str,
+    graph: GraphSpec,
+    fp32: GraphArtifact,
+    output: Path,
+    calibration: Calibration,
+    examples: Sequence[Tensors],
+    expected: Sequence[Tensors],
+) -> GraphArtifact:
+    """The graph's ONNX as static int8 QDQ, judged like fp32; a graph that feeds an entropy coder stays fp32."""
+    import tempfile
+
+    from pbrforge.export.onnx_quantize import prepare, quantize_onnx
+
+    artifact = GraphArtifact(name, "onnx", precision="int8", placement=INT8_PLACEMENT)
+    if graph.feeds_coder:
+        artifact.status = "refused"
+        artifact.detail = (
+            "its outputs feed an entropy coder, so it stays fp32: one flipped index desynchronises it"
+        )
+        return artifact
+    if fp32.status != "ok":
+        artifact.status, artifact.detail = "error", f"no passing fp32 ONNX to quantize ({fp32.status})"
+        return artifact
+    staged = output.with_name(f".{output.name}.{name}.staged.int8.onnx")
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="pbrforge-model-int8-") as work:
+        pre = Path(work) / "pre.onnx"
+        prepare(Path(fp32.path), pre)
+        quantize_onnx(pre, staged, calibration.inputs, names=[t.name for t in graph.inputs])
+    artifact.seconds = time.perf_counter() - t0
+    artifact.verdicts = _judge(graph, artifact_call("onnx", staged, graph.inputs), examples, expected)
+    artifact.status = "ok" if all(v.passed for v in artifact.verdicts.values()) else "FAILED"
+    artifact.detail = f"calibrated on {calibration.source}"
+    suffix = ".int8.onnx" if artifact.status == "ok" else ".failed.int8.onnx"
+    target = output.with_name(f"{output.name}.{name}{suffix}")
+    remove(target)
+    replace_path(staged, target)
+    artifact.path = str(target)
+    return artifact
 
 
 def _pte_bundle(

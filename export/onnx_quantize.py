@@ -48,14 +48,19 @@ Inputs = tuple[torch.Tensor, ...]
 
 
 class _Reader:
-    """onnxruntime's CalibrationDataReader protocol over a list of inputs."""
+    """onnxruntime's CalibrationDataReader protocol over a list of inputs (the views, or ``names`` in order)."""
 
-    def __init__(self, batches: list[Inputs]):
+    def __init__(self, batches: list[Inputs], names: Sequence[str] | None = None):
         self._it = iter(batches)
+        self._names = names
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self._it, None)
-        return None if batch is None else onnx_feed(batch)
+        if batch is None:
+            return None
+        if self._names is None:
+            return onnx_feed(batch)
+        return {n: x.numpy() for n, x in zip(self._names, batch, strict=True)}
 
     def __iter__(self):  # qdq_loss_debug iterates where quantize_static calls get_next
         return iter(self.get_next, None)
@@ -88,9 +93,16 @@ def prepare(fp32: Path, pre: Path) -> dict[str, int]:
     return done
 
 
-def quantize_onnx(pre: Path, out: Path, calibration: list[Inputs], exclude: Sequence[str] = ()) -> float:
+def quantize_onnx(
+    pre: Path,
+    out: Path,
+    calibration: list[Inputs],
+    exclude: Sequence[str] = (),
+    names: Sequence[str] | None = None,
+) -> float:
     """Write the static int8 QDQ model of ``pre`` (from ``prepare``) to ``out`` atomically, the nodes ``exclude``
-    left float; returns seconds taken."""
+    left float; ``names`` are the graph's inputs in calibration order (None: the three views). Returns seconds
+    taken."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -99,7 +111,7 @@ def quantize_onnx(pre: Path, out: Path, calibration: list[Inputs], exclude: Sequ
         quantize_static(
             str(pre),
             str(tmp),
-            _Reader(calibration),
+            _Reader(calibration, names),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             activation_type=QuantType.QUInt8,

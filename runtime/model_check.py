@@ -31,13 +31,17 @@ def self_check(manifest: Path, threads: int = 2) -> list[str]:
         inputs, outputs, vectors = _graph(data, folder, graph)
         for artifact in about["artifacts"]:
             fmt, name = artifact["format"], artifact["path"]
+            label = f"{graph} {fmt}" + (
+                "" if artifact.get("precision", "fp32") == "fp32" else f" {artifact['precision']}"
+            )
             call = artifact_call(fmt, folder / name, inputs, threads) if name else None
-            if call is None:
-                lines.append(f"{graph} {fmt}: not run ({artifact['detail']})")
+            if call is None:  # Core ML here, or an artifact the export did not write (refused, error)
+                status = "not run" if name else artifact["status"]
+                lines.append(f"{label}: {status} ({artifact['detail']})")
                 continue
             bad = _check_cases(call, inputs, outputs, vectors, name)
             failures += bad
-            lines.append(f"{graph} {fmt}: {'FAILED' if bad else 'ok'} on {len(_cases(vectors))} cases")
+            lines.append(f"{label}: {'FAILED' if bad else 'ok'} on {len(_cases(vectors))} cases")
     for bundle in data.get("bundles", []):  # one artifact for all graphs: each method on its graph's vectors
         if bundle["status"] in ("not run", "error"):  # a multifunction .mlpackage runs only on macOS
             lines.append(

@@ -338,6 +338,65 @@ def test_a_graph_that_fails_its_gate_is_kept_as_failed_and_the_command_exits_2(t
     assert artifact["status"] == "FAILED" and not artifact["verdicts"]["out"]["passed"]
 
 
+# three graphs: an encoder gated in PSNR (int8 passes), a decoder held to max_abs 1e-4 (int8 cannot pass), and
+# an indexer whose int32 outputs feed an entropy coder (int8 refused)
+CODER = """
+import torch
+from torch import nn
+from pbrforge.modelspec import GraphSpec, ModelSpec, TensorSpec
+
+class Index(nn.Module):
+    def forward(self, code):
+        return (code.abs() * 4).round().clamp(0, 15).to(torch.int32)
+
+def build():
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        encode = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, stride=2, padding=1))
+        decode = nn.Sequential(nn.ConvTranspose2d(8, 3, 2, stride=2), nn.Sigmoid())
+    image = TensorSpec("image", (1, 3, 32, 32), color="srgb", valid=(0.0, 1.0))
+    code = TensorSpec("code", (1, 8, 16, 16), kind="latent", encoding=(-4.0, 4.0), gate="psnr:30")
+    return ModelSpec("coder", {
+        "encode": GraphSpec(encode, (image,), (code,)),
+        "decode": GraphSpec(decode, (code,), (TensorSpec("decoded", image.shape, color="srgb"),)),
+        "index": GraphSpec(Index(), (code,), (TensorSpec("idx", code.shape, dtype="int32", kind="symbols", encoding=(0.0, 15.0)),)),
+    })
+"""
+
+
+def test_int8_onnx_is_calibrated_upstream_first_held_to_each_gate_and_refused_for_the_coder(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from safetensors.torch import save_file
+
+    model = tmp_path / "coder.py"
+    model.write_text(textwrap.dedent(CODER))
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    g = torch.Generator().manual_seed(1)
+    for k in range(6):
+        save_file({"image": torch.rand((1, 3, 32, 32), generator=g)}, str(samples / f"{k}.safetensors"))
+    out = tmp_path / "art" / "coder"
+    args = ["export", "--model", f"{model}:build", "--output", str(out), "--format", "onnx"]
+    r = CliRunner().invoke(cli, [*args, "--quantize", "int8", "--data", str(samples)])
+    assert r.exit_code == 2, r.output
+    assert "decode (onnx int8): FAILED: decoded: max_abs" in r.output.strip().splitlines()[-1], r.output
+    manifest = json.loads((out.parent / "coder.model.json").read_text())
+    int8 = {
+        name: next(a for a in about["artifacts"] if a["precision"] == "int8")
+        for name, about in manifest["graphs"].items()
+    }
+    assert int8["encode"]["status"] == "ok" and int8["encode"]["path"] == "coder.encode.int8.onnx"
+    assert int8["encode"]["verdicts"]["code"]["metric"] == "psnr"
+    assert int8["encode"]["detail"] == f"calibrated on 6 samples from {samples}"
+    # the decoder is calibrated on the encoder's outputs for the same samples, then fails its 1e-4 gate
+    assert int8["decode"]["detail"] == f"calibrated on 6 samples from {samples} (code from graph encode)"
+    assert int8["decode"]["status"] == "FAILED" and (out.parent / "coder.decode.failed.int8.onnx").is_file()
+    assert int8["index"]["status"] == "refused" and "entropy coder" in int8["index"]["detail"]
+    assert not list(out.parent.glob("coder.index*int8*"))
+    r = CliRunner().invoke(cli, [*args, "--data", str(samples)])
+    assert r.exit_code == 2 and "--data calibrates --quantize: give --quantize int8 too" in r.output, r.output
+
+
 class Gaps(torch.nn.Module):
     """Ops some converter lacks: exp2 (ExecuTorch's edge dialect), outer (Core ML), a float64 detour."""
 
@@ -372,8 +431,13 @@ def test_converter_gaps_are_rewritten_into_ops_every_backend_has():
         (["--model", "nowhere.py:spec"], "model file nowhere.py does not exist"),
         (["--model", "pbrforge.nothing_here:spec"], "cannot import 'pbrforge.nothing_here'"),
         (
-            ["--model", f"{INVISP}", "--quantize", "int8"],
-            "--quantize: only for pbrforge checkpoints, not for --model",
+            ["--model", f"{INVISP}", "--palettization"],
+            "--palettization: only for pbrforge checkpoints, not for --model",
+        ),
+        (["--model", f"{INVISP}", "--quantize", "w8a8"], "--model quantizes to int8 (ONNX) only, not w8a8"),
+        (
+            ["--model", f"{INVISP}", "--quantize", "int8", "--format", "executorch"],
+            "--quantize int8 with --model writes int8 ONNX: include the onnx format",
         ),
         (["--model", f"{INVISP}", "--format", "tensorrt"], "--model exports to onnx, executorch, coreml"),
         (["--model", f"{INVISP}", "best.pt"], "give either a CHECKPOINT or --model, not both or neither"),
