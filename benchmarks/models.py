@@ -28,14 +28,6 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ("invisp", "hyperprior_codec", "edm_denoiser")
 
 
-def _bytes(path: Path) -> int:
-    return (
-        path.stat().st_size
-        if path.is_file()
-        else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    )
-
-
 def _median_ms(call, inputs, runs: int, warmup: int = 3) -> float:
     for _ in range(warmup):
         call(*inputs)
@@ -51,7 +43,7 @@ def bench(example: str, out: Path, runs: int, threads: int) -> dict:
     """One example exported and gated, then each graph timed in eager and in every runtime that runs here."""
     import torch
 
-    from pbrforge.export.model_export import artifact_call, export_model
+    from pbrforge.export.model_export import artifact_bytes, artifact_call, export_model
     from pbrforge.modelspec import load_spec
 
     torch.set_num_threads(threads)
@@ -72,7 +64,7 @@ def bench(example: str, out: Path, runs: int, threads: int) -> dict:
             row = {"graph": name, "format": a.format, "status": a.status, "bytes": None, "median_ms": None}
             row["verdicts"] = {k: v.to_dict() for k, v in a.verdicts.items()}
             if a.path:
-                row["bytes"] = _bytes(Path(a.path))
+                row["bytes"] = artifact_bytes(Path(a.path))
                 call = artifact_call(a.format, Path(a.path), graph.inputs, threads)
                 if call is not None:
                     row["median_ms"] = _median_ms(call, inputs, runs)

@@ -18,6 +18,10 @@ The spec's pipelines (a round trip, a sampler's steps) then run through the arti
 checked against its spec (shape, dtype, and the value range exported graphs no longer assert), and are judged
 end to end. A graph that failed a gate is kept as ``OUTPUT.GRAPH.failed.EXT``; ``OUTPUT.model.json`` lists
 graphs, tensors, host glue, passes and every verdict.
+
+A spec with more than one graph also ships as one file per format: a multi-method ``OUTPUT.pte`` (each method
+judged) and a multifunction ``OUTPUT.mlpackage`` (read back). ``quantize="int8"`` adds static int8 QDQ ONNX
+per graph, calibrated upstream first (``calibration_sets``) and held to the same gates.
 """
 
 from __future__ import annotations
@@ -149,6 +153,11 @@ class ModelExport:
         return "\n".join(lines)
 
 
+def _first_line(e: BaseException) -> str:
+    """An exception's first line: a converter's or quantizer's reason, for one sentence in a report."""
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
 def _worst(verdicts: dict[str, Verdict]) -> str:
     return "; ".join(f"{k}: {v.sentence()}" for k, v in verdicts.items() if not v.passed)
 
@@ -192,7 +201,7 @@ def capture(name: str, graph: GraphSpec, example: Tensors) -> tuple[torch.export
         with torch.no_grad():
             program = torch.export.export(module, example, strict=False)
     except Exception as e:  # the user's model: torch.export's reason in one sentence
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = _first_line(e)
         raise ConfigError(f"graph {name!r} cannot be captured by torch.export: {first}") from e
     captured = program.module()
     ops = _op_kinds(captured.graph)
@@ -454,7 +463,7 @@ def export_model(
             except UnavailableError:
                 raise
             except Exception as e:  # a converter gap: recorded with its reason, the other formats go on
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                first = _first_line(e)
                 artifact.status, artifact.detail = "error", f"{type(e).__name__}: {first[:300]}"
                 artifact.seconds = time.perf_counter() - t0
                 result.artifacts.append(artifact)
@@ -590,10 +599,16 @@ def _int8_onnx(
         return artifact
     staged = output.with_name(f".{output.name}.{name}.staged.int8.onnx")
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="pbrforge-model-int8-") as work:
-        pre = Path(work) / "pre.onnx"
-        prepare(Path(fp32.path), pre)
-        quantize_onnx(pre, staged, calibration.inputs, names=[t.name for t in graph.inputs])
+    try:
+        with tempfile.TemporaryDirectory(prefix="pbrforge-model-int8-") as work:
+            pre = Path(work) / "pre.onnx"
+            prepare(Path(fp32.path), pre)
+            quantize_onnx(pre, staged, calibration.inputs, names=[t.name for t in graph.inputs])
+    except Exception as e:  # ORT's quantizer on a user's graph: its reason, the other graphs go on
+        first = _first_line(e)
+        artifact.status, artifact.detail = "error", f"{type(e).__name__}: {first[:300]}"
+        remove(staged)
+        return artifact
     artifact.seconds = time.perf_counter() - t0
     artifact.verdicts = _judge(graph, artifact_call("onnx", staged, graph.inputs), examples, expected)
     artifact.status = "ok" if all(v.passed for v in artifact.verdicts.values()) else "FAILED"
@@ -659,13 +674,17 @@ def _mlpackage_bundle(spec: ModelSpec, artifacts: list[GraphArtifact], output: P
         descriptor.add_function(str(singles[name]), src_function_name="main", target_function_name=name)
     descriptor.default_function_name = next(iter(spec.graphs))
     target = output.with_name(output.name + ".mlpackage")
-    with atomic_path(target) as tmp:
-        ct.utils.save_multifunction(descriptor, str(tmp))
+    try:
+        with atomic_path(target) as tmp:
+            ct.utils.save_multifunction(descriptor, str(tmp))
+    except Exception as e:  # coremltools' merge: its reason in the manifest, the single packages stand
+        first = _first_line(e)
+        return about | {"status": "error", "detail": f"{type(e).__name__}: {first[:300]}"}
     read = ct.models.MLModel(str(target), skip_model_load=True).get_spec().description
     found = {f.name: ([i.name for i in f.input], [o.name for o in f.output]) for f in read.functions}
     wanted = {n: ([t.name for t in g.inputs], [t.name for t in g.outputs]) for n, g in spec.graphs.items()}
-    single_bytes = sum(_tree_bytes(p) for p in singles.values())
-    about |= {"path": target.name, "bytes": _tree_bytes(target), "single_packages_bytes": single_bytes}
+    single_bytes = sum(artifact_bytes(p) for p in singles.values())
+    about |= {"path": target.name, "bytes": artifact_bytes(target), "single_packages_bytes": single_bytes}
     if found != wanted:
         return about | {
             "status": "error",
@@ -674,7 +693,8 @@ def _mlpackage_bundle(spec: ModelSpec, artifacts: list[GraphArtifact], output: P
     return about | {"status": "not run", "detail": NOT_RUN + "; functions and their tensors read back"}
 
 
-def _tree_bytes(path: Path) -> int:
+def artifact_bytes(path: Path) -> int:
+    """A file's size, or a package folder's (.mlpackage) summed over its files."""
     return (
         sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         if path.is_dir()
