@@ -35,9 +35,9 @@ demo: install
 	$(PY) demo.py --output $(DEMO_DIR)
 
 # Everything CI runs: lint, format, types, then every test (slow ones included: training, export,
-# torchrun, the wheel in a fresh venv). Two workers (pytest-xdist), each test file on one of them, so a
-# file's fixtures are built once; the slowest tests are listed at the end.
-PYTEST := $(PY) -m pytest -q -n 2 --dist loadfile --durations=15
+# torchrun, the wheel in a fresh venv), the 15 slowest listed at the end. One process: two pytest-xdist
+# workers on 2 cores took longer (20.0 min of tests against 18.0), each worker's torch threads competing.
+PYTEST := $(PY) -m pytest -q --durations=15
 
 test: lint
 	$(PYTEST)
