@@ -36,7 +36,7 @@ demo: install
 
 # Everything CI runs: lint, format, types, then every test (slow ones included: training, export,
 # torchrun, the wheel in a fresh venv), the 15 slowest listed at the end. One process: two pytest-xdist
-# workers on 2 cores took longer (20.0 min of tests against 18.0), each worker's torch threads competing.
+# workers on 2 cores took longer (20.0 min of tests against 15 to 18 in one process), each worker's torch threads competing.
 PYTEST := $(PY) -m pytest -q --durations=15
 
 test: lint
