@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from pbrforge.errors import ConfigError, DataError, UnavailableError
-from pbrforge.fileio import atomic_path, remove, replace_path, write_json
+from pbrforge.fileio import atomic_path, read_tensors, remove, replace_path, write_json
 from pbrforge.gate_metrics import Verdict, judge
 from pbrforge.modelspec import GraphSpec, ModelSpec, Pipeline, TensorSpec, check_values
 
@@ -81,6 +81,11 @@ class GraphArtifact:
     detail: str = ""
     precision: str = "fp32"  # or int8 (``--quantize int8``: ONNX QDQ)
 
+    @property
+    def label(self) -> str:
+        """The format, with the precision when it is not fp32 (``onnx int8``)."""
+        return self.format if self.precision == "fp32" else f"{self.format} {self.precision}"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "graph": self.graph,
@@ -114,8 +119,7 @@ class ModelExport:
             if b["status"] in ("FAILED", "error")
         ]
         bad += [
-            f"{a.graph} ({a.format}{'' if a.precision == 'fp32' else ' ' + a.precision}): {a.status}: "
-            f"{_worst(a.verdicts) or a.detail}"
+            f"{a.graph} ({a.label}): {a.status}: {_worst(a.verdicts) or a.detail}"
             for a in self.artifacts
             if a.status in ("FAILED", "error")
         ]
@@ -132,8 +136,7 @@ class ModelExport:
         ]
         for a in self.artifacts:
             shown = "; ".join(f"{k}: {v.metric} {v.figure:.4g} / {v.limit:g}" for k, v in a.verdicts.items())
-            fmt = a.format if a.precision == "fp32" else f"{a.format} {a.precision}"
-            lines.append(f"{a.graph:<14} {fmt:<11} {a.status:<8} {a.seconds:8.1f}  {shown or a.detail}")
+            lines.append(f"{a.graph:<14} {a.label:<11} {a.status:<8} {a.seconds:8.1f}  {shown or a.detail}")
         for b in self.bundles:
             lines.append(
                 f"{'all graphs':<14} {b['format']:<11} {b['status']:<8} {'':>8}  {b['path']}: methods "
@@ -156,6 +159,11 @@ class ModelExport:
 def _first_line(e: BaseException) -> str:
     """An exception's first line: a converter's or quantizer's reason, for one sentence in a report."""
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _reason(e: BaseException) -> str:
+    """What a report records for a step that failed: the exception's type and first line."""
+    return f"{type(e).__name__}: {_first_line(e)[:300]}"
 
 
 def _worst(verdicts: dict[str, Verdict]) -> str:
@@ -463,8 +471,7 @@ def export_model(
             except UnavailableError:
                 raise
             except Exception as e:  # a converter gap: recorded with its reason, the other formats go on
-                first = _first_line(e)
-                artifact.status, artifact.detail = "error", f"{type(e).__name__}: {first[:300]}"
+                artifact.status, artifact.detail = "error", _reason(e)
                 artifact.seconds = time.perf_counter() - t0
                 result.artifacts.append(artifact)
                 log.warning("%s to %s failed: %s", name, fmt, artifact.detail)
@@ -518,9 +525,6 @@ def calibration_sets(spec: ModelSpec, folder: Path | None) -> dict[str, Calibrat
     gives (InvISP's reverse on the forward's sRGB). A graph no sample reaches is calibrated on the spec's own
     example inputs (uniform over each valid range), and its source says so.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     samples: list[dict[str, torch.Tensor]] = []
     if folder is not None:
         if not folder.is_dir():
@@ -530,10 +534,7 @@ def calibration_sets(spec: ModelSpec, folder: Path | None) -> dict[str, Calibrat
             raise DataError(f"calibration folder {folder} holds no .safetensors files")
         known = {t.name for g in spec.graphs.values() for t in g.inputs}
         for path in files:
-            try:
-                sample = load_file(str(path))
-            except (SafetensorError, OSError, ValueError) as e:
-                raise DataError(f"{path}: not a readable safetensors file ({e})") from e
+            sample = read_tensors(path)
             if not known & set(sample):
                 raise DataError(f"{path} holds none of the inputs {', '.join(sorted(known))}")
             samples.append(sample)
@@ -550,15 +551,10 @@ def calibration_sets(spec: ModelSpec, folder: Path | None) -> dict[str, Calibrat
         for sample in usable:
             batch = tuple(sample[n] for n in names)
             try:
-                g.check_inputs(batch)
+                for t, value in zip(g.inputs, batch, strict=True):
+                    t.check_exported(value)
             except DataError as e:
                 raise DataError(f"calibration for graph {name!r}: {e}") from e
-            bad = [t.name for t, v in zip(g.inputs, batch, strict=True) if tuple(v.shape) != t.shape]
-            if bad:
-                raise DataError(
-                    f"calibration for graph {name!r}: {bad[0]} must have the exported shape "
-                    f"{next(t.shape for t in g.inputs if t.name == bad[0])}"
-                )
             inputs.append(batch)
             with torch.no_grad():
                 outputs = _as_tuple(g.module.eval()(*batch))
@@ -605,8 +601,7 @@ def _int8_onnx(
             prepare(Path(fp32.path), pre)
             quantize_onnx(pre, staged, calibration.inputs, names=[t.name for t in graph.inputs])
     except Exception as e:  # ORT's quantizer on a user's graph: its reason, the other graphs go on
-        first = _first_line(e)
-        artifact.status, artifact.detail = "error", f"{type(e).__name__}: {first[:300]}"
+        artifact.status, artifact.detail = "error", _reason(e)
         remove(staged)
         return artifact
     artifact.seconds = time.perf_counter() - t0
@@ -678,8 +673,7 @@ def _mlpackage_bundle(spec: ModelSpec, artifacts: list[GraphArtifact], output: P
         with atomic_path(target) as tmp:
             ct.utils.save_multifunction(descriptor, str(tmp))
     except Exception as e:  # coremltools' merge: its reason in the manifest, the single packages stand
-        first = _first_line(e)
-        return about | {"status": "error", "detail": f"{type(e).__name__}: {first[:300]}"}
+        return about | {"status": "error", "detail": _reason(e)}
     read = ct.models.MLModel(str(target), skip_model_load=True).get_spec().description
     found = {f.name: ([i.name for i in f.input], [o.name for o in f.output]) for f in read.functions}
     wanted = {n: ([t.name for t in g.inputs], [t.name for t in g.outputs]) for n, g in spec.graphs.items()}

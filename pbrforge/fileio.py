@@ -133,6 +133,17 @@ def read_json(path: Path) -> object:
         raise DataError(f"{path} is not valid JSON ({type(e).__name__}: {str(e)[:80]})") from e
 
 
+def read_tensors(path: Path) -> dict[str, Any]:
+    """A safetensors file's tensors (torch), or one DataError sentence."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise DataError(f"{path}: not a readable safetensors file ({e})") from e
+
+
 def _no_constant(name: str) -> None:
     raise ValueError(f"{name} is not a JSON number")
 

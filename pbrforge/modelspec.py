@@ -136,6 +136,14 @@ class TensorSpec:
                     "the model is defined on"
                 )
 
+    def check_exported(self, value: torch.Tensor) -> None:
+        """``check``, and the exact example shape: graphs are exported at a fixed size."""
+        self.check(value)
+        if tuple(value.shape) != self.shape:
+            raise DataError(
+                f"{self.name} must have shape {self.shape} (the size it was exported at), not {tuple(value.shape)}"
+            )
+
 
 @dataclass
 class GraphSpec:

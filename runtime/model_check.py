@@ -17,14 +17,25 @@ from pbrforge.modelspec import TensorSpec, tensor_spec
 MANIFEST_SUFFIX = ".model.json"
 
 
+def read_manifest(manifest: Path) -> dict:
+    """A ``--model`` export's manifest, or one DataError sentence when the file is not one."""
+    data = read_json(manifest)
+    if (
+        not isinstance(data, dict)
+        or not isinstance(data.get("graphs"), dict)
+        or not data["graphs"]
+        or "test_vectors" not in data
+    ):
+        raise DataError(f"{manifest} is not a pbrforge model manifest (no graphs or test_vectors)")
+    return data
+
+
 def self_check(manifest: Path, threads: int = 2) -> list[str]:
     """One line per artifact (and per method of a multi-method ``.pte``); raises ParityError naming the first
     output that failed its gate."""
     from pbrforge.export.model_export import artifact_call
 
-    data = read_json(manifest)
-    if not isinstance(data, dict) or not isinstance(data.get("graphs"), dict) or "test_vectors" not in data:
-        raise DataError(f"{manifest} is not a pbrforge model manifest (no graphs or test_vectors)")
+    data = read_manifest(manifest)
     folder = manifest.parent
     lines, failures = [], []
     for graph, about in data["graphs"].items():

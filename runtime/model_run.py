@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pbrforge.errors import ConfigError, DataError
-from pbrforge.fileio import atomic_path, read_json, write_json
+from pbrforge.fileio import atomic_path, read_tensors, write_json
 from pbrforge.modelspec import TensorSpec, tensor_spec
+from pbrforge.runtime.model_check import read_manifest
 
 if TYPE_CHECKING:
     import torch
@@ -53,9 +54,7 @@ class GraphChoice:
 def choose(manifest: Path, graph: str | None, fmt: str | None) -> GraphChoice:
     """The graph (the only one, or ``graph``) and its artifact (a passing one in ``fmt``, else the first that
     runs here); one sentence naming the choices when there is none."""
-    data = read_json(manifest)
-    if not isinstance(data, dict) or not isinstance(data.get("graphs"), dict) or not data["graphs"]:
-        raise DataError(f"{manifest} is not a pbrforge model manifest (it lists no graphs)")
+    data = read_manifest(manifest)
     graphs: dict[str, Any] = data["graphs"]
     if graph is None:
         if len(graphs) > 1:
@@ -101,12 +100,10 @@ def read_inputs(folder: Path, specs: tuple[TensorSpec, ...]) -> tuple[torch.Tens
                 f"NAME.json with NAME = {spec.name}"
             )
         value = read_input(usable[0], spec)
-        spec.check(value)
-        if tuple(value.shape) != spec.shape:  # graphs are exported at a fixed size
-            raise DataError(
-                f"{usable[0]}: {spec.name} must have shape {spec.shape} (the size it was exported at), "
-                f"not {tuple(value.shape)}"
-            )
+        try:
+            spec.check_exported(value)
+        except DataError as e:
+            raise DataError(f"{usable[0]}: {e}") from e
         values.append(value)
     return tuple(values)
 
@@ -119,13 +116,7 @@ def read_input(path: Path, spec: TensorSpec) -> torch.Tensor:
     if suffix in IMAGE_FILES:
         return _image(path, spec)
     if suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            tensors = load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise DataError(f"{path}: not a readable safetensors file ({e})") from e
+        tensors = read_tensors(path)
         if spec.name not in tensors and len(tensors) != 1:
             raise DataError(f"{path}: holds {len(tensors)} tensors and none named {spec.name!r}")
         value = tensors.get(spec.name, next(iter(tensors.values()), None))
