@@ -28,6 +28,8 @@ Examples:
         --qat-steps 200
     python export/converter.py --model examples/invisp/model.py:spec --output artifacts/invisp --format onnx
     python export/converter.py --model my_model.py:spec --output artifacts/mine --format onnx --quantize int8 --data samples/
+    python export/converter.py --model neuropbr --weights best_student.pth --output artifacts/neuropbr --format onnx
+    python export/converter.py --model pbr --weights best.pt --output artifacts/student_spec --format executorch
 """
 
 from __future__ import annotations
@@ -261,6 +263,12 @@ def _vectors(job: ExportJob, result: ExportResult) -> None:
     "(entry-point group pbrforge.models); the factory returns a pbrforge.modelspec.ModelSpec.",
 )
 @click.option(
+    "--weights",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="With --model: the weights file its factory loads (for example --model neuropbr --weights best_student.pth).",
+)
+@click.option(
     "--output",
     type=OUTPUT_FILE,
     required=True,
@@ -317,7 +325,8 @@ def _vectors(job: ExportJob, result: ExportResult) -> None:
     type=click.Path(path_type=Path, file_okay=False, exists=True),
     default=None,
     help="Data set whose held-out views calibrate --quantize and --nbits mixed (others judge them); with "
-    "--model, a folder of .safetensors samples keyed by input name.",
+    "--model, a folder of .safetensors samples keyed by input name, or of pictures (PHOTO.png feeds every sRGB "
+    "image input, SAMPLE.INPUT.png one input; scaled and centre-cropped to the exported size).",
 )
 @click.option(
     "--qat-steps",
@@ -339,6 +348,7 @@ def _vectors(job: ExportJob, result: ExportResult) -> None:
 def main(
     checkpoint: Path | None,
     model_ref: str | None,
+    weights: Path | None,
     output: Path,
     fmt: str,
     no_fp16: bool,
@@ -362,8 +372,10 @@ def main(
     if (checkpoint is None) == (model_ref is None):
         raise ConfigError("give either a CHECKPOINT or --model, not both or neither")
     if model_ref is not None:
-        _export_spec(model_ref, output, fmt, quantize, data)
+        _export_spec(model_ref, output, fmt, quantize, data, weights)
         return
+    if weights is not None:
+        raise ConfigError("--weights goes with --model; a CHECKPOINT carries its own weights")
     assert checkpoint is not None
     formats = FAMILIES if fmt == "all" else (fmt,)
     mixed = palettization and nbits == "mixed"
@@ -407,9 +419,11 @@ def main(
         fail(result.failures[0])
 
 
-def _export_spec(model_ref: str, output: Path, fmt: str, quantize: str | None, data: Path | None) -> None:
+def _export_spec(
+    model_ref: str, output: Path, fmt: str, quantize: str | None, data: Path | None, weights: Path | None
+) -> None:
     """``--model``: the spec's graphs through the generic gated path; PBR-only options are refused first.
-    ``--quantize int8`` adds int8 ONNX, calibrated on ``--data`` (a folder of safetensors samples) if given."""
+    ``--quantize int8`` adds int8 ONNX, calibrated on ``--data`` (safetensors samples or pictures) if given."""
     from pbrforge.export.model_export import FORMATS, export_model
     from pbrforge.modelspec import load_spec
 
@@ -417,7 +431,7 @@ def _export_spec(model_ref: str, output: Path, fmt: str, quantize: str | None, d
     pbr_only = sorted(
         f"--{name.replace('_', '-')}"
         for name, value in ctx.params.items()
-        if name not in ("model_ref", "output", "fmt", "checkpoint", "quantize", "data")
+        if name not in ("model_ref", "output", "fmt", "checkpoint", "quantize", "data", "weights")
         and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
     )
     if pbr_only:
@@ -427,7 +441,7 @@ def _export_spec(model_ref: str, output: Path, fmt: str, quantize: str | None, d
         raise ConfigError(f"--model exports to {', '.join(FORMATS)} (or all), not {fmt}")
     if data is not None and quantize is None:
         raise ConfigError("--data calibrates --quantize: give --quantize int8 too")
-    result = export_model(load_spec(model_ref), output, formats, quantize=quantize, calibration=data)
+    result = export_model(load_spec(model_ref, weights), output, formats, quantize=quantize, calibration=data)
     click.echo(result.table())
     click.echo(f"wrote {result.manifest}")
     if result.failures:

@@ -54,6 +54,7 @@ PASS_MAX_ABS = (
 VECTORS = ".testvectors"  # OUTPUT.testvectors/GRAPH.safetensors
 NOT_RUN = "converted; not run here (Core ML runs only on macOS)"
 CALIBRATION_EXAMPLES = 16  # a graph with no --calibration samples is calibrated on this many spec examples
+MAX_SAMPLES = 64  # calibration samples read from a folder (sorted by name)
 INT8_PLACEMENT = "int8 QDQ (per-channel weights, MinMax activations), ONNX Runtime's CPU provider"
 PLACEMENT = {  # (format, feeds an entropy coder) -> where it computes, as the artifact is built
     ("onnx", False): "fp32, ONNX Runtime's CPU provider (an app may add an NPU provider)",
@@ -147,7 +148,7 @@ class ModelExport:
             ok = "ok" if v["passed"] else "FAILED"
             lines.append(
                 f"{'pipeline ' + p['pipeline']:<14} {p['format']:<11} {ok:<8} {'':>8}  "
-                f"{v['metric']} {v['figure']:.4g} / {v['limit']:g} against {p['against']}"
+                f"{v['metric']} {v['figure']:.4g} / {v['limit']:g} {v['detail']}; against {p['against']}"
                 + "".join(
                     f"; {k} {x:.4g}" if isinstance(x, float) else f"; {k} {x}"
                     for k, x in p["figures"].items()
@@ -519,25 +520,13 @@ class Calibration:
 def calibration_sets(spec: ModelSpec, folder: Path | None) -> dict[str, Calibration]:
     """Per graph, the inputs that set its int8 ranges.
 
-    ``folder`` holds ``*.safetensors`` files, one sample each, keyed by input name. Graphs are taken in the
-    spec's order and each sample is run through every graph whose inputs it holds, in eager PyTorch; the
-    outputs join the sample under their names, so a downstream graph is calibrated on what its upstream graph
-    gives (InvISP's reverse on the forward's sRGB). A graph no sample reaches is calibrated on the spec's own
-    example inputs (uniform over each valid range), and its source says so.
+    ``folder`` holds samples (``read_samples``): safetensors files keyed by input name, or pictures. Graphs are
+    taken in the spec's order and each sample is run through every graph whose inputs it holds, in eager
+    PyTorch; the outputs join the sample under their names, so a downstream graph is calibrated on what its
+    upstream graph gives (InvISP's reverse on the forward's sRGB). A graph no sample reaches is calibrated on
+    the spec's own example inputs (uniform over each valid range), and its source says so.
     """
-    samples: list[dict[str, torch.Tensor]] = []
-    if folder is not None:
-        if not folder.is_dir():
-            raise DataError(f"calibration folder {folder} does not exist or is not a folder")
-        files = sorted(folder.glob("*.safetensors"))
-        if not files:
-            raise DataError(f"calibration folder {folder} holds no .safetensors files")
-        known = {t.name for g in spec.graphs.values() for t in g.inputs}
-        for path in files:
-            sample = read_tensors(path)
-            if not known & set(sample):
-                raise DataError(f"{path} holds none of the inputs {', '.join(sorted(known))}")
-            samples.append(sample)
+    samples = read_samples(spec, folder) if folder is not None else []
     made_by: dict[str, str] = {}  # tensor name -> the graph whose output it is
     sets: dict[str, Calibration] = {}
     for name, g in spec.graphs.items():
@@ -567,6 +556,53 @@ def calibration_sets(spec: ModelSpec, folder: Path | None) -> dict[str, Calibrat
             inputs, f"{len(inputs)} samples from {folder}" + (f" ({'; '.join(upstream)})" if upstream else "")
         )
     return sets
+
+
+def read_samples(spec: ModelSpec, folder: Path) -> list[dict[str, torch.Tensor]]:
+    """Calibration samples from ``folder``, each a dict of input name -> tensor (the first ``MAX_SAMPLES``).
+
+    - ``*.safetensors``: one sample each, its tensors keyed by input name;
+    - pictures (``.png``/``.jpg``), through the spec's own reading of an image input (its encoding): a plain
+      ``PHOTO.png`` feeds every sRGB image input, ``SAMPLE.INPUT.png`` the input named INPUT (so
+      ``a.view_0.png``, ``a.view_1.png``... make one sample); each is scaled and centre-cropped to the exported
+      size. Inputs that are small tensors (a rate, a noise level) take the spec's example values.
+    """
+    from pbrforge.model_inputs import IMAGE_FILES, read_input, takes_images
+
+    if not folder.is_dir():
+        raise DataError(f"calibration folder {folder} does not exist or is not a folder")
+    inputs = {t.name: t for g in spec.graphs.values() for t in g.inputs}
+    tensors = sorted(folder.glob("*.safetensors"))
+    pictures = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_FILES)
+    if not tensors and not pictures:
+        raise DataError(f"calibration folder {folder} holds no .safetensors files and no .png/.jpg pictures")
+    samples: list[dict[str, torch.Tensor]] = []
+    for path in tensors[:MAX_SAMPLES]:
+        sample = read_tensors(path)
+        if not set(inputs) & set(sample):
+            raise DataError(f"{path} holds none of the inputs {', '.join(sorted(inputs))}")
+        samples.append(sample)
+    groups: dict[str, dict[str, Path]] = {}
+    for path in pictures:
+        stem, _, name = path.stem.rpartition(".")
+        named = stem and name in inputs
+        groups.setdefault(stem if named else path.stem, {})[name if named else ""] = path
+    photos = [t for t in inputs.values() if takes_images(t) and t.color == "srgb"]
+    if any("" in files for files in groups.values()) and not photos:
+        raise DataError(
+            f"{folder} holds pictures, but no input of {spec.name!r} takes an sRGB image: name them "
+            f"SAMPLE.INPUT.png with INPUT one of {', '.join(inputs)}"
+        )
+    for k, files in enumerate(list(groups.values())[: max(0, MAX_SAMPLES - len(samples))]):
+        sample = {t.name: read_input(files[""], t, fit=True) for t in photos if "" in files}
+        sample |= {n: read_input(p, inputs[n], fit=True) for n, p in files.items() if n}
+        sample |= {
+            t.name: t.example(1000 + k)
+            for t in inputs.values()
+            if t.kind == "tensor" and t.name not in sample
+        }
+        samples.append(sample)
+    return samples
 
 
 def _int8_onnx(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import inspect
 import math
 import sys
 from collections.abc import Callable
@@ -251,11 +252,28 @@ class ModelSpec:
                 )
 
 
-def load_spec(reference: str) -> ModelSpec:
-    """The spec a factory builds: ``FILE.py:factory``, ``package.module:factory`` or a registered model name."""
+def load_spec(reference: str, weights: Path | None = None) -> ModelSpec:
+    """The spec a factory builds: ``FILE.py:factory``, ``package.module:factory`` or a registered model name.
+
+    ``weights`` (a state dict, safetensors or checkpoint file the factory reads) is passed as ``weights=``; a
+    factory that takes no such argument is refused rather than silently given random weights.
+    """
     factory = _factory(reference)
+    kwargs: dict[str, str] = {}
+    if weights is not None:
+        try:
+            takes = "weights" in inspect.signature(factory).parameters
+        except (TypeError, ValueError):
+            takes = False
+        if not takes:
+            raise ConfigError(
+                f"the model factory {reference} takes no weights argument, so --weights cannot be used"
+            )
+        if not weights.is_file():
+            raise DataError(f"weights file {weights} does not exist or is not a file")
+        kwargs["weights"] = str(weights)
     try:
-        spec = factory()
+        spec = factory(**kwargs)
     except ConfigError:
         raise
     except Exception as e:  # the user's code: whatever it raises is their model's error, said in one sentence

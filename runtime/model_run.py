@@ -16,7 +16,6 @@ what lies outside clipped and counted), and ``run.json`` records what ran and fo
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -26,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pbrforge.errors import ConfigError, DataError
-from pbrforge.fileio import atomic_path, read_tensors, write_json
+from pbrforge.fileio import atomic_path, write_json
+from pbrforge.model_inputs import IMAGE_FILES, read_input
 from pbrforge.modelspec import TensorSpec, tensor_spec
 from pbrforge.runtime.model_check import read_manifest
 
@@ -35,9 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-IMAGE_FILES = (".png", ".jpg", ".jpeg")
 RUNS_HERE = ("onnx", "executorch")  # the artifact formats this machine can run, in the order tried
-MAX_JSON_BYTES = 1 << 20  # a JSON input is a number or a small tensor, never an image
 
 
 @dataclass(frozen=True)
@@ -106,57 +104,6 @@ def read_inputs(folder: Path, specs: tuple[TensorSpec, ...]) -> tuple[torch.Tens
             raise DataError(f"{usable[0]}: {e}") from e
         values.append(value)
     return tuple(values)
-
-
-def read_input(path: Path, spec: TensorSpec) -> torch.Tensor:
-    """One file as a tensor of ``spec``'s dtype, batch first (shape and range are checked by the caller)."""
-    import torch
-
-    suffix = path.suffix.lower()
-    if suffix in IMAGE_FILES:
-        return _image(path, spec)
-    if suffix == ".safetensors":
-        tensors = read_tensors(path)
-        if spec.name not in tensors and len(tensors) != 1:
-            raise DataError(f"{path}: holds {len(tensors)} tensors and none named {spec.name!r}")
-        value = tensors.get(spec.name, next(iter(tensors.values()), None))
-        if value is None:
-            raise DataError(f"{path}: holds no tensor")
-        return value.contiguous()
-    if path.stat().st_size > MAX_JSON_BYTES:
-        raise DataError(f"{path}: a JSON input is a number or a small tensor; this file is over 1 MiB")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        array = np.asarray(data, dtype=np.float64)
-    except (ValueError, TypeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not a JSON number or list of numbers ({e})") from e
-    if array.ndim == 0:
-        array = np.full(spec.shape, float(array))
-    if spec.dtype.startswith("int") and np.isfinite(array).all() and (array != np.round(array)).any():
-        raise DataError(f"{path}: {spec.name} takes whole numbers ({spec.dtype})")
-    if not np.isfinite(array).all():
-        raise DataError(f"{path}: holds NaN or infinite values")
-    return torch.from_numpy(array).to(getattr(torch, spec.dtype))
-
-
-def _image(path: Path, spec: TensorSpec) -> torch.Tensor:
-    import torch
-
-    from pbrforge.contract import is_rgb16, read_rgb16
-    from pbrforge.views import image_to_float
-
-    if spec.kind != "image" or spec.shape[1] not in (1, 3):
-        raise DataError(
-            f"{path}: {spec.name} is a {spec.kind} of shape {spec.shape}, not a 1- or 3-channel image: "
-            "give it as NAME.safetensors"
-        )
-    pixels = torch.from_numpy(read_rgb16(path)) if is_rgb16(path) else image_to_float(path)  # (3, H, W)
-    if spec.shape[1] == 1:
-        if not torch.equal(pixels[0], pixels[1]) or not torch.equal(pixels[0], pixels[2]):
-            raise DataError(f"{path}: {spec.name} takes one channel; this image is in colour")
-        pixels = pixels[:1]
-    low, high = spec.encoding
-    return (low + (high - low) * pixels.double())[None].to(getattr(torch, spec.dtype))
 
 
 def write_outputs(

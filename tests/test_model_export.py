@@ -450,3 +450,47 @@ def test_bad_model_requests_are_one_sentence_and_exit_2(tmp_path, args, says):
     assert r.exit_code == 2, r.output
     assert says in r.output and len(r.output.strip().splitlines()) == 1, r.output
     assert list(tmp_path.iterdir()) == []  # nothing written before the inputs are validated
+
+
+def _photo(path: Path, seed: int, size: tuple[int, int] = (40, 56)) -> None:
+    from PIL import Image
+
+    g = np.random.default_rng(seed)
+    ramp = np.linspace(0, 255, size[1])[None, :, None] * g.uniform(0.3, 1.0, 3)
+    pixels = np.clip(ramp + g.normal(0, 8, (*size, 3)), 0, 255).astype(np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
+def test_int8_calibrates_on_a_folder_of_photos_read_as_the_spec_reads_an_image(tmp_path):
+    from pbrforge.export.model_export import calibration_sets
+
+    spec = load_spec(INVISP)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for k in range(3):
+        _photo(photos / f"street_{k}.jpg", k)
+    sets = calibration_sets(spec, photos)
+    # a photo is sRGB: it feeds the reverse (sRGB -> RAW); the forward takes RAW, so it keeps the spec's examples
+    assert sets["reverse"].source == f"3 samples from {photos}"
+    assert sets["forward"].source == "16 of the spec's example inputs"
+    first = sets["reverse"].inputs[0][0]
+    assert first.shape == spec.graphs["reverse"].inputs[0].shape  # 40 x 56 scaled and centre-cropped
+    assert 0.0 <= float(first.min()) and float(first.max()) <= 1.0 and float(first.std()) > 0.05
+
+    named = tmp_path / "named"
+    named.mkdir()
+    for k in range(2):
+        _photo(named / f"s{k}.raw.png", 10 + k)  # SAMPLE.INPUT.png: feeds the input named raw
+    sets = calibration_sets(spec, named)
+    assert sets["forward"].source == f"2 samples from {named}"
+    assert sets["reverse"].source == f"2 samples from {named} (srgb from graph forward)"
+
+    drifting = tmp_path / "drifting.py"
+    drifting.write_text(textwrap.dedent(DRIFTING))
+    with pytest.raises(DataError, match="no input of 'drifting' takes an sRGB image: name them SAMPLE.INPUT.png"):
+        calibration_sets(load_spec(f"{drifting}:build"), photos)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="holds no .safetensors files and no .png/.jpg pictures"):
+        calibration_sets(spec, tmp_path / "empty")
+    with pytest.raises(DataError, match="does not exist or is not a folder"):
+        calibration_sets(spec, tmp_path / "missing")
