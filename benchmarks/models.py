@@ -1,6 +1,7 @@
 """The worked examples of ``--model`` (issue #26): each exported, gated and timed against PyTorch eager.
 
-For each example spec (``examples/*/model.py:spec``) every graph goes to ONNX, ExecuTorch (XNNPACK) and Core
+For each example spec (``examples/*/model.py:spec``), the PBR spec of the shipped default student
+(``--model pbr``) and a seeded NeuroPBR student at NeuroPBR's shipping config (``--model neuropbr``), every graph goes to ONNX, ExecuTorch (XNNPACK) and Core
 ML through the same gated path as ``pbrforge export --model``. Then, per graph, PyTorch eager, ONNX Runtime
 and ExecuTorch run the spec's first example input on the same threads: median latency and its ratio to eager.
 Beside each: the output's gate and figure, the artifact's size, and each pipeline (a round trip, a sampler)
@@ -11,6 +12,7 @@ size and no latency.
 Examples:
     python benchmarks/models.py
     python benchmarks/models.py --examples invisp --runs 20
+    python benchmarks/models.py --examples neuropbr
 """
 
 from __future__ import annotations
@@ -26,6 +28,30 @@ from pbrforge.provenance import write_result
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ("invisp", "hyperprior_codec", "edm_denoiser")
+PBR = ("pbr", "neuropbr")  # the shipped default student, and NeuroPBR's student at its shipping config
+NEUROPBR_SEED = 0
+
+
+def _spec(name: str):
+    """An example's spec, the PBR spec of the shipped default model, or a seeded NeuroPBR student (configs/
+    mobilenetv3_512.py: 512 px, ViT width 256, 4 heads, depth 2, SR head) behind the same interface."""
+    import torch
+
+    from pbrforge.modelspec import load_spec
+
+    if name == "pbr":
+        return load_spec("pbr")
+    if name == "neuropbr":
+        from pbrforge.export.pbr_spec import NeuroPBRContract, pbr_model_spec
+        from pbrforge.student.neuropbr import NeuroPBRConfig, NeuroPBRStudent
+
+        torch.manual_seed(NEUROPBR_SEED)
+        cfg = NeuroPBRConfig()
+        model = NeuroPBRContract(NeuroPBRStudent(cfg).eval(), cfg.mean, cfg.std)
+        return pbr_model_spec(
+            "neuropbr", model, cfg.image_size, f"seeded (torch.manual_seed({NEUROPBR_SEED}))"
+        )
+    return load_spec(f"{ROOT / 'examples' / name / 'model.py'}:spec")
 
 
 def _median_ms(call, inputs, runs: int, warmup: int = 3) -> float:
@@ -44,10 +70,9 @@ def bench(example: str, out: Path, runs: int, threads: int) -> dict:
     import torch
 
     from pbrforge.export.model_export import artifact_bytes, artifact_call, export_model
-    from pbrforge.modelspec import load_spec
 
     torch.set_num_threads(threads)
-    spec = load_spec(f"{ROOT / 'examples' / example / 'model.py'}:spec")
+    spec = _spec(example)
     result = export_model(spec, out / "models_work" / example)
     rows = []
     for name, graph in spec.graphs.items():
@@ -122,7 +147,12 @@ def table(models: list[dict]) -> str:
 
 @click.command(epilog=examples_epilog(__doc__))
 @click.option(
-    "--examples", "names", type=click.Choice(EXAMPLES), multiple=True, default=EXAMPLES, show_default=True
+    "--examples",
+    "names",
+    type=click.Choice(EXAMPLES + PBR),
+    multiple=True,
+    default=EXAMPLES + PBR,
+    show_default=True,
 )
 @click.option("--runs", type=click.IntRange(3, 1000), default=20, show_default=True)
 @click.option("--threads", type=click.IntRange(1, 256), default=2, show_default=True)

@@ -27,6 +27,7 @@ per graph, calibrated upstream first (``calibration_sets``) and held to the same
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import math
 import time
@@ -206,15 +207,10 @@ def capture(name: str, graph: GraphSpec, example: Tensors) -> tuple[torch.export
         raise ConfigError(
             f"graph {name!r} returns {len(expected)} tensors but its spec lists {len(graph.outputs)}"
         )
-    try:
-        with torch.no_grad():
-            program = torch.export.export(module, example, strict=False)
-    except Exception as e:  # the user's model: torch.export's reason in one sentence
-        first = _first_line(e)
-        raise ConfigError(f"graph {name!r} cannot be captured by torch.export: {first}") from e
+    program, passes = _export_retrying(name, graph, module, example, expected)
     captured = program.module()
     ops = _op_kinds(captured.graph)
-    passes: list[dict[str, Any]] = [{"pass": "torch.export (non-strict)", "ops": sum(ops.values())}]
+    passes[-1]["ops"] = sum(ops.values())
     folded = const_fold.split_const_subgraphs(captured)
     folded.run_folding()
     kept = _op_kinds(folded.graph)
@@ -243,6 +239,58 @@ def capture(name: str, graph: GraphSpec, example: Tensors) -> tuple[torch.export
         with torch.no_grad():
             program = torch.export.export(current, example, strict=False)
     return program, passes
+
+
+def _export_retrying(
+    name: str, graph: GraphSpec, module: torch.nn.Module, example: Tensors, expected: Tensors
+) -> tuple[torch.export.ExportedProgram, list[dict[str, Any]]]:
+    """Capture non-strict; if that fails, without the model's tensor asserts (their bounds become the inputs'
+    ranges, ``assert_ranges``); then strict. The first way that captures is kept, and each try is listed."""
+    from pbrforge.export.assert_ranges import asserts_removed, has_asserts, narrowed
+
+    passes: list[dict[str, Any]] = []
+    failures: list[str] = []
+    for how in ("non-strict", "without asserts", "strict"):
+        if how == "without asserts" and not has_asserts(module):
+            continue
+        try:
+            with torch.no_grad():
+                if how == "without asserts":
+                    with asserts_removed(module) as removed:
+                        program = torch.export.export(module, example, strict=False)
+                else:
+                    program = torch.export.export(module, example, strict=how == "strict")
+        except Exception as e:  # the user's model: each way's reason, said if none captures it
+            failures.append(f"{how}: {_first_line(e)[:200]}")
+            passes.append({"pass": f"torch.export ({how})", "kept": False, "error": failures[-1]})
+            continue
+        record: dict[str, Any] = {"pass": f"torch.export ({how})", "kept": True}
+        if how == "without asserts":
+            with torch.no_grad():
+                record["max_abs_vs_eager"] = _distance(_as_tuple(program.module()(*example)), expected, graph)
+            if record["max_abs_vs_eager"] > PASS_MAX_ABS:
+                raise ConfigError(
+                    f"graph {name!r}: without its asserts the model computes something else "
+                    f"({record['max_abs_vs_eager']:.3g} of an output's span from eager)"
+                )
+            bounds: dict[str, tuple[float, float]] = {}
+            for stripped in removed:
+                for arg, (low, high) in stripped.bounds.items():
+                    old = bounds.get(arg, (-math.inf, math.inf))
+                    bounds[arg] = (max(old[0], low), min(old[1], high))
+            params = [p for p in inspect.signature(type(module).forward).parameters if p != "self"]
+            ranges, inputs = [], []
+            for param, spec in zip(params, graph.inputs, strict=False):  # forward's arguments in input order
+                if param in bounds:
+                    spec, said = narrowed(spec, bounds[param])
+                    ranges.append(said)
+                inputs.append(spec)
+            inputs += graph.inputs[len(inputs) :]
+            graph.inputs = tuple(inputs)  # runners now check what the asserts checked
+            record |= {"asserts": [r.to_dict() for r in removed], "ranges": ranges}
+        passes.append(record)
+        return program, passes
+    raise ConfigError(f"graph {name!r} cannot be captured by torch.export: {'; '.join(failures)}")
 
 
 def _checked(
@@ -451,8 +499,13 @@ def export_model(
             g.check_inputs(inputs)  # a spec whose own examples break its ranges is the spec's error
     expected: dict[str, list[Tensors]] = {}
     for name, g in spec.graphs.items():
-        with torch.no_grad():
-            expected[name] = [_as_tuple(g.module.eval()(*x)) for x in examples[name]]
+        try:
+            with torch.no_grad():
+                expected[name] = [_as_tuple(g.module.eval()(*x)) for x in examples[name]]
+        except ConfigError:
+            raise
+        except Exception as e:  # the user's model on its own spec's examples: an assert, a shape error
+            raise ConfigError(f"graph {name!r} fails on its spec's own example inputs: {_reason(e)}") from e
     calibrating = calibration_sets(spec, calibration) if quantize else None  # read and checked before writing
     programs = {}  # every graph captured before anything is written: a model torch.export refuses writes nothing
     for name, g in spec.graphs.items():

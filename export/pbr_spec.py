@@ -76,7 +76,7 @@ class NeuroPBRContract(nn.Module):
         return tuple(maps[n] for n in MAP_NAMES)
 
 
-def pbr_model_spec(name: str, module: nn.Module, image_size: int) -> ModelSpec:
+def pbr_model_spec(name: str, module: nn.Module, image_size: int, weights: str) -> ModelSpec:
     """A PBR model (view_0..2 in, the four maps out) as a spec with the ``render`` pipeline."""
     from pbrforge.export.wrappers import example_inputs
 
@@ -111,7 +111,10 @@ def pbr_model_spec(name: str, module: nn.Module, image_size: int) -> ModelSpec:
     return ModelSpec(
         name,
         {"student": GraphSpec(module, views, outputs)},
-        glue={"contract": "pbrforge.contract (8 channels: albedo 3, roughness 1, metallic 1, normal 3)"},
+        glue={
+            "contract": "pbrforge.contract (8 channels: albedo 3, roughness 1, metallic 1, normal 3)",
+            "weights": weights,
+        },
         pipelines={"material": Pipeline(("student",), material, gate=RENDER_METRIC, span=2.0)},
     )
 
@@ -123,9 +126,8 @@ def spec(weights: str | None = None) -> ModelSpec:
 
     path = Path(weights) if weights else DEFAULT_MODEL
     model, cfg, _ = model_from_checkpoint(path)
-    return pbr_model_spec(
-        f"pbr:{path.name}", PBRExportWrapper(model, use_sr=True), model_config(cfg).image_size
-    )
+    size = model_config(cfg).image_size
+    return pbr_model_spec("pbr", PBRExportWrapper(model, use_sr=True), size, path.name)
 
 
 def neuropbr(weights: str | None = None) -> ModelSpec:
@@ -137,4 +139,4 @@ def neuropbr(weights: str | None = None) -> ModelSpec:
     path = Path(weights)
     model = load_student(path)
     wrapped = NeuroPBRContract(model, model.cfg.mean, model.cfg.std)
-    return pbr_model_spec(f"neuropbr:{path.name}", wrapped, model.cfg.image_size)
+    return pbr_model_spec("neuropbr", wrapped, model.cfg.image_size, path.name)
