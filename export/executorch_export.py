@@ -245,7 +245,7 @@ def _quantized(
     keep = set(kept_float)
     report: dict[str, Any] = {}
     prepared = _calibrated(captured, _quantizer(keep), plan.calibration)
-    graph, points = int8_precision.with_switches(_convert_post_training(prepared))
+    graph, points = int8_precision.with_switches(convert_post_training(prepared))
     if plan.gate is not None:
         samples = list(plan.calibration[: int8_precision.SEARCH_SAMPLES])
         report["precision"] = int8_precision.search(
@@ -301,9 +301,12 @@ def weight_census(graph: torch.fx.GraphModule) -> dict[str, Any]:
     return {"int8_weights": int8, "float_weights": floats, "float_share": floats / max(1, int8 + floats)}
 
 
-def _convert_post_training(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
-    """``convert_pt2e`` with the weights left float (``int8_precision`` switches them and ``materialize`` folds
-    them to int8) and without its quantization-aware-training conv-BN fold, which has nothing to match here.
+def convert_post_training(
+    prepared: torch.fx.GraphModule, fold_quantize: bool = False
+) -> torch.fx.GraphModule:
+    """``convert_pt2e`` without its quantization-aware-training conv-BN fold, which has nothing to match here;
+    by default with the weights left float (``int8_precision`` switches them and ``materialize`` folds them
+    to int8), with ``fold_quantize`` stored as int8 at once.
 
     ``prepare_pt2e`` has already folded each conv-BN pair; the BatchNorms left (after a residual sum, not a
     conv) still make ``convert_pt2e`` trace its QAT patterns, 96 small programs through ``torch.export``, to
@@ -322,7 +325,7 @@ def _convert_post_training(prepared: torch.fx.GraphModule) -> torch.fx.GraphModu
         else contextlib.nullcontext()
     )
     with skip:
-        return quantize_pt2e.convert_pt2e(prepared, fold_quantize=False)
+        return quantize_pt2e.convert_pt2e(prepared, fold_quantize=fold_quantize)
 
 
 def export_pte(

@@ -21,7 +21,8 @@ graphs, tensors, host glue, passes and every verdict.
 
 A spec with more than one graph also ships as one file per format: a multi-method ``OUTPUT.pte`` (each method
 judged) and a multifunction ``OUTPUT.mlpackage`` (read back). ``quantize="int8"`` adds static int8 QDQ ONNX
-per graph, calibrated upstream first (``calibration_sets``) and held to the same gates.
+and XNNPACK int8 ``.pte`` per graph, calibrated upstream first (``calibration_sets``), held to the same gates on
+the inputs each graph meets behind its upstream graphs, and run through the pipelines.
 """
 
 from __future__ import annotations
@@ -56,7 +57,10 @@ VECTORS = ".testvectors"  # OUTPUT.testvectors/GRAPH.safetensors
 NOT_RUN = "converted; not run here (Core ML runs only on macOS)"
 CALIBRATION_EXAMPLES = 16  # a graph with no --calibration samples is calibrated on this many spec examples
 MAX_SAMPLES = 64  # calibration samples read from a folder (sorted by name)
-INT8_PLACEMENT = "int8 QDQ (per-channel weights, MinMax activations), ONNX Runtime's CPU provider"
+INT8_PLACEMENT = {
+    "onnx": "int8 QDQ (per-channel weights, MinMax activations), ONNX Runtime's CPU provider",
+    "executorch": "int8 (XNNPACK's symmetric per-channel weights, MinMax activations via PT2E), XNNPACK (CPU)",
+}
 PLACEMENT = {  # (format, feeds an entropy coder) -> where it computes, as the artifact is built
     ("onnx", False): "fp32, ONNX Runtime's CPU provider (an app may add an NPU provider)",
     ("onnx", True): "fp32, CPU provider only: it feeds an entropy coder",
@@ -473,13 +477,17 @@ def export_model(
 ) -> ModelExport:
     """Every graph of ``spec`` in every format, judged; then the pipelines through the artifacts; the manifest.
 
-    With ``quantize="int8"`` each graph's ONNX is also written as static int8 QDQ (``OUTPUT.GRAPH.int8.onnx``),
-    calibrated by ``calibration_sets`` and held to the same gates as fp32.
+    With ``quantize="int8"`` each graph is also written as static int8 (``OUTPUT.GRAPH.int8.onnx`` QDQ and
+    ``OUTPUT.GRAPH.int8.pte`` XNNPACK, for the formats asked), calibrated by ``calibration_sets``, held to the
+    same per-output gates as fp32 on the inputs it meets behind its upstream graphs (``upstream_fed``), and
+    run through the pipelines (graphs refused int8, those feeding a coder, ship in fp32 beside them).
     """
     if quantize not in (None, "int8"):
-        raise ConfigError(f"--model quantizes to int8 (ONNX) only, not {quantize}")
-    if quantize and "onnx" not in formats:
-        raise ConfigError("--quantize int8 with --model writes int8 ONNX: include the onnx format")
+        raise ConfigError(f"--model quantizes to int8 (ONNX and ExecuTorch) only, not {quantize}")
+    if quantize and not set(formats) & set(INT8_PLACEMENT):
+        raise ConfigError(
+            "--quantize int8 with --model writes int8 ONNX and .pte: include onnx or executorch"
+        )
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise ConfigError(f"unknown format(s) {', '.join(unknown)}: choose from {', '.join(FORMATS)}")
@@ -545,19 +553,28 @@ def export_model(
                 calls[(name, fmt)] = artifact_call(fmt, target, g.inputs)
             result.artifacts.append(artifact)
     if calibrating is not None:
-        for name, g in spec.graphs.items():
-            fp32 = next(a for a in result.artifacts if a.graph == name and a.format == "onnx")
-            result.artifacts.append(
-                _int8_onnx(name, g, fp32, output, calibrating[name], examples[name], expected[name])
-            )
+        fed, fed_expected, fed_source = upstream_fed(spec, examples, expected)
+        for fmt in (f for f in formats if f in INT8_PLACEMENT):
+            for name, g in spec.graphs.items():
+                fp32 = next(a for a in result.artifacts if a.graph == name and a.format == fmt)
+                judged = Judged(fed[name], fed_expected[name], fed_source[name])
+                artifact = _int8(fmt, name, g, fp32, programs[name], output, calibrating[name], judged)
+                result.artifacts.append(artifact)
+                if artifact.status == "ok":
+                    calls[(name, artifact.label)] = artifact_call(fmt, Path(artifact.path), g.inputs)
+                elif (
+                    artifact.status == "refused" and (name, fmt) in calls
+                ):  # it ships in fp32 beside the rest
+                    calls[(name, artifact.label)] = calls[(name, fmt)]
     if "executorch" in formats and len(spec.graphs) > 1:
         result.bundles.append(_pte_bundle(spec, programs, output, examples, expected))
     if "coreml" in formats and len(spec.graphs) > 1:
         result.bundles.append(_mlpackage_bundle(spec, result.artifacts, output))
+    labels = [*formats] + ([f"{f} int8" for f in formats if f in INT8_PLACEMENT] if quantize else [])
     for pipe_name, pipe in spec.pipelines.items():
-        for fmt in formats:
-            if all((g, fmt) in calls for g in pipe.graphs):
-                result.pipelines.append(_pipeline(pipe_name, pipe, spec, fmt, calls))
+        for label in labels:
+            if all((g, label) in calls for g in pipe.graphs):
+                result.pipelines.append(_pipeline(pipe_name, pipe, spec, label, calls))
     write_json(result.manifest, manifest(result, formats))
     return result
 
@@ -658,21 +675,67 @@ def read_samples(spec: ModelSpec, folder: Path) -> list[dict[str, torch.Tensor]]
     return samples
 
 
-def _int8_onnx(
+@dataclass
+class Judged:
+    """The inputs an int8 graph is judged on, PyTorch's outputs for them, and where they came from."""
+
+    inputs: list[Tensors]
+    expected: list[Tensors]
+    source: str
+
+
+def upstream_fed(
+    spec: ModelSpec, examples: dict[str, list[Tensors]], expected: dict[str, list[Tensors]]
+) -> tuple[dict[str, list[Tensors]], dict[str, list[Tensors]], dict[str, str]]:
+    """Per graph, its examples as it meets them behind its upstream graphs: an input an earlier graph gives
+    (by name) is that graph's eager output on its own example, so a decoder is judged on codes its encoder
+    gives, not on values uniform over a range no encoder reaches (where int8 ranges, set by calibration, clip).
+    A graph whose upstream outputs break its own input ranges keeps the spec's examples."""
+    made: list[dict[str, torch.Tensor]] = [{} for _ in CHECK_SEEDS]
+    fed: dict[str, list[Tensors]] = {}
+    fed_expected: dict[str, list[Tensors]] = {}
+    source: dict[str, str] = {}
+    by: dict[str, str] = {}  # tensor -> the graph that gives it
+    for name, g in spec.graphs.items():
+        upstream = [t.name for t in g.inputs if t.name in made[0]]
+        inputs = [
+            tuple(m.get(t.name, v) for t, v in zip(g.inputs, example, strict=True))
+            for m, example in zip(made, examples[name], strict=True)
+        ]
+        try:
+            for values in inputs:
+                g.check_inputs(values)
+        except DataError:
+            upstream = []
+        if upstream:
+            with torch.no_grad():
+                outputs = [_as_tuple(g.module.eval()(*values)) for values in inputs]
+            fed[name], fed_expected[name] = inputs, outputs
+            source[name] = "; ".join(f"{n} from graph {by[n]}" for n in upstream)
+        else:
+            fed[name], fed_expected[name], outputs = examples[name], expected[name], expected[name]
+            source[name] = "the spec's examples"
+        for m, values in zip(made, outputs, strict=True):
+            for t, value in zip(g.outputs, values, strict=True):
+                if t.name not in m:
+                    m[t.name] = value
+                    by.setdefault(t.name, name)
+    return fed, fed_expected, source
+
+
+def _int8(
+    fmt: str,
     name: str,
     graph: GraphSpec,
     fp32: GraphArtifact,
+    program: torch.export.ExportedProgram,
     output: Path,
     calibration: Calibration,
-    examples: Sequence[Tensors],
-    expected: Sequence[Tensors],
+    judged: Judged,
 ) -> GraphArtifact:
-    """The graph's ONNX as static int8 QDQ, judged like fp32; a graph that feeds an entropy coder stays fp32."""
-    import tempfile
-
-    from pbrforge.export.onnx_quantize import prepare, quantize_onnx
-
-    artifact = GraphArtifact(name, "onnx", precision="int8", placement=INT8_PLACEMENT)
+    """The graph as static int8 (ONNX QDQ, or an XNNPACK int8 ``.pte``), judged by its per-output gates on the
+    inputs it meets behind its upstream graphs; a graph that feeds an entropy coder stays fp32."""
+    artifact = GraphArtifact(name, fmt, precision="int8", placement=INT8_PLACEMENT[fmt])
     if graph.feeds_coder:
         artifact.status = "refused"
         artifact.detail = (
@@ -680,29 +743,80 @@ def _int8_onnx(
         )
         return artifact
     if fp32.status != "ok":
-        artifact.status, artifact.detail = "error", f"no passing fp32 ONNX to quantize ({fp32.status})"
+        artifact.status, artifact.detail = "error", f"no passing fp32 {fmt} to quantize ({fp32.status})"
         return artifact
-    staged = output.with_name(f".{output.name}.{name}.staged.int8.onnx")
+    ext = EXTENSIONS[fmt]
+    staged = output.with_name(f".{output.name}.{name}.staged.int8{ext}")
     t0 = time.perf_counter()
     try:
-        with tempfile.TemporaryDirectory(prefix="pbrforge-model-int8-") as work:
-            pre = Path(work) / "pre.onnx"
-            prepare(Path(fp32.path), pre)
-            quantize_onnx(pre, staged, calibration.inputs, names=[t.name for t in graph.inputs])
-    except Exception as e:  # ORT's quantizer on a user's graph: its reason, the other graphs go on
+        if fmt == "onnx":
+            _int8_onnx(Path(fp32.path), graph, calibration, staged)
+        else:
+            _int8_pte(program, calibration, staged)
+    except Exception as e:  # a quantizer on a user's graph: its reason, the other graphs go on
         artifact.status, artifact.detail = "error", _reason(e)
         remove(staged)
         return artifact
     artifact.seconds = time.perf_counter() - t0
-    artifact.verdicts = _judge(graph, artifact_call("onnx", staged, graph.inputs), examples, expected)
+    artifact.verdicts = _judge(
+        graph, artifact_call(fmt, staged, graph.inputs), judged.inputs, judged.expected
+    )
     artifact.status = "ok" if all(v.passed for v in artifact.verdicts.values()) else "FAILED"
-    artifact.detail = f"calibrated on {calibration.source}"
-    suffix = ".int8.onnx" if artifact.status == "ok" else ".failed.int8.onnx"
+    artifact.detail = f"calibrated on {calibration.source}; judged on {judged.source}"
+    suffix = f".int8{ext}" if artifact.status == "ok" else f".failed.int8{ext}"
     target = output.with_name(f"{output.name}.{name}{suffix}")
     remove(target)
     replace_path(staged, target)
     artifact.path = str(target)
     return artifact
+
+
+def _int8_onnx(fp32: Path, graph: GraphSpec, calibration: Calibration, staged: Path) -> None:
+    """ORT's static QDQ: ``quant_pre_process``, per-channel weights, MinMax activations."""
+    import tempfile
+
+    from pbrforge.export.onnx_quantize import prepare, quantize_onnx
+
+    with tempfile.TemporaryDirectory(prefix="pbrforge-model-int8-") as work:
+        pre = Path(work) / "pre.onnx"
+        prepare(fp32, pre)
+        quantize_onnx(pre, staged, calibration.inputs, names=[t.name for t in graph.inputs])
+
+
+def _int8_pte(program: torch.export.ExportedProgram, calibration: Calibration, staged: Path) -> None:
+    """PT2E with XNNPACK's symmetric per-channel scheme, calibrated, lowered to XNNPACK whole."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from executorch.exir import to_edge_transform_and_lower
+    from executorch.kernels import quantized  # noqa: F401  (out variants of quantized ops)
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
+
+    from pbrforge.export.executorch_export import convert_post_training
+
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    prepared = prepare_pt2e(program.module(), quantizer)
+    with torch.no_grad():
+        for inputs in calibration.inputs:
+            prepared(*inputs)
+        converted = convert_post_training(prepared, fold_quantize=True)
+        example = calibration.inputs[0]
+        edge = to_edge_transform_and_lower(
+            torch.export.export(converted, example, strict=False), partitioner=[XnnpackPartitioner()]
+        )
+    left = [
+        str(n.target)
+        for n in edge.exported_program().graph_module.graph.nodes
+        if n.op == "call_function" and "quantized_decomposed" in str(n.target)
+    ]
+    if left:  # ExecuTorch's Python runtime has no kernels for them: running it would abort the process
+        raise RuntimeError(
+            f"XNNPACK left quantized ops outside its delegate ({', '.join(sorted(set(left)))})"
+        )
+    with atomic_path(staged) as tmp:
+        tmp.write_bytes(edge.to_executorch().buffer)
 
 
 def _pte_bundle(

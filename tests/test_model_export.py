@@ -361,6 +361,23 @@ def build():
         "decode": GraphSpec(decode, (code,), (TensorSpec("decoded", image.shape, color="srgb"),)),
         "index": GraphSpec(Index(), (code,), (TensorSpec("idx", code.shape, dtype="int32", kind="symbols", encoding=(0.0, 15.0)),)),
     })
+
+def loose():
+    # the decoder judged by PSNR, and the round trip through every graph (the coder's index graph included)
+    from dataclasses import replace
+    from pbrforge.modelspec import Pipeline
+    spec = build()
+    decode = spec.graphs["decode"]
+    decode.outputs = (replace(decode.outputs[0], gate="psnr:30"),)
+
+    def round_trip(call):
+        x = spec.graphs["encode"].inputs[0].example(seed=5)
+        code = call("encode", (x,))[0]
+        call("index", (code,))
+        return call("decode", (code,))[0], None
+
+    spec.pipelines = {"round": Pipeline(("encode", "index", "decode"), round_trip, gate="psnr:25")}
+    return spec
 """
 
 
@@ -387,14 +404,40 @@ def test_int8_onnx_is_calibrated_upstream_first_held_to_each_gate_and_refused_fo
     }
     assert int8["encode"]["status"] == "ok" and int8["encode"]["path"] == "coder.encode.int8.onnx"
     assert int8["encode"]["verdicts"]["code"]["metric"] == "psnr"
-    assert int8["encode"]["detail"] == f"calibrated on 6 samples from {samples}"
+    assert int8["encode"]["detail"] == f"calibrated on 6 samples from {samples}; judged on the spec's examples"
     # the decoder is calibrated on the encoder's outputs for the same samples, then fails its 1e-4 gate
-    assert int8["decode"]["detail"] == f"calibrated on 6 samples from {samples} (code from graph encode)"
+    assert int8["decode"]["detail"] == (
+        f"calibrated on 6 samples from {samples} (code from graph encode); judged on code from graph encode"
+    )
     assert int8["decode"]["status"] == "FAILED" and (out.parent / "coder.decode.failed.int8.onnx").is_file()
     assert int8["index"]["status"] == "refused" and "entropy coder" in int8["index"]["detail"]
     assert not list(out.parent.glob("coder.index*int8*"))
     r = CliRunner().invoke(cli, [*args, "--data", str(samples)])
     assert r.exit_code == 2 and "--data calibrates --quantize: give --quantize int8 too" in r.output, r.output
+
+
+def test_int8_pte_and_the_pipelines_run_through_the_int8_graphs_judged_where_each_meets_its_inputs(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("executorch")
+    from pbrforge.export.model_export import export_model
+
+    model = tmp_path / "coder.py"
+    model.write_text(textwrap.dedent(CODER))
+    result = export_model(load_spec(f"{model}:loose"), tmp_path / "c", ("onnx", "executorch"), quantize="int8")
+    assert result.failures == [], result.failures
+    int8 = {(a.graph, a.format): a for a in result.artifacts if a.precision == "int8"}
+    for fmt, ext in (("onnx", ".onnx"), ("executorch", ".pte")):
+        assert int8[("encode", fmt)].status == "ok" and int8[("encode", fmt)].path.endswith(f"c.encode.int8{ext}")
+        # the decoder is judged on codes its encoder gives, as it meets them in the round trip
+        assert int8[("decode", fmt)].detail.endswith("judged on code from graph encode")
+        assert int8[("decode", fmt)].verdicts["decoded"].figure >= 30
+        assert int8[("index", fmt)].status == "refused"
+    pipes = {p["format"]: p["verdict"] for p in result.pipelines}
+    assert set(pipes) == {"onnx", "executorch", "onnx int8", "executorch int8"}
+    assert all(v["passed"] for v in pipes.values())
+    # int8 moves the round trip, and the report says how far: below fp32's figure, above the 25 dB gate
+    assert 25 <= pipes["executorch int8"]["figure"] < pipes["executorch"]["figure"]
+    assert 25 <= pipes["onnx int8"]["figure"] < pipes["onnx"]["figure"]
 
 
 class Gaps(torch.nn.Module):
@@ -434,10 +477,13 @@ def test_converter_gaps_are_rewritten_into_ops_every_backend_has():
             ["--model", f"{INVISP}", "--palettization"],
             "--palettization: only for pbrforge checkpoints, not for --model",
         ),
-        (["--model", f"{INVISP}", "--quantize", "w8a8"], "--model quantizes to int8 (ONNX) only, not w8a8"),
         (
-            ["--model", f"{INVISP}", "--quantize", "int8", "--format", "executorch"],
-            "--quantize int8 with --model writes int8 ONNX: include the onnx format",
+            ["--model", f"{INVISP}", "--quantize", "w8a8"],
+            "--model quantizes to int8 (ONNX and ExecuTorch) only, not w8a8",
+        ),
+        (
+            ["--model", f"{INVISP}", "--quantize", "int8", "--format", "coreml"],
+            "--quantize int8 with --model writes int8 ONNX and .pte: include onnx or executorch",
         ),
         (["--model", f"{INVISP}", "--format", "tensorrt"], "--model exports to onnx, executorch, coreml"),
         (["--model", f"{INVISP}", "best.pt"], "give either a CHECKPOINT or --model, not both or neither"),
