@@ -57,6 +57,7 @@ VECTORS = ".testvectors"  # OUTPUT.testvectors/GRAPH.safetensors
 NOT_RUN = "converted; not run here (Core ML runs only on macOS)"
 CALIBRATION_EXAMPLES = 16  # a graph with no --calibration samples is calibrated on this many spec examples
 MAX_SAMPLES = 64  # calibration samples read from a folder (sorted by name)
+MAX_TRACE_BYTES = 64 << 20  # a pipeline's eager trace larger than this is not written to the test vectors
 INT8_PLACEMENT = {
     "onnx": "int8 QDQ (per-channel weights, MinMax activations), ONNX Runtime's CPU provider",
     "executorch": "int8 (XNNPACK's symmetric per-channel weights, MinMax activations via PT2E), XNNPACK (CPU)",
@@ -85,7 +86,8 @@ class GraphArtifact:
     verdicts: dict[str, Verdict] = field(default_factory=dict)  # output -> the worst verdict over examples
     placement: str = ""
     detail: str = ""
-    precision: str = "fp32"  # or int8 (``--quantize int8``: ONNX QDQ)
+    precision: str = "fp32"  # or int8 (``--quantize int8``: ONNX QDQ, XNNPACK .pte)
+    vectors: str = ""  # the test-vector file it is held to (GRAPH.safetensors, or GRAPH.fed.safetensors)
 
     @property
     def label(self) -> str:
@@ -103,6 +105,7 @@ class GraphArtifact:
             "verdicts": {k: v.to_dict() for k, v in self.verdicts.items()},
             "placement": self.placement,
             "detail": self.detail,
+            "vectors": self.vectors,
         }
 
 
@@ -116,6 +119,7 @@ class ModelExport:
     artifacts: list[GraphArtifact] = field(default_factory=list)
     pipelines: list[dict[str, Any]] = field(default_factory=list)
     bundles: list[dict[str, Any]] = field(default_factory=list)  # one artifact for all graphs, per format
+    traces: dict[str, str] = field(default_factory=dict)  # pipeline -> its eager trace in the test vectors
 
     @property
     def failures(self) -> list[str]:
@@ -526,7 +530,9 @@ def export_model(
             final = output.with_name(f"{output.name}.{name}{EXTENSIONS[fmt]}")
             failed = output.with_name(f"{output.name}.{name}.failed{EXTENSIONS[fmt]}")
             staged = output.with_name(f".{output.name}.{name}.staged{EXTENSIONS[fmt]}")
-            artifact = GraphArtifact(name, fmt, placement=PLACEMENT[fmt, g.feeds_coder])
+            artifact = GraphArtifact(
+                name, fmt, placement=PLACEMENT[fmt, g.feeds_coder], vectors=f"{name}.safetensors"
+            )
             t0 = time.perf_counter()
             try:
                 _write(fmt, program, g, examples[name][0], staged)
@@ -554,11 +560,19 @@ def export_model(
             result.artifacts.append(artifact)
     if calibrating is not None:
         fed, fed_expected, fed_source = upstream_fed(spec, examples, expected)
+        judging: dict[str, Judged] = {}
+        for (
+            name,
+            g,
+        ) in spec.graphs.items():  # self-check holds int8 artifacts to the inputs they were judged on
+            file = f"{name}.safetensors" if fed[name] is examples[name] else f"{name}.fed.safetensors"
+            if fed[name] is not examples[name]:
+                write_cases(output.with_name(output.name + VECTORS) / file, g, fed[name], fed_expected[name])
+            judging[name] = Judged(fed[name], fed_expected[name], fed_source[name], file)
         for fmt in (f for f in formats if f in INT8_PLACEMENT):
             for name, g in spec.graphs.items():
                 fp32 = next(a for a in result.artifacts if a.graph == name and a.format == fmt)
-                judged = Judged(fed[name], fed_expected[name], fed_source[name])
-                artifact = _int8(fmt, name, g, fp32, programs[name], output, calibrating[name], judged)
+                artifact = _int8(fmt, name, g, fp32, programs[name], output, calibrating[name], judging[name])
                 result.artifacts.append(artifact)
                 if artifact.status == "ok":
                     calls[(name, artifact.label)] = artifact_call(fmt, Path(artifact.path), g.inputs)
@@ -571,10 +585,14 @@ def export_model(
     if "coreml" in formats and len(spec.graphs) > 1:
         result.bundles.append(_mlpackage_bundle(spec, result.artifacts, output))
     labels = [*formats] + ([f"{f} int8" for f in formats if f in INT8_PLACEMENT] if quantize else [])
+    vectors = output.with_name(output.name + VECTORS)
     for pipe_name, pipe in spec.pipelines.items():
+        eager = trace(pipe, spec)
+        if eager.save(vectors / f"pipeline.{pipe_name}.safetensors"):
+            result.traces[pipe_name] = f"pipeline.{pipe_name}.safetensors"
         for label in labels:
             if all((g, label) in calls for g in pipe.graphs):
-                result.pipelines.append(_pipeline(pipe_name, pipe, spec, label, calls))
+                result.pipelines.append(_pipeline(pipe_name, pipe, eager, label, calls))
     write_json(result.manifest, manifest(result, formats))
     return result
 
@@ -682,6 +700,7 @@ class Judged:
     inputs: list[Tensors]
     expected: list[Tensors]
     source: str
+    vectors: str  # the test-vector file that holds them
 
 
 def upstream_fed(
@@ -735,7 +754,9 @@ def _int8(
 ) -> GraphArtifact:
     """The graph as static int8 (ONNX QDQ, or an XNNPACK int8 ``.pte``), judged by its per-output gates on the
     inputs it meets behind its upstream graphs; a graph that feeds an entropy coder stays fp32."""
-    artifact = GraphArtifact(name, fmt, precision="int8", placement=INT8_PLACEMENT[fmt])
+    artifact = GraphArtifact(
+        name, fmt, precision="int8", placement=INT8_PLACEMENT[fmt], vectors=judged.vectors
+    )
     if graph.feeds_coder:
         artifact.status = "refused"
         artifact.detail = (
@@ -904,25 +925,68 @@ def write_vectors(
 ) -> None:
     """Per graph, ``GRAPH.safetensors``: each example's inputs (``K.in.NAME``) and PyTorch's outputs
     (``K.out.NAME``), so a runtime can check itself against the gates with no PyTorch (``run --self-check``)."""
+    for name, g in spec.graphs.items():
+        write_cases(folder / f"{name}.safetensors", g, examples[name], expected[name])
+
+
+def write_cases(path: Path, graph: GraphSpec, inputs: Sequence[Tensors], outputs: Sequence[Tensors]) -> None:
+    """One graph's cases as ``K.in.NAME`` / ``K.out.NAME`` tensors in one safetensors file."""
     from safetensors.torch import save_file
 
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, g in spec.graphs.items():
-        tensors: dict[str, torch.Tensor] = {}
-        for k, (inputs, outputs) in enumerate(zip(examples[name], expected[name], strict=True)):
-            tensors |= {f"{k}.in.{t.name}": v.contiguous() for t, v in zip(g.inputs, inputs, strict=True)}
-            tensors |= {f"{k}.out.{t.name}": v.contiguous() for t, v in zip(g.outputs, outputs, strict=True)}
-        with atomic_path(folder / f"{name}.safetensors") as tmp:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors: dict[str, torch.Tensor] = {}
+    for k, (given, got) in enumerate(zip(inputs, outputs, strict=True)):
+        tensors |= {f"{k}.in.{t.name}": v.clone() for t, v in zip(graph.inputs, given, strict=True)}
+        tensors |= {f"{k}.out.{t.name}": v.clone() for t, v in zip(graph.outputs, got, strict=True)}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp))
+
+
+@dataclass
+class Trace:
+    """A pipeline run in eager PyTorch, call by call: what the host glue fed each graph and what it gave."""
+
+    steps: list[tuple[str, Tensors, Tensors]]
+    result: torch.Tensor
+    target: torch.Tensor | None
+    figures: dict[str, Any]
+
+    def save(self, path: Path) -> bool:
+        """``K.GRAPH.in.NAME`` / ``K.GRAPH.out.NAME`` per step and ``result``; False (nothing written) past
+        ``MAX_TRACE_BYTES``, which a sampler's steps at a large size would pass."""
+        from safetensors.torch import save_file
+
+        tensors = {"result": self.result.detach().clone()}  # clones: one step's output is the next's input
+        for k, (graph, given, got) in enumerate(self.steps):
+            for i, v in enumerate(given):
+                tensors[f"{k}.{graph}.in.{i}"] = v.detach().clone()
+            for i, v in enumerate(got):
+                tensors[f"{k}.{graph}.out.{i}"] = v.detach().clone()
+        if sum(t.numel() * t.element_size() for t in tensors.values()) > MAX_TRACE_BYTES:
+            return False
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
             save_file(tensors, str(tmp))
+        return True
 
 
-def _pipeline(
-    name: str, pipe: Pipeline, spec: ModelSpec, fmt: str, calls: dict[tuple[str, str], Any]
-) -> dict:
+def trace(pipe: Pipeline, spec: ModelSpec) -> Trace:
+    """Run ``pipe`` in eager PyTorch, each graph's inputs checked against its spec, and keep every call."""
+    steps: list[tuple[str, Tensors, Tensors]] = []
+
     def eager(graph: str, inputs: Tensors) -> Tensors:
         spec.graphs[graph].check_inputs(inputs)
         with torch.no_grad():
-            return _as_tuple(spec.graphs[graph].module(*inputs))
+            got = _as_tuple(spec.graphs[graph].module(*inputs))
+        steps.append((graph, tuple(inputs), got))
+        return got
+
+    result, target, figures = _ran(pipe, eager)
+    return Trace(steps, result, target, figures)
+
+
+def _pipeline(name: str, pipe: Pipeline, eager: Trace, fmt: str, calls: dict[tuple[str, str], Any]) -> dict:
+    """``pipe`` through the artifacts of ``fmt``, held to its own target or to its eager run."""
 
     def artifact(graph: str, inputs: Tensors) -> Tensors:
         return _as_tuple(calls[(graph, fmt)](*inputs))
@@ -930,8 +994,7 @@ def _pipeline(
     got, target, figures = _ran(pipe, artifact)
     against = "its own target"
     if target is None:
-        target, _, _ = _ran(pipe, eager)
-        against = "eager"
+        target, against = eager.result, "eager"
     verdict = judge(pipe.gate, target.detach().numpy(), got.detach().numpy(), pipe.span)
     return {
         "pipeline": name,
@@ -976,6 +1039,7 @@ def manifest(result: ModelExport, formats: Sequence[str]) -> dict[str, Any]:
             for k, v in spec.glue.items()
         },
         "pipelines": result.pipelines,
+        "pipeline_traces": result.traces,
         "bundles": result.bundles,
         "passed": not result.failures,
     }

@@ -3,6 +3,9 @@
 The export wrote, per graph, example inputs and PyTorch's outputs (``OUTPUT.testvectors/GRAPH.safetensors``)
 and each output's gate in the manifest. This runs each artifact that runs here on them, with no PyTorch
 model, and holds each output to its gate: what an app or a CI job on the target does to trust its runtime.
+An int8 artifact judged on the inputs its upstream graphs give is checked on those (``GRAPH.fed.safetensors``),
+and each pipeline's eager trace (``pipeline.NAME.safetensors``: every call the host glue made) is replayed
+call by call through the fp32 artifacts.
 """
 
 from __future__ import annotations
@@ -39,9 +42,11 @@ def self_check(manifest: Path, threads: int = 2) -> list[str]:
     folder = manifest.parent
     lines, failures = [], []
     for graph, about in data["graphs"].items():
-        inputs, outputs, vectors = _graph(data, folder, graph)
         for artifact in about["artifacts"]:
             fmt, name = artifact["format"], artifact["path"]
+            inputs, outputs, vectors = _graph(
+                data, folder, graph, artifact.get("vectors") or f"{graph}.safetensors"
+            )
             label = f"{graph} {fmt}" + (
                 "" if artifact.get("precision", "fp32") == "fp32" else f" {artifact['precision']}"
             )
@@ -60,25 +65,82 @@ def self_check(manifest: Path, threads: int = 2) -> list[str]:
             )
             continue
         for graph in bundle["methods"]:
-            inputs, outputs, vectors = _graph(data, folder, graph)
+            inputs, outputs, vectors = _graph(data, folder, graph, f"{graph}.safetensors")
             call = artifact_call(bundle["format"], folder / bundle["path"], inputs, threads, method=graph)
             bad = _check_cases(call, inputs, outputs, vectors, f"{bundle['path']} method {graph}")
             failures += bad
             lines.append(
                 f"{bundle['path']} method {graph}: {'FAILED' if bad else 'ok'} on {len(_cases(vectors))} cases"
             )
+    for pipeline, file in data.get("pipeline_traces", {}).items():
+        for fmt, bad, steps in _replay(data, folder, pipeline, file, threads):
+            failures += bad
+            lines.append(f"pipeline {pipeline} {fmt}: {'FAILED' if bad else 'ok'} on its {steps} eager steps")
     if failures:
         raise ParityError(failures[0])
     return lines
 
 
+def _replay(
+    data: dict, folder: Path, pipeline: str, file: str, threads: int
+) -> list[tuple[str, list[str], int]]:
+    """A pipeline's eager trace, step by step, through each fp32 format whose graphs all run here: each call
+    gets the inputs the host glue gave it in PyTorch and each output is held to its gate. An app's own glue
+    (a sampler, a coder) can be checked against the same file, call for call."""
+    from safetensors.torch import load_file
+
+    from pbrforge.export.model_export import artifact_call
+
+    path = folder / data["test_vectors"] / file
+    if not path.is_file():
+        raise DataError(f"pipeline trace {path} is missing: keep the export's folder together")
+    tensors = load_file(str(path))
+    steps = sorted({(int(k.split(".")[0]), k.split(".")[1]) for k in tensors if k != "result"})
+    graphs = data["graphs"]
+    runs = []
+    for fmt in ("onnx", "executorch"):
+        paths = {
+            g: next(
+                (
+                    a["path"]
+                    for a in graphs[g]["artifacts"]
+                    if a["format"] == fmt and a.get("precision", "fp32") == "fp32" and a["status"] == "ok"
+                ),
+                "",
+            )
+            for g in {g for _, g in steps}
+        }
+        if not all(paths.values()):
+            continue
+        specs = {
+            g: (
+                tuple(tensor_spec(t) for t in graphs[g]["inputs"]),
+                tuple(tensor_spec(t) for t in graphs[g]["outputs"]),
+            )
+            for g in paths
+        }
+        calls = {g: artifact_call(fmt, folder / p, specs[g][0], threads) for g, p in paths.items()}
+        bad: list[str] = []
+        for k, g in steps:
+            inputs, outputs = specs[g]
+            got = calls[g](*(tensors[f"{k}.{g}.in.{i}"] for i in range(len(inputs))))
+            for i, (t, out) in enumerate(zip(outputs, got, strict=True)):
+                v = judge(t.judged_by, tensors[f"{k}.{g}.out.{i}"].numpy(), out.numpy(), t.span)
+                if not v.passed:
+                    bad.append(
+                        f"pipeline {pipeline} ({fmt}) step {k}, graph {g}: {t.name} failed its gate: {v.sentence()}"
+                    )
+        runs.append((fmt, bad, len(steps)))
+    return runs
+
+
 def _graph(
-    data: dict, folder: Path, graph: str
+    data: dict, folder: Path, graph: str, file: str
 ) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...], dict]:
     from safetensors.torch import load_file
 
     about = data["graphs"][graph]
-    vectors = folder / data["test_vectors"] / f"{graph}.safetensors"
+    vectors = folder / data["test_vectors"] / file
     if not vectors.is_file():
         raise DataError(f"test vectors {vectors} are missing: keep the export's folder together")
     return (

@@ -291,6 +291,25 @@ def test_the_edm_step_ships_and_its_sampler_holds_through_the_artifact(tmp_path)
     x, _, dark = spec.graphs["denoise"].example_inputs(0)
     with pytest.raises(DataError, match="sigma: values span 100..100, outside the 0.002..80"):
         step(x, torch.tensor([100.0]), dark)  # past the schedule the model was trained on
+    # the sampler's every call, as eager PyTorch made it, ships in the test vectors and replays in the artifact
+    from safetensors.torch import load_file, save_file
+
+    from pbrforge.errors import ParityError
+    from pbrforge.runtime.model_check import self_check
+
+    manifest = tmp_path / "edm.model.json"
+    assert json.loads(manifest.read_text())["pipeline_traces"] == {"restore": "pipeline.restore.safetensors"}
+    trace = tmp_path / "edm.testvectors" / "pipeline.restore.safetensors"
+    steps = load_file(str(trace))
+    sigmas = [float(steps[f"{k}.denoise.in.1"]) for k in range(15)]
+    assert sigmas[0] == pytest.approx(80.0) and sigmas == sorted(sigmas, reverse=True)
+    assert "pipeline restore onnx: ok on its 15 eager steps" in self_check(manifest)
+    steps["14.denoise.out.0"][0, 0, 0, 0] += 0.01
+    save_file(steps, str(trace))
+    with pytest.raises(
+        ParityError, match=r"pipeline restore \(onnx\) step 14, graph denoise: denoised failed"
+    ):
+        self_check(manifest)
 
 
 def test_the_codec_round_trips_through_a_range_coder_with_its_coder_graphs_exact(tmp_path):
@@ -404,7 +423,9 @@ def test_int8_onnx_is_calibrated_upstream_first_held_to_each_gate_and_refused_fo
     }
     assert int8["encode"]["status"] == "ok" and int8["encode"]["path"] == "coder.encode.int8.onnx"
     assert int8["encode"]["verdicts"]["code"]["metric"] == "psnr"
-    assert int8["encode"]["detail"] == f"calibrated on 6 samples from {samples}; judged on the spec's examples"
+    assert (
+        int8["encode"]["detail"] == f"calibrated on 6 samples from {samples}; judged on the spec's examples"
+    )
     # the decoder is calibrated on the encoder's outputs for the same samples, then fails its 1e-4 gate
     assert int8["decode"]["detail"] == (
         f"calibrated on 6 samples from {samples} (code from graph encode); judged on code from graph encode"
@@ -423,11 +444,15 @@ def test_int8_pte_and_the_pipelines_run_through_the_int8_graphs_judged_where_eac
 
     model = tmp_path / "coder.py"
     model.write_text(textwrap.dedent(CODER))
-    result = export_model(load_spec(f"{model}:loose"), tmp_path / "c", ("onnx", "executorch"), quantize="int8")
+    result = export_model(
+        load_spec(f"{model}:loose"), tmp_path / "c", ("onnx", "executorch"), quantize="int8"
+    )
     assert result.failures == [], result.failures
     int8 = {(a.graph, a.format): a for a in result.artifacts if a.precision == "int8"}
     for fmt, ext in (("onnx", ".onnx"), ("executorch", ".pte")):
-        assert int8[("encode", fmt)].status == "ok" and int8[("encode", fmt)].path.endswith(f"c.encode.int8{ext}")
+        assert int8[("encode", fmt)].status == "ok" and int8[("encode", fmt)].path.endswith(
+            f"c.encode.int8{ext}"
+        )
         # the decoder is judged on codes its encoder gives, as it meets them in the round trip
         assert int8[("decode", fmt)].detail.endswith("judged on code from graph encode")
         assert int8[("decode", fmt)].verdicts["decoded"].figure >= 30
@@ -438,6 +463,17 @@ def test_int8_pte_and_the_pipelines_run_through_the_int8_graphs_judged_where_eac
     # int8 moves the round trip, and the report says how far: below fp32's figure, above the 25 dB gate
     assert 25 <= pipes["executorch int8"]["figure"] < pipes["executorch"]["figure"]
     assert 25 <= pipes["onnx int8"]["figure"] < pipes["onnx"]["figure"]
+    # self-check holds each int8 graph to the inputs it was judged on, with no PyTorch model
+    from pbrforge.runtime.model_check import self_check
+
+    lines = self_check(tmp_path / "c.model.json")
+    assert "decode onnx int8: ok on 2 cases" in lines and "decode executorch int8: ok on 2 cases" in lines
+    manifest = json.loads((tmp_path / "c.model.json").read_text())
+    decode = {(a["format"], a["precision"]): a["vectors"] for a in manifest["graphs"]["decode"]["artifacts"]}
+    assert (
+        decode[("onnx", "int8")] == "decode.fed.safetensors"
+        and decode[("onnx", "fp32")] == "decode.safetensors"
+    )
 
 
 class Gaps(torch.nn.Module):
