@@ -8,7 +8,9 @@ untouched), and each assert on an argument of the graph's own ``forward`` that b
 that input's value range, which every runner then checks. The pass is listed, with each assert it removed
 and what became of it, and is held to eager like the other pre-export passes.
 
-Recognised bounds, on a forward argument ``x`` and numeric constants ``a``, ``b`` (``and`` joins them):
+Recognised bounds, from an assert that is a statement of the graph's own ``forward`` body (not under an ``if``
+or a loop, nor in a nested function) on an argument ``x`` the body never assigns to, and numeric constants
+``a``, ``b`` (``and`` joins them):
 ``a <= x <= b``, ``x >= a``, ``x <= b`` (also with ``<``, ``>``, reversed sides), wrapped in ``.all()``,
 ``torch.all(...)`` or ``bool(...)``, and ``x.min() >= a``, ``x.max() <= b``.
 """
@@ -16,9 +18,11 @@ Recognised bounds, on a forward argument ``x`` and numeric constants ``a``, ``b`
 from __future__ import annotations
 
 import ast
+import copy
 import inspect
 import math
 import textwrap
+import tokenize
 import types
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -72,12 +76,13 @@ def asserts_removed(module: nn.Module):
 
 
 def _source_tree(fn: Any) -> tuple[ast.FunctionDef, int, str] | None:
+    """The function's definition as parsed from its file, or None when its source cannot be had or parsed."""
     try:
         lines, first = inspect.getsourcelines(fn)
         filename = inspect.getsourcefile(fn) or "<model>"
-    except (OSError, TypeError):
+        tree = ast.parse(textwrap.dedent("".join(lines)))
+    except (OSError, TypeError, SyntaxError, ValueError, tokenize.TokenError):
         return None
-    tree = ast.parse(textwrap.dedent("".join(lines)))
     node = tree.body[0] if tree.body else None
     if not isinstance(node, ast.FunctionDef):
         return None
@@ -85,30 +90,37 @@ def _source_tree(fn: Any) -> tuple[ast.FunctionDef, int, str] | None:
 
 
 def _assert_nodes(fn: Any) -> list[ast.Assert]:
-    parsed = _source_tree(fn) if inspect.isfunction(fn) else None
+    parsed = _source_tree(inspect.unwrap(fn)) if inspect.isfunction(fn) else None
     return [n for n in ast.walk(parsed[0]) if isinstance(n, ast.Assert)] if parsed else []
 
 
-def _without_asserts(fn: Any, found: list[StrippedAssert], top: bool) -> Any:
-    """``fn`` compiled again from its source with its asserts removed (None if it has none or no source)."""
-    if not inspect.isfunction(fn):
-        return None
-    parsed = _source_tree(fn)
-    if parsed is None:
-        return None
-    node, first, filename = parsed
-    asserts = [n for n in ast.walk(node) if isinstance(n, ast.Assert)]
-    if not asserts:
-        return None
-    arguments = {a.arg for a in node.args.args[1:]}  # the graph's inputs by name, for the top forward
-    for a in asserts:
-        bounds = _bounds(a.test, arguments) if top else {}
-        found.append(StrippedAssert(f"{fn.__qualname__} line {first + a.lineno - 1}", ast.unparse(a), bounds))
-    node = _Strip().visit(node)
-    node.decorator_list = []
-    freevars = (
-        fn.__code__.co_freevars
-    )  # super() and closures: rebuilt inside a maker that binds the same cells
+def _own_asserts(node: ast.FunctionDef) -> list[ast.Assert]:
+    """The asserts that are statements of ``node``'s body itself: not under an ``if`` or a loop (which may
+    not run), nor in a function, lambda or class defined inside it."""
+    return [st for st in node.body if isinstance(st, ast.Assert)]
+
+
+def _rebound(node: ast.FunctionDef) -> set[str]:
+    """Names ``node``'s own body assigns to (an argument rebound before an assert no longer is the input)."""
+    names: set[str] = set()
+    todo: list[ast.AST] = list(node.body)
+    while todo:
+        child = todo.pop()
+        if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda | ast.ClassDef):
+            continue
+        if isinstance(child, ast.Name) and isinstance(child.ctx, ast.Store | ast.Del):
+            names.add(child.id)
+        todo.extend(ast.iter_child_nodes(child))
+    return names
+
+
+def _compiled(node: ast.FunctionDef, first: int, filename: str, fn: Any, decorated: bool) -> Any:
+    """``node`` compiled in ``fn``'s globals, inside a maker that binds ``fn``'s closure cells (``super()``'s
+    ``__class__`` among them); its decorators applied again when ``decorated``."""
+    node = copy.deepcopy(node)
+    if not decorated:
+        node.decorator_list = []
+    freevars = fn.__code__.co_freevars
     maker = ast.parse(f"def _maker({', '.join(freevars)}):\n    pass").body[0]
     assert isinstance(maker, ast.FunctionDef)
     maker.body = [node, ast.Return(ast.Name(node.name, ast.Load()))]
@@ -117,8 +129,42 @@ def _without_asserts(fn: Any, found: list[StrippedAssert], top: bool) -> Any:
     namespace: dict[str, Any] = {}
     exec(compile(module_ast, filename, "exec"), fn.__globals__, namespace)  # the user's own code, re-read
     rebuilt = namespace["_maker"](*(c.cell_contents for c in fn.__closure__ or ()))
-    rebuilt.__defaults__, rebuilt.__kwdefaults__ = fn.__defaults__, fn.__kwdefaults__
+    inner = inspect.unwrap(rebuilt)
+    inner.__defaults__, inner.__kwdefaults__ = fn.__defaults__, fn.__kwdefaults__
     return rebuilt
+
+
+def _without_asserts(forward: Any, found: list[StrippedAssert], top: bool) -> Any:
+    """``forward`` compiled again from its source with its asserts removed (its decorators kept); None if it has
+    none, or its source is not the code that runs (the file changed since it was imported)."""
+    if not inspect.isfunction(forward):
+        return None
+    fn = inspect.unwrap(forward)  # a decorated forward: the function its source defines
+    parsed = _source_tree(fn)
+    if parsed is None:
+        return None
+    node, first, filename = parsed
+    asserts = [n for n in ast.walk(node) if isinstance(n, ast.Assert)]
+    if not asserts:
+        return None
+    where = f"{fn.__qualname__} line"
+    try:
+        same = _compiled(node, first, filename, fn, decorated=False).__code__.co_code == fn.__code__.co_code
+    except Exception:  # the source does not even compile where the function lives
+        same = False
+    if not same:
+        found.append(
+            StrippedAssert(
+                f"{where} {first}", "(not taken out: its source file differs from the code that runs)"
+            )
+        )
+        return None
+    own = _own_asserts(node)
+    arguments = {a.arg for a in node.args.args[1:]} - _rebound(node)  # the graph's inputs, as given
+    for a in asserts:
+        bounds = _bounds(a.test, arguments) if top and a in own else {}
+        found.append(StrippedAssert(f"{where} {first + a.lineno - 1}", ast.unparse(a), bounds))
+    return _compiled(_Strip().visit(copy.deepcopy(node)), first, filename, fn, decorated=True)
 
 
 class _Strip(ast.NodeTransformer):

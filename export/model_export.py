@@ -27,12 +27,14 @@ the inputs each graph meets behind its upstream graphs, and run through the pipe
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
+import io
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,7 +137,7 @@ class ModelExport:
         ]
         return bad + [
             f"pipeline {p['pipeline']} ({p['format']}): {p['verdict']['metric']} {p['verdict']['figure']:.4g} "
-            f"(limit {p['verdict']['limit']:g})"
+            f"(limit {p['verdict']['limit']:g}) {p['verdict']['detail']}"
             for p in self.pipelines
             if not p["verdict"]["passed"]
         ]
@@ -249,6 +251,21 @@ def capture(name: str, graph: GraphSpec, example: Tensors) -> tuple[torch.export
     return program, passes
 
 
+@contextlib.contextmanager
+def _quiet_torch() -> Iterator[None]:
+    """Torch's own logs and graph dumps while a capture is tried: a failed try is reported in one sentence."""
+    loggers = [logging.getLogger(n) for n in list(logging.root.manager.loggerDict) if n.startswith("torch")]
+    levels = [(lg, lg.level) for lg in [*loggers, logging.getLogger("torch")]]
+    for lg, _ in levels:
+        lg.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        for lg, level in levels:
+            lg.setLevel(level)
+
+
 def _export_retrying(
     name: str, graph: GraphSpec, module: torch.nn.Module, example: Tensors, expected: Tensors
 ) -> tuple[torch.export.ExportedProgram, list[dict[str, Any]]]:
@@ -262,7 +279,7 @@ def _export_retrying(
         if how == "without asserts" and not has_asserts(module):
             continue
         try:
-            with torch.no_grad():
+            with torch.no_grad(), _quiet_torch():
                 if how == "without asserts":
                     with asserts_removed(module) as removed:
                         program = torch.export.export(module, example, strict=False)
@@ -545,12 +562,18 @@ def export_model(
                 log.warning("%s to %s failed: %s", name, fmt, artifact.detail)
                 continue
             artifact.seconds = time.perf_counter() - t0
-            call = artifact_call(fmt, staged, g.inputs)
-            if call is None:
-                artifact.status, artifact.detail = "not run", NOT_RUN
-            else:
-                artifact.verdicts = _judge(g, call, examples[name], expected[name])
-                artifact.status = "ok" if all(v.passed for v in artifact.verdicts.values()) else "FAILED"
+            try:
+                call = artifact_call(fmt, staged, g.inputs)
+                if call is None:
+                    artifact.status, artifact.detail = "not run", NOT_RUN
+                else:
+                    artifact.verdicts = _judge(g, call, examples[name], expected[name])
+                    artifact.status = "ok" if all(v.passed for v in artifact.verdicts.values()) else "FAILED"
+            except Exception as e:  # the runtime refused to load or run it: its reason, nothing left behind
+                artifact.status, artifact.detail = "error", _reason(e)
+                remove(staged)
+                result.artifacts.append(artifact)
+                continue
             target = final if artifact.status != "FAILED" else failed
             remove(target)
             replace_path(staged, target)
@@ -674,7 +697,22 @@ def read_samples(spec: ModelSpec, folder: Path) -> list[dict[str, torch.Tensor]]
     for path in pictures:
         stem, _, name = path.stem.rpartition(".")
         named = stem and name in inputs
+        if stem and not named and name.isidentifier():
+            log.warning(
+                "%s: %r names no input of %s (%s), so it is taken as a plain photo",
+                path.name,
+                name,
+                spec.name,
+                ", ".join(inputs),
+            )
         groups.setdefault(stem if named else path.stem, {})[name if named else ""] = path
+    if len(tensors) + len(groups) > MAX_SAMPLES:
+        log.warning(
+            "%s holds %d samples; the first %d by name calibrate",
+            folder,
+            len(tensors) + len(groups),
+            MAX_SAMPLES,
+        )
     photos = [t for t in inputs.values() if takes_images(t) and t.color == "srgb"]
     if any("" in files for files in groups.values()) and not photos:
         raise DataError(
@@ -779,9 +817,13 @@ def _int8(
         remove(staged)
         return artifact
     artifact.seconds = time.perf_counter() - t0
-    artifact.verdicts = _judge(
-        graph, artifact_call(fmt, staged, graph.inputs), judged.inputs, judged.expected
-    )
+    try:
+        call = artifact_call(fmt, staged, graph.inputs)
+        artifact.verdicts = _judge(graph, call, judged.inputs, judged.expected)
+    except Exception as e:  # the runtime refused to load or run it: its reason, nothing left behind
+        artifact.status, artifact.detail = "error", _reason(e)
+        remove(staged)
+        return artifact
     artifact.status = "ok" if all(v.passed for v in artifact.verdicts.values()) else "FAILED"
     artifact.detail = f"calibrated on {calibration.source}; judged on {judged.source}"
     suffix = f".int8{ext}" if artifact.status == "ok" else f".failed.int8{ext}"

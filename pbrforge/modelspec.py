@@ -274,7 +274,7 @@ def load_spec(reference: str, weights: Path | None = None) -> ModelSpec:
         kwargs["weights"] = str(weights)
     try:
         spec = factory(**kwargs)
-    except ConfigError:
+    except (ConfigError, DataError):  # already one sentence of ours
         raise
     except Exception as e:  # the user's code: whatever it raises is their model's error, said in one sentence
         raise ConfigError(f"the model factory {reference} failed: {type(e).__name__}: {e}") from e

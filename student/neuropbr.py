@@ -13,6 +13,8 @@ record of its fields. Any other object in the file is refused in one sentence.
 
 from __future__ import annotations
 
+import math
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +38,7 @@ CONFIG_CLASSES = (
     "TransformConfig",
 )
 SKIP_INDICES = {"mobilenet_v3_large": (1, 3, 6, 12), "mobilenet_v3_small": (0, 1, 3, 8)}
+MAX_IMAGE_SIZE = 2048  # the largest input NeuroPBR trains at (configs/mobilenetv3_2048.py)
 MAP_ORDER = ("albedo", "roughness", "metallic", "normal")  # its heads, in the order of pbrforge's contract
 
 
@@ -78,12 +81,28 @@ class NeuroPBRConfig:
             raise ConfigError(
                 f"output_channels {self.output_channels} are not albedo 3, roughness 1, metallic 1, normal 3"
             )
-        if self.dim % self.heads:
-            raise ConfigError(f"transformer_dim {self.dim} is not divisible by {self.heads} heads")
-        if self.image_size % 32 or not 32 <= self.image_size <= 4096:
-            raise ConfigError(f"image_size {self.image_size} must be a multiple of 32 between 32 and 4096")
-        if any(s <= 0 for s in self.std):
-            raise ConfigError(f"transform std {self.std} must be above 0")
+        if self.dim < 1 or self.heads < 1 or self.depth < 0 or self.dim % self.heads:
+            raise ConfigError(
+                f"transformer_dim {self.dim} must be a positive multiple of transformer_num_heads {self.heads}, "
+                f"and transformer_depth {self.depth} at least 0"
+            )
+        if not (math.isfinite(self.mlp_ratio) and 0 < self.mlp_ratio <= 64):
+            raise ConfigError(
+                f"transformer_mlp_ratio {self.mlp_ratio} must be a number above 0 and at most 64"
+            )
+        if self.image_size % 32 or not 32 <= self.image_size <= MAX_IMAGE_SIZE:
+            raise ConfigError(
+                f"image_size {self.image_size} must be a multiple of 32 between 32 and {MAX_IMAGE_SIZE}"
+            )
+        if (
+            len(self.mean) != 3
+            or len(self.std) != 3
+            or not all(math.isfinite(v) for v in (*self.mean, *self.std))
+            or min(self.std) <= 0
+        ):
+            raise ConfigError(
+                f"transform mean {self.mean} and std {self.std} must be three finite numbers each, std above 0"
+            )
 
 
 class Encoder(nn.Module):
@@ -247,6 +266,10 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], NeuroPBRConfig
     if not path.is_file():
         raise DataError(f"NeuroPBR checkpoint {path} does not exist or is not a file")
     names = [f"{CONFIG_MODULE}.{c}" for c in CONFIG_CLASSES]
+    if not zipfile.is_zipfile(path):
+        raise DataError(
+            f"{path} is not a file torch.save wrote (a zip archive), so not a NeuroPBR checkpoint"
+        )
     try:
         with torch.serialization.safe_globals([(Record, n) for n in names]):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -255,7 +278,7 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], NeuroPBRConfig
         why = (
             f"it holds objects other than tensors and NeuroPBR's config ({', '.join(foreign)})"
             if foreign
-            else e
+            else f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else 'unreadable'}"
         )
         raise DataError(f"{path} cannot be read as a NeuroPBR checkpoint: {why}") from e
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("student_state_dict"), dict):
@@ -293,15 +316,18 @@ def config_from(config: Any, path: Path) -> NeuroPBRConfig:
         )
     try:
         size = data["image_size"]
-        side = int(size[0] if isinstance(size, tuple | list) else size)
+        sides = tuple(size) if isinstance(size, tuple | list) else (size, size)
+        if len(sides) != 2 or sides[0] != sides[1] or not all(isinstance(v, int) for v in sides):
+            raise ConfigError(f"{path}: image_size {size!r} is not one whole number of pixels per side")
+        side = int(sides[0])
         return NeuroPBRConfig(
             backbone=str(model["encoder_backbone"]),
             in_channels=int(model["encoder_in_channels"]),
             stride=int(model["encoder_stride"]),
             use_transformer=bool(model["use_transformer"]),
-            dim=int(model["transformer_dim"]),
-            heads=int(model["transformer_num_heads"]),
-            depth=int(model["transformer_depth"]),
+            dim=_whole(model["transformer_dim"]),
+            heads=_whole(model["transformer_num_heads"]),
+            depth=_whole(model["transformer_depth"]),
             mlp_ratio=float(model["transformer_mlp_ratio"]),
             sr_scale=int(model["decoder_sr_scale"]),
             output_channels=tuple(int(c) for c in model["output_channels"]),
@@ -315,6 +341,12 @@ def config_from(config: Any, path: Path) -> NeuroPBRConfig:
         ) from e
 
 
+def _whole(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{value!r} is not a whole number")
+    return value
+
+
 def _fields(config: Record, name: str, path: Path) -> Mapping[str, Any]:
     part = getattr(config, name, None)
     if not isinstance(part, Record):
@@ -326,8 +358,18 @@ def load_student(path: Path) -> NeuroPBRStudent:
     """A NeuroPBR student checkpoint as a model in eval mode, its weights loaded strictly."""
     state, cfg = read_checkpoint(path)
     model = NeuroPBRStudent(cfg)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
+    cast = [k for k in own if k in state and own[k].is_floating_point() and not state[k].is_floating_point()]
+    if missing or unexpected or wrong or cast:
+        if missing or unexpected:
+            detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+        elif wrong:
+            detail = f"{wrong[0]} is {tuple(state[wrong[0]].shape)}, not {tuple(own[wrong[0]].shape)}"
+        else:
+            detail = f"{cast[0]} holds {state[cast[0]].dtype} values where weights are floats"
         raise ConfigError(f"{path} holds weights of another architecture than its config describes: {detail}")
+    model.load_state_dict(state)
     return model.eval()

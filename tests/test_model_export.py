@@ -609,6 +609,19 @@ def build(rate_valid=None):
 
 def too_wide():
     return build(rate_valid=(0.0, 9.0))
+
+class Rebound(torch.nn.Module):
+    def forward(self, x, rate):
+        rate = rate / 100  # the assert below bounds rate / 100, not the input
+        assert (rate >= 0).all() and (rate <= 4).all()
+        if x.shape[0] > 1:  # an assert that may not run bounds nothing
+            assert (x <= 0.5).all()
+        return x * rate
+
+def rebound():
+    x = TensorSpec("image", (1, 3, 16, 16), valid=(0.0, 1.0))
+    rate = TensorSpec("rate", (1,), kind="tensor", encoding=(0.0, 400.0))
+    return ModelSpec("rebound", {"main": GraphSpec(Rebound(), (x, rate), (TensorSpec("out", (1, 3, 16, 16)),))})
 """
 
 
@@ -637,6 +650,12 @@ def test_tensor_asserts_are_taken_out_for_capture_and_become_the_ranges_runners_
     call = artifact_call("onnx", tmp_path / "g.main.onnx", (spec.graphs["main"].inputs[0], rate))
     with pytest.raises(DataError, match=r"rate: values span 5..5, outside the 0..4 the model is defined on"):
         call(torch.rand(1, 3, 16, 16), torch.tensor([5.0]))
+    # an argument the forward rebinds, and an assert under an if, give no range
+    rebound = export_model(load_spec(f"{model}:rebound"), tmp_path / "r", ("onnx",))
+    assert rebound.failures == []
+    assert rebound.passes["main"][1]["ranges"] == []
+    assert [a["bounds"] for a in rebound.passes["main"][1]["asserts"]] == [{}, {}]
+    assert rebound.spec.graphs["main"].inputs[1].valid is None
     # the class itself keeps its asserts
     with pytest.raises(AssertionError, match="rate must be in 0..4"):
         spec.graphs["main"].module(torch.rand(1, 3, 16, 16), torch.tensor([5.0]))

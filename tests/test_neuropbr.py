@@ -183,6 +183,16 @@ def test_a_pbrforge_student_is_one_spec_among_others(tiny_student_ckpt, tmp_path
     assert set(artifact.verdicts) == {"albedo", "roughness", "metallic", "normal"}
 
 
+def _config(**sections):
+    """A payload whose TrainConfig has one section built with the given fields (name -> (class, fields))."""
+
+    def payload(tc):
+        built = {name: getattr(tc, cls)(**fields) for name, (cls, fields) in sections.items()}
+        return {"student_state_dict": {}, "config": tc.TrainConfig(**built)}
+
+    return payload
+
+
 def _foreign(tc):
     return {"student_state_dict": {}, "config": tc.TrainConfig(), "hook": np.float64(1.0)}
 
@@ -214,6 +224,27 @@ def _foreign(tc):
             DataError,
             "NaN or inf weights",
         ),
+        (_config(data=("DataConfig", {"image_size": (4096, 4096)})), ConfigError, "between 32 and 2048"),
+        (
+            _config(data=("DataConfig", {"image_size": (64, 128)})),
+            ConfigError,
+            "not one whole number of pixels",
+        ),
+        (
+            _config(model=("ModelConfig", {"transformer_num_heads": 0})),
+            ConfigError,
+            "must be a positive multiple of transformer_num_heads 0",
+        ),
+        (
+            _config(transform=("TransformConfig", {"std": [float("nan")] * 3})),
+            ConfigError,
+            "must be three finite numbers each",
+        ),
+        (
+            _config(transform=("TransformConfig", {"mean": [0.5] * 4})),
+            ConfigError,
+            "must be three finite numbers each",
+        ),
     ],
 )
 def test_a_file_that_is_not_a_usable_neuropbr_student_is_refused_in_one_sentence(
@@ -223,6 +254,29 @@ def test_a_file_that_is_not_a_usable_neuropbr_student_is_refused_in_one_sentence
     with pytest.raises(error, match=None) as e:
         load_student(path)
     assert says in str(e.value)
+
+
+def test_weights_of_the_wrong_shape_or_type_and_files_torch_did_not_write_are_one_sentence(
+    neuropbr_ckpt, tmp_path
+):
+    _, model = neuropbr_ckpt
+    state = model.state_dict()
+    key = "decoder.heads.0.weight"
+
+    def payload_with(tensor):
+        return lambda tc: {"student_state_dict": state | {key: tensor}, "config": tc.TrainConfig()}
+
+    for tensor, says in (
+        (torch.zeros(5, 64, 1, 1), f"{key} is (5, 64, 1, 1), not (3, 64, 1, 1)"),
+        (state[key].to(torch.int32), f"{key} holds torch.int32 values where weights are floats"),
+    ):
+        with pytest.raises(ConfigError) as e:
+            load_student(_save(tmp_path / "w.pth", payload_with(tensor)))
+        assert says in str(e.value) and "\n" not in str(e.value)
+    for name, content in (("empty.pth", b""), ("notes.pth", b"trained for 40 epochs")):
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(DataError, match="is not a file torch.save wrote"):
+            load_student(tmp_path / name)
 
 
 @pytest.mark.parametrize(
