@@ -584,10 +584,8 @@ def export_model(
     if calibrating is not None:
         fed, fed_expected, fed_source = upstream_fed(spec, examples, expected)
         judging: dict[str, Judged] = {}
-        for (
-            name,
-            g,
-        ) in spec.graphs.items():  # self-check holds int8 artifacts to the inputs they were judged on
+        # self-check holds each int8 artifact to the inputs it was judged on
+        for name, g in spec.graphs.items():
             file = f"{name}.safetensors" if fed[name] is examples[name] else f"{name}.fed.safetensors"
             if fed[name] is not examples[name]:
                 write_cases(output.with_name(output.name + VECTORS) / file, g, fed[name], fed_expected[name])
@@ -599,9 +597,7 @@ def export_model(
                 result.artifacts.append(artifact)
                 if artifact.status == "ok":
                     calls[(name, artifact.label)] = artifact_call(fmt, Path(artifact.path), g.inputs)
-                elif (
-                    artifact.status == "refused" and (name, fmt) in calls
-                ):  # it ships in fp32 beside the rest
+                elif artifact.status == "refused" and (name, fmt) in calls:  # ships in fp32 beside the rest
                     calls[(name, artifact.label)] = calls[(name, fmt)]
     if "executorch" in formats and len(spec.graphs) > 1:
         result.bundles.append(_pte_bundle(spec, programs, output, examples, expected))
@@ -990,8 +986,6 @@ class Trace:
 
     steps: list[tuple[str, Tensors, Tensors]]
     result: torch.Tensor
-    target: torch.Tensor | None
-    figures: dict[str, Any]
 
     def save(self, path: Path) -> bool:
         """``K.GRAPH.in.NAME`` / ``K.GRAPH.out.NAME`` per step and ``result``; False (nothing written) past
@@ -1023,8 +1017,8 @@ def trace(pipe: Pipeline, spec: ModelSpec) -> Trace:
         steps.append((graph, tuple(inputs), got))
         return got
 
-    result, target, figures = _ran(pipe, eager)
-    return Trace(steps, result, target, figures)
+    result, _, _ = _ran(pipe, eager)
+    return Trace(steps, result)
 
 
 def _pipeline(name: str, pipe: Pipeline, eager: Trace, fmt: str, calls: dict[tuple[str, str], Any]) -> dict:
