@@ -24,6 +24,7 @@ import math
 import textwrap
 import tokenize
 import types
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,7 +56,7 @@ def has_asserts(module: nn.Module) -> bool:
 
 
 @contextmanager
-def asserts_removed(module: nn.Module):
+def asserts_removed(module: nn.Module) -> Iterator[list[StrippedAssert]]:
     """Within the block, each forward with asserts in ``module``'s tree runs without them; yields what was taken
     out (bounds only for the top module's own arguments)."""
     found: list[StrippedAssert] = []

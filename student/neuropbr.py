@@ -38,6 +38,7 @@ CONFIG_CLASSES = (
     "TransformConfig",
 )
 SKIP_INDICES = {"mobilenet_v3_large": (1, 3, 6, 12), "mobilenet_v3_small": (0, 1, 3, 8)}
+IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 MAX_IMAGE_SIZE = 2048  # the largest input NeuroPBR trains at (configs/mobilenetv3_2048.py)
 MAP_ORDER = ("albedo", "roughness", "metallic", "normal")  # its heads, in the order of pbrforge's contract
 
@@ -281,6 +282,10 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], NeuroPBRConfig
             else f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else 'unreadable'}"
         )
         raise DataError(f"{path} cannot be read as a NeuroPBR checkpoint: {why}") from e
+    if isinstance(ckpt, dict) and "generator_state_dict" in ckpt and "student_state_dict" not in ckpt:
+        raise DataError(
+            f"{path} is a NeuroPBR teacher checkpoint (generator_state_dict); pbrforge imports its students"
+        )
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("student_state_dict"), dict):
         raise DataError(
             f"{path} is not a NeuroPBR student checkpoint: it has no 'student_state_dict' "
@@ -308,7 +313,9 @@ def config_from(config: Any, path: Path) -> NeuroPBRConfig:
             f"{path} holds no NeuroPBR TrainConfig under 'config', so its architecture is unknown "
             "(NeuroPBR's student/train.py saves one)"
         )
-    model, data, transform = (_fields(config, k, path) for k in ("model", "data", "transform"))
+    model, data = (_fields(config, k, path) for k in ("model", "data"))
+    # a config saved before NeuroPBR had a transform section: its inference script falls back to ImageNet's
+    transform = _fields(config, "transform", path) if hasattr(config, "transform") else IMAGENET
     if model.get("encoder_type") != "mobilenetv3":
         raise ConfigError(
             f"{path} is a NeuroPBR model with a {model.get('encoder_type')!r} encoder; pbrforge imports "

@@ -200,7 +200,8 @@ def _foreign(tc):
 @pytest.mark.parametrize(
     ("payload", "error", "says"),
     [
-        (lambda tc: {"generator_state_dict": {}}, DataError, "has no 'student_state_dict'"),
+        (lambda tc: {"generator_state_dict": {}}, DataError, "is a NeuroPBR teacher checkpoint"),
+        (lambda tc: {"epoch": 3}, DataError, "has no 'student_state_dict'"),
         (lambda tc: {"student_state_dict": {}}, DataError, "holds no NeuroPBR TrainConfig"),
         (_foreign, DataError, "holds objects other than tensors and NeuroPBR's config (numpy"),
         (
@@ -301,3 +302,13 @@ def test_bad_weights_requests_are_one_sentence_and_exit_2(tmp_path, args, says):
     assert r.exit_code == 2, r.output
     assert says in r.output and len(r.output.strip().splitlines()) == 1, r.output
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_config_saved_before_the_transform_section_normalises_as_neuropbrs_inference_does(tmp_path):
+    def payload(tc):
+        config = tc.TrainConfig()
+        del config.transform  # older NeuroPBR configs have no transform section
+        return {"student_state_dict": {}, "config": config}
+
+    _, cfg = read_checkpoint(_save(tmp_path / "old.pth", payload))
+    assert cfg.mean == (0.485, 0.456, 0.406) and cfg.std == (0.229, 0.224, 0.225)  # its ImageNet fallback
