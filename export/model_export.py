@@ -34,7 +34,7 @@ import io
 import logging
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -342,33 +342,60 @@ def _checked(
     return after if record["kept"] else before
 
 
-def _exp2(graph: torch.fx.Graph, node: torch.fx.Node) -> torch.fx.Node:
-    scaled = graph.call_function(torch.ops.aten.mul.Tensor, (node.args[0], math.log(2.0)))
-    return graph.call_function(torch.ops.aten.exp.default, (scaled,))
+Rewrite = Callable[[torch.fx.GraphModule, torch.fx.Node], "torch.fx.Node | None"]
 
 
-def _outer(graph: torch.fx.Graph, node: torch.fx.Node) -> torch.fx.Node:
+def _exp2(module: torch.fx.GraphModule, node: torch.fx.Node) -> torch.fx.Node:
+    scaled = module.graph.call_function(torch.ops.aten.mul.Tensor, (node.args[0], math.log(2.0)))
+    return module.graph.call_function(torch.ops.aten.exp.default, (scaled,))
+
+
+def _outer(module: torch.fx.GraphModule, node: torch.fx.Node) -> torch.fx.Node:
     a, b = node.args[:2]
-    column = graph.call_function(torch.ops.aten.unsqueeze.default, (a, 1))
-    row = graph.call_function(torch.ops.aten.unsqueeze.default, (b, 0))
-    return graph.call_function(torch.ops.aten.mul.Tensor, (column, row))
+    column = module.graph.call_function(torch.ops.aten.unsqueeze.default, (a, 1))
+    row = module.graph.call_function(torch.ops.aten.unsqueeze.default, (b, 0))
+    return module.graph.call_function(torch.ops.aten.mul.Tensor, (column, row))
 
 
-def _float32(graph: torch.fx.Graph, node: torch.fx.Node) -> torch.fx.Node:
+def _diag(module: torch.fx.GraphModule, node: torch.fx.Node) -> torch.fx.Node | None:
+    """``diag`` of the main diagonal as a product with a constant identity: a vector's diagonal matrix is
+    ``eye * v[None]``; a matrix's diagonal is ``(m * eye).sum`` along its longer side. None (kept) otherwise."""
+    source = node.args[0]
+    offset = node.args[1] if len(node.args) > 1 else node.kwargs.get("diagonal", 0)
+    value = source.meta.get("val") if isinstance(source, torch.fx.Node) else None
+    if offset != 0 or value is None or value.dim() not in (1, 2):
+        return None
+    rows, cols = (value.shape[0], value.shape[0]) if value.dim() == 1 else tuple(value.shape)
+    if not all(isinstance(d, int) for d in (rows, cols)):
+        return None
+    name = f"_diag_eye_{len([n for n in module.graph.nodes if n.op == 'get_attr'])}"
+    dtype = torch.float32 if value.dtype == torch.float64 else value.dtype  # float64 is rewritten as float32
+    module.register_buffer(name, torch.eye(rows, cols, dtype=dtype))
+    eye = module.graph.get_attr(name)
+    if value.dim() == 1:
+        row = module.graph.call_function(torch.ops.aten.unsqueeze.default, (source, 0))
+        return module.graph.call_function(torch.ops.aten.mul.Tensor, (eye, row))
+    masked = module.graph.call_function(torch.ops.aten.mul.Tensor, (source, eye))
+    return module.graph.call_function(torch.ops.aten.sum.dim_IntList, (masked, [1 if rows <= cols else 0]))
+
+
+def _float32(module: torch.fx.GraphModule, node: torch.fx.Node) -> torch.fx.Node:
     args = tuple(torch.float32 if a is torch.float64 else a for a in node.args)
     kwargs = {k: torch.float32 if v is torch.float64 else v for k, v in node.kwargs.items()}
-    return graph.call_function(node.target, args, kwargs)  # type: ignore[arg-type]
+    return module.graph.call_function(node.target, args, kwargs)  # type: ignore[arg-type]
 
 
 def _asks_float64(node: torch.fx.Node) -> bool:
     return any(a is torch.float64 for a in (*node.args, *node.kwargs.values()))
 
 
-# ops some converter lacks (Core ML: ger/outer; ExecuTorch's edge dialect: exp2; mobile GPUs and NPUs: float64)
-REWRITES = {
+# ops some converter lacks (Core ML: ger/outer, diag; ExecuTorch's edge dialect: exp2; mobile GPUs and NPUs:
+# float64)
+REWRITES: dict[Any, Rewrite] = {
     torch.ops.aten.exp2.default: _exp2,
     torch.ops.aten.outer.default: _outer,
     torch.ops.aten.ger.default: _outer,
+    torch.ops.aten.diag.default: _diag,
 }
 
 
@@ -384,7 +411,10 @@ def rewrite_gaps(module: torch.fx.GraphModule) -> dict[str, int]:
         if build is None:
             continue
         with graph.inserting_before(node):
-            new = build(graph, node)
+            new = build(module, node)
+        if new is None:
+            continue
+        new.meta = dict(node.meta)  # the same value: later rewrites read its shape
         node.replace_all_uses_with(new)
         graph.erase_node(node)
         done[str(node.target)] = done.get(str(node.target), 0) + 1

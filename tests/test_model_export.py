@@ -477,11 +477,14 @@ def test_int8_pte_and_the_pipelines_run_through_the_int8_graphs_judged_where_eac
 
 
 class Gaps(torch.nn.Module):
-    """Ops some converter lacks: exp2 (ExecuTorch's edge dialect), outer (Core ML), a float64 detour."""
+    """Ops some converter lacks: exp2 (ExecuTorch's edge dialect), outer and diag (Core ML), a float64 detour."""
 
     def forward(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         table = torch.outer(v, v).to(torch.float64).sum().to(torch.float32)
-        return torch.exp2(x) + table
+        scaled = torch.diag(v * 2) @ torch.diag(
+            torch.outer(v, v + 1)
+        )  # a vector's diag matrix, a matrix's diagonal
+        return torch.exp2(x) + table + scaled.sum()
 
 
 def test_converter_gaps_are_rewritten_into_ops_every_backend_has():
@@ -497,10 +500,11 @@ def test_converter_gaps_are_rewritten_into_ops_every_backend_has():
     program, passes = capture("gaps", graph, example)
     rewrite = passes[2]
     assert rewrite["kept"] and rewrite["max_abs_vs_eager"] < 1e-6, rewrite
-    assert rewrite["changed"]["aten.exp2.default"] == 1 and rewrite["changed"]["aten.outer.default"] == 1
+    assert rewrite["changed"]["aten.exp2.default"] == 1 and rewrite["changed"]["aten.outer.default"] == 2
+    assert rewrite["changed"]["aten.diag.default"] == 2
     assert rewrite["changed"]["aten.to.dtype"] == 1  # the float64 detour, now float32
     ops = {str(n.target) for n in program.graph.nodes if n.op == "call_function"}
-    assert "aten.exp2.default" not in ops and "aten.outer.default" not in ops
+    assert not ops & {"aten.exp2.default", "aten.outer.default", "aten.diag.default"}
     assert torch.allclose(program.module()(*example), Gaps()(*example), atol=1e-5)
 
 
