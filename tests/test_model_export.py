@@ -481,9 +481,8 @@ class Gaps(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         table = torch.outer(v, v).to(torch.float64).sum().to(torch.float32)
-        scaled = torch.diag(v * 2) @ torch.diag(
-            torch.outer(v, v + 1)
-        )  # a vector's diag matrix, a matrix's diagonal
+        # a vector's diagonal matrix, and a matrix's diagonal
+        scaled = torch.diag(v * 2) * torch.diag(torch.outer(v, v + 1))
         return torch.exp2(x) + table + scaled.sum()
 
 
