@@ -42,8 +42,8 @@ def _spec(name: str):
     if name == "pbr":
         return load_spec("pbr")
     if name == "neuropbr":
+        from pbrforge.export.neuropbr import NeuroPBRConfig, NeuroPBRStudent
         from pbrforge.export.pbr_spec import NeuroPBRContract, pbr_model_spec
-        from pbrforge.student.neuropbr import NeuroPBRConfig, NeuroPBRStudent
 
         torch.manual_seed(NEUROPBR_SEED)
         cfg = NeuroPBRConfig()

@@ -4,7 +4,7 @@ Needs a NeuroPBR checkout (github.com/josephHelfenbein/NeuroPBR; its ``training/
 dependency pbrforge lacks, ``einops``. NeuroPBR's ``StudentGenerator`` is built from its own source with a
 config file of its own (default ``configs/mobilenetv3_512.py``), its BatchNorm statistics randomised so eval
 mode is no identity, and saved as its ``student/train.py`` saves one (``student_state_dict`` and the
-``TrainConfig`` object). ``pbrforge.student.neuropbr.load_student`` then reads that file with no NeuroPBR code,
+``TrainConfig`` object). ``pbrforge.export.neuropbr.load_student`` then reads that file with no NeuroPBR code,
 and both models run the same views. Per size: keys loaded, the largest difference per map, and the side of
 the maps for the side of the views.
 
@@ -66,7 +66,7 @@ def neuropbr_student(training: Path, config_file: Path, size: int):
 def compare(training: Path, config_file: Path, size: int) -> dict:
     import torch
 
-    from pbrforge.student.neuropbr import load_student
+    from pbrforge.export.neuropbr import load_student
 
     torch.manual_seed(size)
     theirs, config, stated = neuropbr_student(training, config_file, size)

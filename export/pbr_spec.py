@@ -132,7 +132,7 @@ def spec(weights: str | None = None) -> ModelSpec:
 
 def neuropbr(weights: str | None = None) -> ModelSpec:
     """A student checkpoint NeuroPBR's ``student/train.py`` wrote (``best_student.pth``), weights as trained."""
-    from pbrforge.student.neuropbr import load_student
+    from pbrforge.export.neuropbr import load_student
 
     if not weights:
         raise ConfigError("--model neuropbr needs --weights: the .pth file NeuroPBR's student/train.py saved")

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from pbrforge.cli import main as cli
 from pbrforge.errors import ConfigError, DataError
-from pbrforge.student.neuropbr import NeuroPBRConfig, NeuroPBRStudent, load_student, read_checkpoint
+from pbrforge.export.neuropbr import NeuroPBRConfig, NeuroPBRStudent, load_student, read_checkpoint
 
 KEYS = Path(__file__).parent / "data" / "neuropbr_student_512_keys.json"
 

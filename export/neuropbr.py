@@ -1,4 +1,5 @@
-"""NeuroPBR's own student, rebuilt so a checkpoint its ``student/train.py`` wrote loads as it is (issue #26).
+"""NeuroPBR's own student, rebuilt so a checkpoint its ``student/train.py`` wrote loads as it is and exports
+(issue #26). It lives with the exporter: it is an importer of another project's model, not one pbrforge trains.
 
 NeuroPBR (github.com/josephHelfenbein/NeuroPBR) saves ``{"student_state_dict": ..., "config": TrainConfig, ...}``
 with ``torch.save``. Its ``StudentGenerator`` is a torchvision MobileNetV3 encoder shared by the three views, a
