@@ -10,7 +10,8 @@ The manifest says what each input is, so the files are read as the spec says, wi
 
 Every input is read and checked (file, shape, dtype, the value range exported graphs no longer assert, and the
 fixed size the graph was exported at) before the artifact loads or anything is written. The outputs go to
-``outputs.safetensors``; image outputs also as 16-bit ``NAME.png`` (the encoding's range mapped to 0..1,
+``outputs.safetensors``; image and map outputs (a PBR model's albedo, its normal as (n + 1) / 2) of 1 or 3
+channels also as 16-bit ``NAME.png`` (the encoding's range mapped to 0..1,
 what lies outside clipped and counted), and ``run.json`` records what ran and for how long.
 """
 
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+PICTURED = ("image", "map")  # output kinds a person looks at: written as PNG too
 RUNS_HERE = ("onnx", "executorch")  # the artifact formats this machine can run, in the order tried
 
 
@@ -109,7 +111,8 @@ def read_inputs(folder: Path, specs: tuple[TensorSpec, ...]) -> tuple[torch.Tens
 def write_outputs(
     folder: Path, outputs: tuple[TensorSpec, ...], values: tuple[torch.Tensor, ...]
 ) -> dict[str, Any]:
-    """``outputs.safetensors`` and a 16-bit PNG per image output, each atomically; per output, what was written."""
+    """``outputs.safetensors`` and a 16-bit PNG per image or map output, each atomically; per output, what was
+    written."""
     from safetensors.torch import save_file
 
     from pbrforge.contract import Png16
@@ -123,7 +126,7 @@ def write_outputs(
         if value.numel():
             about |= {"min": float(value.min()), "max": float(value.max())}
         if (
-            spec.kind == "image"
+            spec.kind in PICTURED
             and value.dim() == 4
             and value.shape[1] in (1, 3)
             and value.is_floating_point()

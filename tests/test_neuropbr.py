@@ -181,6 +181,26 @@ def test_a_pbrforge_student_is_one_spec_among_others(tiny_student_ckpt, tmp_path
     assert material["verdict"]["metric"] == "render" and material["verdict"]["passed"]
     (artifact,) = result.artifacts
     assert set(artifact.verdicts) == {"albedo", "roughness", "metallic", "normal"}
+    # run on three photos: the maps come out as the contract's files (normal stored as (n + 1) / 2)
+    from PIL import Image
+
+    from pbrforge.contract import decode_map
+
+    views = tmp_path / "views"
+    views.mkdir()
+    side = spec.graphs["student"].inputs[0].shape[-1]
+    for i in range(3):
+        pixels = np.random.default_rng(i).integers(0, 256, (side, side, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(views / f"view_{i}.png")
+    manifest = tmp_path / "student.model.json"
+    r = CliRunner().invoke(
+        cli, ["run", str(manifest), "--input", str(views), "--output", str(tmp_path / "maps")]
+    )
+    assert r.exit_code == 0, r.output
+    for name in ("albedo", "roughness", "metallic", "normal"):
+        assert (tmp_path / "maps" / f"{name}.png").is_file()
+    normal = decode_map("normal", tmp_path / "maps" / "normal.png")
+    assert np.allclose(np.linalg.norm(normal, axis=0), 1.0, atol=1e-3)
 
 
 def _config(**sections):
