@@ -179,9 +179,13 @@ def _bounds(test: ast.expr, names: set[str]) -> dict[str, tuple[float, float]]:
     parts = test.values if isinstance(test, ast.BoolOp) and isinstance(test.op, ast.And) else [test]
     for part in parts:
         for name, low, high in _comparisons(_unwrap(part), names):
-            old = bounds.get(name, (-math.inf, math.inf))
-            bounds[name] = (max(old[0], low), min(old[1], high))
+            _intersect(bounds, name, (low, high))
     return bounds
+
+
+def _intersect(bounds: dict[str, tuple[float, float]], name: str, new: tuple[float, float]) -> None:
+    old = bounds.get(name, (-math.inf, math.inf))
+    bounds[name] = (max(old[0], new[0]), min(old[1], new[1]))
 
 
 def _unwrap(node: ast.expr) -> ast.expr:
@@ -244,7 +248,23 @@ def _comparisons(node: ast.expr, names: set[str]) -> list[tuple[str, float, floa
     return out
 
 
-def narrowed(spec: Any, bounds: tuple[float, float]) -> tuple[Any, str]:
+def input_ranges(module: nn.Module, inputs: tuple, removed: list[StrippedAssert]) -> tuple[tuple, list[str]]:
+    """``inputs`` (the graph's TensorSpecs, in ``module.forward``'s argument order) with each valid range cut
+    to the bounds the removed asserts put on that argument, and what was done to each, in a few words."""
+    bounds: dict[str, tuple[float, float]] = {}
+    for stripped in removed:
+        for arg, bound in stripped.bounds.items():
+            _intersect(bounds, arg, bound)
+    params = [p for p in inspect.signature(type(module).forward).parameters if p != "self"]
+    ranges, specs = [], list(inputs)
+    for k, (param, spec) in enumerate(zip(params, inputs, strict=False)):
+        if param in bounds:
+            specs[k], said = _narrowed(spec, bounds[param])
+            ranges.append(said)
+    return tuple(specs), ranges
+
+
+def _narrowed(spec: Any, bounds: tuple[float, float]) -> tuple[Any, str]:
     """``spec`` (a TensorSpec) with its valid range cut to ``bounds``, and what was done, in a few words."""
     from dataclasses import replace
 

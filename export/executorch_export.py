@@ -196,7 +196,7 @@ class Int8Plan:
     progress: bool = True
 
 
-def _quantizer(keep_modules: set[str]) -> Any:
+def xnnpack_quantizer(keep_modules: frozenset[str] | set[str] = frozenset()) -> Any:
     """XNNPACK's symmetric per-channel scheme; a node stays fp32 when it is one of ``keep_modules``' own ops
     (by node: a module's children are still quantized)."""
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
@@ -209,7 +209,8 @@ def _quantizer(keep_modules: set[str]) -> Any:
     return quantizer
 
 
-def _calibrated(captured: torch.fx.GraphModule, quantizer: Any, calibration: Sequence[Inputs]) -> Any:
+def calibrated(captured: torch.fx.GraphModule, quantizer: Any, calibration: Sequence[Inputs]) -> Any:
+    """``prepare_pt2e`` with ``quantizer``, then every calibration input run through it once."""
     import torch
     from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
@@ -244,7 +245,7 @@ def _quantized(
     kept_float += [name for name in _view_fusion_modules(exported) if name not in kept_float]
     keep = set(kept_float)
     report: dict[str, Any] = {}
-    prepared = _calibrated(captured, _quantizer(keep), plan.calibration)
+    prepared = calibrated(captured, xnnpack_quantizer(keep), plan.calibration)
     graph, points = int8_precision.with_switches(convert_post_training(prepared))
     if plan.gate is not None:
         samples = list(plan.calibration[: int8_precision.SEARCH_SAMPLES])
@@ -340,7 +341,6 @@ def export_pte(
     With ``int8`` the model is int8-quantized first (XNNPACK only).
     """
     import torch
-    from executorch.devtools.backend_debug import get_delegation_info
     from executorch.exir import to_edge_transform_and_lower
 
     t0 = time.perf_counter()
@@ -360,14 +360,10 @@ def export_pte(
         if delegate == "xnnpack" and not int8:  # quantized, it was captured already rewritten
             exported = xnnpack_friendly(exported)
         edge = to_edge_transform_and_lower(exported, partitioner=[partitioner])
-    info = get_delegation_info(edge.exported_program().graph_module)
-    left = {
-        b.op_type: b.non_delegated
-        for b in info.delegation_by_operator.values()
-        if b.non_delegated and b.op_type != "getitem"  # tuple unpacking of a delegate's outputs, not an op
-    }
-    outside = [op for op in left if op.startswith("quantized_decomposed")]
-    if outside:  # ExecuTorch's Python runtime has no kernels for them: running it would abort the process
+    info = delegation(edge)
+    left = non_delegated_ops(info)
+    outside = quantized_outside(left)
+    if outside:
         raise ParityError(
             f"the XNNPACK delegate left quantized ops outside it ({', '.join(outside)}): not written"
         )
@@ -382,6 +378,28 @@ def export_pte(
         "kept_float": kept_float,
     } | quantization
     return time.perf_counter() - t0, report
+
+
+def delegation(edge: Any) -> Any:
+    """ExecuTorch's delegation report of a lowered program."""
+    from executorch.devtools.backend_debug import get_delegation_info
+
+    return get_delegation_info(edge.exported_program().graph_module)
+
+
+def non_delegated_ops(info: Any) -> dict[str, int]:
+    """The ops a lowering left outside every delegate (``delegation``'s report), by type, with their counts."""
+    return {
+        b.op_type: b.non_delegated
+        for b in info.delegation_by_operator.values()
+        if b.non_delegated and b.op_type != "getitem"  # tuple unpacking of a delegate's outputs, not an op
+    }
+
+
+def quantized_outside(left: dict[str, int]) -> list[str]:
+    """The quantized ops among ``left``: ExecuTorch's Python runtime has no kernels for them, so running a
+    program that holds one would abort the process."""
+    return [op for op in left if op.startswith("quantized_decomposed")]
 
 
 def load_method(path: Path, threads: int = 0, name: str = "forward"):

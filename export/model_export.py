@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import inspect
 import io
 import logging
 import math
@@ -271,7 +270,7 @@ def _export_retrying(
 ) -> tuple[torch.export.ExportedProgram, list[dict[str, Any]]]:
     """Capture non-strict; if that fails, without the model's tensor asserts (their bounds become the inputs'
     ranges, ``assert_ranges``); then strict. The first way that captures is kept, and each try is listed."""
-    from pbrforge.export.assert_ranges import asserts_removed, has_asserts, narrowed
+    from pbrforge.export.assert_ranges import asserts_removed, has_asserts, input_ranges
 
     passes: list[dict[str, Any]] = []
     failures: list[str] = []
@@ -298,20 +297,8 @@ def _export_retrying(
                     f"graph {name!r}: without its asserts the model computes something else "
                     f"({record['max_abs_vs_eager']:.3g} of an output's span from eager)"
                 )
-            bounds: dict[str, tuple[float, float]] = {}
-            for stripped in removed:
-                for arg, (low, high) in stripped.bounds.items():
-                    old = bounds.get(arg, (-math.inf, math.inf))
-                    bounds[arg] = (max(old[0], low), min(old[1], high))
-            params = [p for p in inspect.signature(type(module).forward).parameters if p != "self"]
-            ranges, inputs = [], []
-            for param, spec in zip(params, graph.inputs, strict=False):  # forward's arguments in input order
-                if param in bounds:
-                    spec, said = narrowed(spec, bounds[param])
-                    ranges.append(said)
-                inputs.append(spec)
-            inputs += graph.inputs[len(inputs) :]
-            graph.inputs = tuple(inputs)  # runners now check what the asserts checked
+            # the inputs now hold the ranges the asserts held, and runners check them
+            graph.inputs, ranges = input_ranges(module, graph.inputs, removed)
             record |= {"asserts": [r.to_dict() for r in removed], "ranges": ranges}
         passes.append(record)
         return program, passes
@@ -875,35 +862,28 @@ def _int8_onnx(fp32: Path, graph: GraphSpec, calibration: Calibration, staged: P
 def _int8_pte(program: torch.export.ExportedProgram, calibration: Calibration, staged: Path) -> None:
     """PT2E with XNNPACK's symmetric per-channel scheme, calibrated, lowered to XNNPACK whole."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
-    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-        XNNPACKQuantizer,
-        get_symmetric_quantization_config,
-    )
     from executorch.exir import to_edge_transform_and_lower
     from executorch.kernels import quantized  # noqa: F401  (out variants of quantized ops)
-    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
-    from pbrforge.export.executorch_export import convert_post_training
+    from pbrforge.export.executorch_export import (
+        calibrated,
+        convert_post_training,
+        delegation,
+        non_delegated_ops,
+        quantized_outside,
+        xnnpack_quantizer,
+    )
 
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    prepared = prepare_pt2e(program.module(), quantizer)
+    prepared = calibrated(program.module(), xnnpack_quantizer(), calibration.inputs)
     with torch.no_grad():
-        for inputs in calibration.inputs:
-            prepared(*inputs)
         converted = convert_post_training(prepared, fold_quantize=True)
-        example = calibration.inputs[0]
         edge = to_edge_transform_and_lower(
-            torch.export.export(converted, example, strict=False), partitioner=[XnnpackPartitioner()]
+            torch.export.export(converted, calibration.inputs[0], strict=False),
+            partitioner=[XnnpackPartitioner()],
         )
-    left = [
-        str(n.target)
-        for n in edge.exported_program().graph_module.graph.nodes
-        if n.op == "call_function" and "quantized_decomposed" in str(n.target)
-    ]
-    if left:  # ExecuTorch's Python runtime has no kernels for them: running it would abort the process
-        raise RuntimeError(
-            f"XNNPACK left quantized ops outside its delegate ({', '.join(sorted(set(left)))})"
-        )
+    outside = quantized_outside(non_delegated_ops(delegation(edge)))
+    if outside:
+        raise RuntimeError(f"XNNPACK left quantized ops outside its delegate ({', '.join(outside)})")
     with atomic_path(staged) as tmp:
         tmp.write_bytes(edge.to_executorch().buffer)
 

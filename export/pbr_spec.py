@@ -62,10 +62,11 @@ class NeuroPBRContract(nn.Module):
     """A NeuroPBR student behind today's artifact interface: views in 0..255, its normalisation inside."""
 
     def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]):
+        from pbrforge.export.wrappers import register_normalisation
+
         super().__init__()
         self.model = model
-        self.register_buffer("scale", (1.0 / (255.0 * torch.tensor(std))).view(1, 3, 1, 1))
-        self.register_buffer("shift", (-torch.tensor(mean) / torch.tensor(std)).view(1, 3, 1, 1))
+        register_normalisation(self, mean, std)
 
     scale: torch.Tensor
     shift: torch.Tensor

@@ -26,8 +26,7 @@ class PBRExportWrapper(nn.Module):
     def __init__(self, model: nn.Module, use_sr: bool = True):
         super().__init__()
         self.model, self.use_sr = model, use_sr
-        self.register_buffer("scale", (1.0 / (255.0 * torch.tensor(INPUT_STD))).view(1, 3, 1, 1))
-        self.register_buffer("shift", (-torch.tensor(INPUT_MEAN) / torch.tensor(INPUT_STD)).view(1, 3, 1, 1))
+        register_normalisation(self, INPUT_MEAN, INPUT_STD)
 
     scale: torch.Tensor
     shift: torch.Tensor
@@ -36,6 +35,13 @@ class PBRExportWrapper(nn.Module):
         flat = torch.cat([view_0, view_1, view_2], dim=0) * self.scale + self.shift  # (V, 3, H, W)
         maps = self.model.forward_flat(flat, NUM_VIEWS, self.use_sr)  # type: ignore[operator]  # (1, 8, S, S)
         return tuple(maps[:, MAPS[n].slice] for n in MAP_NAMES)
+
+
+def register_normalisation(module: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    """Buffers ``scale`` and ``shift`` of (1, 3, 1, 1) taking 0..255 RGB to a network's normalisation as
+    ``x * scale + shift``, so it is folded into the exported graph."""
+    module.register_buffer("scale", (1.0 / (255.0 * torch.tensor(std))).view(1, 3, 1, 1))
+    module.register_buffer("shift", (-torch.tensor(mean) / torch.tensor(std)).view(1, 3, 1, 1))
 
 
 def fold_batchnorm(model: nn.Module, example: tuple[torch.Tensor, ...]) -> nn.Module:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pbrforge.errors import DataError, ParityError
-from pbrforge.fileio import read_json
+from pbrforge.fileio import read_json, read_tensors
 from pbrforge.gate_metrics import judge
 from pbrforge.modelspec import TensorSpec, tensor_spec
 
@@ -87,14 +87,9 @@ def _replay(
     """A pipeline's eager trace, step by step, through each fp32 format whose graphs all run here: each call
     gets the inputs the host glue gave it in PyTorch and each output is held to its gate. An app's own glue
     (a sampler, a coder) can be checked against the same file, call for call."""
-    from safetensors.torch import load_file
-
     from pbrforge.export.model_export import artifact_call
 
-    path = folder / data["test_vectors"] / file
-    if not path.is_file():
-        raise DataError(f"pipeline trace {path} is missing: keep the export's folder together")
-    tensors = load_file(str(path))
+    tensors = _vectors(data, folder, file)
     steps = sorted({(int(k.split(".")[0]), k.split(".")[1]) for k in tensors if k != "result"})
     graphs = data["graphs"]
     runs = []
@@ -112,24 +107,14 @@ def _replay(
         }
         if not all(paths.values()):
             continue
-        specs = {
-            g: (
-                tuple(tensor_spec(t) for t in graphs[g]["inputs"]),
-                tuple(tensor_spec(t) for t in graphs[g]["outputs"]),
-            )
-            for g in paths
-        }
+        specs = {g: _tensors(graphs[g]) for g in paths}
         calls = {g: artifact_call(fmt, folder / p, specs[g][0], threads) for g, p in paths.items()}
         bad: list[str] = []
         for k, g in steps:
             inputs, outputs = specs[g]
             got = calls[g](*(tensors[f"{k}.{g}.in.{i}"] for i in range(len(inputs))))
-            for i, (t, out) in enumerate(zip(outputs, got, strict=True)):
-                v = judge(t.judged_by, tensors[f"{k}.{g}.out.{i}"].numpy(), out.numpy(), t.span)
-                if not v.passed:
-                    bad.append(
-                        f"pipeline {pipeline} ({fmt}) step {k}, graph {g}: {t.name} failed its gate: {v.sentence()}"
-                    )
+            expected = [tensors[f"{k}.{g}.out.{i}"] for i in range(len(outputs))]
+            bad += _held(outputs, expected, got, f"pipeline {pipeline} ({fmt}) step {k}, graph {g}")
         runs.append((fmt, bad, len(steps)))
     return runs
 
@@ -137,17 +122,20 @@ def _replay(
 def _graph(
     data: dict, folder: Path, graph: str, file: str
 ) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...], dict]:
-    from safetensors.torch import load_file
+    return (*_tensors(data["graphs"][graph]), _vectors(data, folder, file))
 
-    about = data["graphs"][graph]
-    vectors = folder / data["test_vectors"] / file
-    if not vectors.is_file():
-        raise DataError(f"test vectors {vectors} are missing: keep the export's folder together")
-    return (
-        tuple(tensor_spec(t) for t in about["inputs"]),
-        tuple(tensor_spec(t) for t in about["outputs"]),
-        load_file(str(vectors)),
-    )
+
+def _tensors(about: dict) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """A graph's inputs and outputs as the manifest describes them."""
+    return tuple(tensor_spec(t) for t in about["inputs"]), tuple(tensor_spec(t) for t in about["outputs"])
+
+
+def _vectors(data: dict, folder: Path, file: str) -> dict:
+    """One file of the export's test vectors."""
+    path = folder / data["test_vectors"] / file
+    if not path.is_file():
+        raise DataError(f"test vectors {path} are missing: keep the export's folder together")
+    return read_tensors(path)
 
 
 def _cases(vectors: dict) -> list[int]:
@@ -159,8 +147,16 @@ def _check_cases(call, inputs, outputs, vectors, label: str) -> list[str]:
     failures = []
     for k in _cases(vectors):
         got = call(*(vectors[f"{k}.in.{t.name}"] for t in inputs))
-        for t, out in zip(outputs, got, strict=True):
-            v = judge(t.judged_by, vectors[f"{k}.out.{t.name}"].numpy(), out.numpy(), t.span)
-            if not v.passed:
-                failures.append(f"{label} case {k}: {t.name} failed its gate: {v.sentence()}")
+        expected = [vectors[f"{k}.out.{t.name}"] for t in outputs]
+        failures += _held(outputs, expected, got, f"{label} case {k}")
+    return failures
+
+
+def _held(outputs: tuple[TensorSpec, ...], expected: list, got: tuple, label: str) -> list[str]:
+    """One sentence per output of ``got`` that fails its gate against ``expected``."""
+    failures = []
+    for t, ref, out in zip(outputs, expected, got, strict=True):
+        v = judge(t.judged_by, ref.numpy(), out.numpy(), t.span)
+        if not v.passed:
+            failures.append(f"{label}: {t.name} failed its gate: {v.sentence()}")
     return failures
